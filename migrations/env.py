@@ -1,0 +1,34 @@
+"""Alembic environment: runs the SQL files of ``sql/migrations`` against the
+database given by ``outbox_worker.migrate`` (or ``OUTBOX_DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from outbox_worker.db import sqlalchemy_url
+from outbox_worker.migrate import VERSION_TABLE
+from outbox_worker.settings import Settings
+
+config = context.config
+url = config.get_main_option("sqlalchemy.url") or Settings().database_url
+connection = config.attributes.get("connection")
+
+
+def _run(conn: object) -> None:
+    context.configure(connection=conn, version_table=VERSION_TABLE, transactional_ddl=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    context.configure(url=sqlalchemy_url(url), version_table=VERSION_TABLE, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+elif connection is not None:
+    _run(connection)
+else:
+    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        _run(conn)
+    engine.dispose()

@@ -1,0 +1,42 @@
+"""outbox_worker: a Postgres transactional-outbox webhook worker.
+
+Emit in your own transaction with :func:`emit` (or ``select outbox.emit(...)``
+from any language); run ``outbox-worker run`` to deliver signed webhooks at
+least once to every matching webhook.
+"""
+
+from outbox_worker.emit import emit, emit_async
+from outbox_worker.errors import (
+    DeliveryNotFound,
+    InvalidOwnerId,
+    InvalidPayload,
+    InvalidURL,
+    NotFound,
+    OutboxError,
+    PayloadTooLarge,
+    UnknownEventType,
+    ValidationError,
+    WebhookLimitReached,
+    WebhookNotFound,
+)
+from outbox_worker.settings import Settings
+from outbox_worker.webhooks import Webhook, WebhookSecret
+
+__all__ = [
+    "DeliveryNotFound",
+    "InvalidOwnerId",
+    "InvalidPayload",
+    "InvalidURL",
+    "NotFound",
+    "OutboxError",
+    "PayloadTooLarge",
+    "Settings",
+    "UnknownEventType",
+    "ValidationError",
+    "Webhook",
+    "WebhookLimitReached",
+    "WebhookNotFound",
+    "WebhookSecret",
+    "emit",
+    "emit_async",
+]

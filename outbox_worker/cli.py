@@ -1,0 +1,262 @@
+"""``outbox-worker``: the command line.
+
+Each command opens one connection, runs in one transaction and prints a
+table (or JSON with ``--json``). Errors print one line and exit 1; bad usage
+exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from outbox_worker import db, logs, migrate, webhooks
+from outbox_worker.emit import emit as emit_event
+from outbox_worker.errors import OutboxError
+from outbox_worker.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console()
+
+
+class Context:
+    def __init__(self, settings: Settings, as_json: bool) -> None:
+        self.settings = settings
+        self.as_json = as_json
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            conn = db.connect(db.libpq_url(self.settings.database_url))
+        except psycopg.OperationalError as exc:
+            raise click.ClickException(f"cannot connect to the database: {exc}") from exc
+        with conn:  # commits on success, rolls back on error
+            yield conn
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def output(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
+    if ctx.as_json:
+        click.echo(json.dumps(_jsonable(list(rows)), ensure_ascii=False, indent=2))
+        return
+    if len(rows) == 1:  # one record: vertical, so a secret or URL is never truncated
+        table = Table(title=title, show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in rows[0].items():
+            table.add_row(key, "" if value is None else ", ".join(value) if isinstance(value, list) else str(value))
+        console.print(table)
+        return
+    table = Table(title=title)
+    for column in rows[0] if rows else ["(none)"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else ", ".join(v) if isinstance(v, list) else str(v) for v in row.values()))
+    console.print(table)
+
+
+def _webhook_row(w: webhooks.Webhook) -> dict[str, Any]:
+    return {
+        "id": str(w.id),
+        "owner": w.owner_id,
+        "url": w.url,
+        "events": w.events,
+        "enabled": w.enabled,
+        "disabled_reason": w.disabled_reason,
+        "created_at": w.created_at.isoformat(timespec="seconds"),
+    }
+
+
+def handle_errors(func: F) -> F:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except OutboxError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--database-url", envvar="OUTBOX_DATABASE_URL", help="Overrides OUTBOX_DATABASE_URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.version_option(package_name="outbox-worker")
+@click.pass_context
+def main(click_ctx: click.Context, database_url: str | None, as_json: bool) -> None:
+    """Postgres transactional-outbox webhook worker."""
+    overrides = {"database_url": database_url} if database_url else {}
+    settings = Settings(**overrides)
+    logs.configure(settings.log_level, settings.log_format)
+    click_ctx.obj = Context(settings, as_json)
+
+
+@main.command("migrate")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--downgrade", is_flag=True, help="Downgrade to --revision (default base) instead.")
+@pass_ctx
+def migrate_cmd(ctx: Context, revision: str, downgrade: bool) -> None:
+    """Create or upgrade the `outbox` schema (alembic)."""
+    url = db.libpq_url(ctx.settings.database_url)
+    try:
+        if downgrade:
+            migrate.downgrade(url, "base" if revision == "head" else revision)
+        else:
+            migrate.upgrade(url, revision)
+    except Exception as exc:  # alembic and drivers raise many types; the user needs one line
+        raise click.ClickException(f"migration failed: {exc}") from exc
+    click.echo(f"outbox schema at revision {migrate.current_revision(url) or 'base (none)'}")
+
+
+# -- webhooks -----------------------------------------------------------------
+
+
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Create, list, update, delete webhooks and rotate their secrets."""
+
+
+@webhooks_group.command("create")
+@click.option("--owner", required=True, help="Owner (vendor, brand, tenant) id.")
+@click.option("--url", required=True, help="Receiver URL (https).")
+@click.option("--event", "events", multiple=True, required=True, help="Event type or pattern; repeat.")
+@pass_ctx
+@handle_errors
+def webhooks_create(ctx: Context, owner: str, url: str, events: tuple[str, ...]) -> None:
+    """Register a webhook and print its secret (shown this once)."""
+    with ctx.connection() as conn:
+        created = webhooks.create_webhook(conn, owner, url, events)
+        hook = webhooks.get_webhook(conn, owner, created.id)
+    output(ctx, [{**_webhook_row(hook), "secret": created.secret}], "Webhook created: store the secret now")
+
+
+@webhooks_group.command("list")
+@click.option("--owner", required=True)
+@click.option("--event", default=None, help="Only webhooks this event type reaches.")
+@pass_ctx
+@handle_errors
+def webhooks_list(ctx: Context, owner: str, event: str | None) -> None:
+    """List an owner's webhooks (never their secrets)."""
+    with ctx.connection() as conn:
+        hooks = webhooks.list_webhooks(conn, owner, event)
+    output(ctx, [_webhook_row(w) for w in hooks], f"Webhooks of {owner}")
+
+
+@webhooks_group.command("update")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@click.option("--url", default=None)
+@click.option("--event", "events", multiple=True, help="Replaces the subscription; repeat.")
+@click.option("--enable/--disable", "enabled", default=None)
+@pass_ctx
+@handle_errors
+def webhooks_update(
+    ctx: Context, webhook_id: str, owner: str, url: str | None, events: tuple[str, ...], enabled: bool | None
+) -> None:
+    """Change a webhook's URL, events or status."""
+    with ctx.connection() as conn:
+        hook = webhooks.update_webhook(
+            conn, owner, webhook_id, url=url, events=list(events) or None, enabled=enabled
+        )
+    output(ctx, [_webhook_row(hook)], "Webhook updated")
+
+
+@webhooks_group.command("delete")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def webhooks_delete(ctx: Context, webhook_id: str, owner: str) -> None:
+    """Delete a webhook with all its deliveries and attempt logs."""
+    with ctx.connection() as conn:
+        webhooks.delete_webhook(conn, owner, webhook_id)
+    click.echo(f"deleted webhook {webhook_id}")
+
+
+@webhooks_group.command("rotate-secret")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
+    """Issue a new secret; the old one keeps signing for the overlap window."""
+    with ctx.connection() as conn:
+        rotated = webhooks.rotate_webhook_secret(conn, owner, webhook_id)
+    output(ctx, [{"id": str(rotated.id), "secret": rotated.secret}], "New secret: store it now")
+
+
+# -- events -------------------------------------------------------------------
+
+
+@main.command("emit")
+@click.option("--owner", required=True)
+@click.option("--type", "event_type", required=True, help="Event type, e.g. order.created.")
+@click.option("--data", required=True, help="JSON object payload.")
+@pass_ctx
+@handle_errors
+def emit_cmd(ctx: Context, owner: str, event_type: str, data: str) -> None:
+    """Emit one event (in its own transaction)."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
+    with ctx.connection() as conn:
+        event_id = emit_event(conn, owner, event_type, payload)
+    output(ctx, [{"event_id": event_id}])
+
+
+@main.group("event-types")
+def event_types_group() -> None:
+    """The catalogue of event types webhooks may subscribe to."""
+
+
+@event_types_group.command("list")
+@pass_ctx
+def event_types_list(ctx: Context) -> None:
+    """List the event types."""
+    with ctx.connection() as conn:
+        rows = db.fetch(conn, "list_event_types", {})
+    output(ctx, [{"name": r["name"], "description": r["description"]} for r in rows], "Event types")
+
+
+@event_types_group.command("add")
+@click.argument("name")
+@click.option("--description", default="")
+@pass_ctx
+@handle_errors
+def event_types_add(ctx: Context, name: str, description: str) -> None:
+    """Add an event type (or change its description)."""
+    with ctx.connection() as conn:
+        webhooks.add_event_type(conn, name, description)
+    click.echo(f"event type {name} registered")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The one door to the database.
+
+Runs named queries from ``sql/queries.sql`` on whatever connection the caller
+holds (psycopg 3 sync or async, a SQLAlchemy 2 ``Connection``/``Session`` or
+their async forms), inside the caller's transaction, and turns the SQL
+functions' ``OW`` errors into :mod:`outbox_worker.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import dict_row
+
+from outbox_worker import errors
+from outbox_worker.sql import as_sqlalchemy, query
+
+Row: TypeAlias = dict[str, Any]
+Params: TypeAlias = Mapping[str, Any]
+
+try:  # SQLAlchemy is a dependency, but keep this module importable without it.
+    import sqlalchemy
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    SyncConnection: TypeAlias = psycopg.Connection[Any] | sqlalchemy.Connection | Session
+    AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | SAAsyncConnection | AsyncSession
+except ImportError:  # pragma: no cover
+    SyncConnection = psycopg.Connection[Any]  # type: ignore[misc]
+    AsyncConnection = psycopg.AsyncConnection[Any]  # type: ignore[misc]
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The OutboxError an ``OW`` database error stands for, else ``exc`` itself."""
+    orig = getattr(exc, "orig", exc)  # SQLAlchemy wraps the DBAPI error
+    if isinstance(orig, psycopg.Error) and orig.diag.sqlstate:
+        mapped = errors.from_sqlstate(
+            orig.diag.sqlstate, orig.diag.message_primary or str(orig), orig.diag.message_hint
+        )
+        if mapped is not None:
+            return mapped
+    return exc
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        mapped = translate(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+def fetch(conn: SyncConnection, name: str, params: Params) -> list[Row]:
+    """Run a named query on a sync connection and return its rows as dicts."""
+    with _translated():
+        if isinstance(conn, psycopg.Connection):
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(query(name), params)
+                return cur.fetchall() if cur.description else []
+        result = conn.execute(sqlalchemy.text(as_sqlalchemy(name)), dict(params))
+        return [dict(r) for r in result.mappings()] if result.returns_rows else []
+
+
+async def fetch_async(conn: AsyncConnection, name: str, params: Params) -> list[Row]:
+    """Run a named query on an async connection and return its rows as dicts."""
+    with _translated():
+        if isinstance(conn, psycopg.AsyncConnection):
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query(name), params)
+                return await cur.fetchall() if cur.description else []
+        result = await conn.execute(sqlalchemy.text(as_sqlalchemy(name)), dict(params))
+        return [dict(r) for r in result.mappings()] if result.returns_rows else []
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A plain sync connection (CLI, tests)."""
+    return psycopg.connect(url, autocommit=autocommit)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The libpq URL in SQLAlchemy's form, pinned to the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ValueError("database URL must start with postgresql://")
+
+
+def libpq_url(url: str) -> str:
+    """The inverse of :func:`sqlalchemy_url`: what psycopg.connect takes."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url

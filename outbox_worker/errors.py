@@ -1,0 +1,89 @@
+"""Exceptions raised by outbox_worker.
+
+The SQL functions raise SQLSTATEs of class ``OW`` (listed at the top of
+``sql/migrations/0001_initial.up.sql``); :func:`from_sqlstate` maps them to the
+classes below, so callers catch one Python type whatever driver they use.
+"""
+
+from __future__ import annotations
+
+
+class OutboxError(Exception):
+    """Base class of every error outbox_worker raises on purpose."""
+
+    sqlstate: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+class ValidationError(OutboxError, ValueError):
+    """The input was refused; nothing was written."""
+
+
+class InvalidOwnerId(ValidationError):
+    sqlstate = "OW001"
+
+
+class UnknownEventType(ValidationError):
+    sqlstate = "OW002"
+
+
+class InvalidURL(ValidationError):
+    sqlstate = "OW003"
+
+
+class InvalidPayload(ValidationError):
+    sqlstate = "OW006"
+
+
+class PayloadTooLarge(InvalidPayload):
+    sqlstate = "OW007"
+
+
+class InvalidEventTypeName(ValidationError):
+    sqlstate = "OW009"
+
+
+class WebhookLimitReached(OutboxError):
+    sqlstate = "OW004"
+
+
+class NotFound(OutboxError, LookupError):
+    """The object does not exist, or belongs to another owner (never told apart)."""
+
+
+class WebhookNotFound(NotFound):
+    sqlstate = "OW005"
+
+
+class DeliveryNotFound(NotFound):
+    sqlstate = "OW008"
+
+
+_BY_SQLSTATE: dict[str, type[OutboxError]] = {
+    cls.sqlstate: cls
+    for cls in (
+        InvalidOwnerId,
+        UnknownEventType,
+        InvalidURL,
+        WebhookLimitReached,
+        WebhookNotFound,
+        InvalidPayload,
+        PayloadTooLarge,
+        DeliveryNotFound,
+        InvalidEventTypeName,
+    )
+    if cls.sqlstate
+}
+
+
+def from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> OutboxError | None:
+    """The OutboxError for an ``OW`` SQLSTATE, or None for any other code."""
+    cls = _BY_SQLSTATE.get(sqlstate or "")
+    return cls(message, hint=hint) if cls else None

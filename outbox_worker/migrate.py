@@ -1,0 +1,53 @@
+"""Schema migrations: alembic revisions in ``migrations/`` that run ``sql/migrations/*.sql``.
+
+The version is kept in ``public.outbox_alembic_version`` so it never collides
+with the application's own alembic history.
+"""
+
+from __future__ import annotations
+
+from alembic import command, op
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
+
+from outbox_worker.db import sqlalchemy_url
+from outbox_worker.sql import migration_sql, migrations_dir
+
+VERSION_TABLE = "outbox_alembic_version"
+
+
+def run_sql_file(filename: str) -> None:
+    """Execute one ``sql/migrations`` file inside the running migration."""
+    # Straight to the driver: the file holds many statements and no binds.
+    op.get_bind().connection.driver_connection.execute(migration_sql(filename))  # type: ignore[union-attr]
+
+
+def alembic_config(database_url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    # configparser interpolates "%" (URL-encoded passwords have them).
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str = "base") -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("")).get_current_head()
+
+
+def current_revision(database_url: str) -> str | None:
+    engine = create_engine(sqlalchemy_url(database_url), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    finally:
+        engine.dispose()

@@ -1,0 +1,99 @@
+"""Configuration, read from ``OUTBOX_*`` environment variables (and ``.env``).
+
+Every field has a default that works on a developer machine; the README's
+configuration table is generated from the descriptions below
+(``python -m outbox_worker.settings``) so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTBOX_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql://postgres@localhost:5432/postgres",
+        description="libpq URL of the database holding the `outbox` schema.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`auto`: console on a TTY, JSON otherwise (containers)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum log level.")
+
+    # Worker: wake-up
+    listen: bool = Field(True, description="LISTEN for new events; off = poll only (transaction-mode PgBouncer).")
+    poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no notification arrives.")
+    prepare_statements: bool = Field(
+        True, description="Let psycopg prepare hot queries; turn off behind transaction-mode PgBouncer."
+    )
+
+    # Worker: capacity
+    concurrency: int = Field(256, ge=1, description="Requests in flight per worker process.")
+    per_host_concurrency: int = Field(32, ge=1, description="Requests in flight per webhook host and process.")
+    batch_size: int = Field(200, ge=1, description="Most rows claimed, fanned out or completed per round trip.")
+    pool_size: int = Field(4, ge=2, description="Database connections per worker process (plus one LISTEN).")
+
+    # Worker: HTTP
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection to a receiver.")
+    request_timeout: float = Field(15.0, gt=0, description="Seconds for a whole attempt, response included.")
+    max_response_bytes: int = Field(4096, ge=0, description="Response body bytes read and logged per attempt.")
+    signature_header: str = Field("X-Brutlers-Signature", description="Header carrying the hex HMAC-SHA256.")
+    user_agent: str = Field("outbox-worker/0.1", description="User-Agent of webhook requests.")
+
+    # Worker: retries and leases
+    retry_schedule: list[float] = Field(
+        [5.0, 300.0, 1800.0],
+        description="Seconds before each retry (3 entries = 4 attempts), JSON list.",
+    )
+    retry_jitter: float = Field(0.2, ge=0, le=1, description="Random +/- fraction applied to each retry delay.")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A claimed delivery returns to the queue after this if its worker dies."
+    )
+    disable_after: float = Field(
+        5 * 86400.0, gt=0, description="Seconds of failures without a success before a webhook is disabled."
+    )
+    shutdown_grace: float = Field(25.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
+    worker_id: str = Field(default_factory=_default_worker_id, description="Name recorded on leases and attempts.")
+
+    # Network policy at send time
+    allow_private_networks: bool = Field(
+        False, description="Allow receivers on loopback/private/link-local addresses (development)."
+    )
+    allow_http: bool = Field(False, description="Allow plain-http receivers (development).")
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays must be >= 0")
+        return value
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.retry_schedule) + 1
+
+
+def settings_table() -> str:
+    """The README's configuration table, in Markdown."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "host:pid" if name == "worker_id" else field.default
+        if isinstance(default, bool):
+            default = str(default).lower()
+        lines.append(f"| `OUTBOX_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -1,0 +1,199 @@
+"""Webhook management: thin typed wrappers over the ``outbox.*_webhook`` SQL functions.
+
+Every rule (URL policy, known event types, the per-owner limit, ownership)
+is enforced by the SQL functions, so psql users, other languages and these
+wrappers all get the same answers. Each function has a sync form (psycopg or
+SQLAlchemy connection) and an ``_async`` form.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from outbox_worker import db
+from outbox_worker.errors import DeliveryNotFound, WebhookNotFound
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A webhook as every reader may see it: never its secret."""
+
+    id: uuid.UUID
+    owner_id: str
+    url: str
+    events: list[str]
+    enabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_success_at: datetime | None = None
+    failing_since: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: db.Row) -> Webhook:
+        return cls(**{name: row[name] for name in cls.__slots__ if name in row})
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSecret:
+    """The answer of create and rotate: the only times a secret is shown."""
+
+    id: uuid.UUID
+    secret: str = field(repr=False)
+
+
+def _webhook_id(value: uuid.UUID | str) -> uuid.UUID:
+    # A malformed id cannot name anybody's webhook: same answer as a missing one.
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise WebhookNotFound(f"webhook {value} not found") from None
+
+
+def _secret(rows: list[db.Row]) -> WebhookSecret:
+    return WebhookSecret(id=rows[0]["id"], secret=rows[0]["secret"])
+
+
+def _create_params(owner_id: str, url: str, events: Sequence[str]) -> dict[str, Any]:
+    return {"owner_id": owner_id, "url": url, "events": list(events)}
+
+
+def _update_params(
+    owner_id: str,
+    webhook_id: uuid.UUID | str,
+    url: str | None,
+    events: Sequence[str] | None,
+    enabled: bool | None,
+) -> dict[str, Any]:
+    return {
+        "owner_id": owner_id,
+        "webhook_id": _webhook_id(webhook_id),
+        "url": url,
+        "events": list(events) if events is not None else None,
+        "enabled": enabled,
+    }
+
+
+def _ids(owner_id: str, webhook_id: uuid.UUID | str) -> dict[str, Any]:
+    return {"owner_id": owner_id, "webhook_id": _webhook_id(webhook_id)}
+
+
+def _redeliver_params(delivery_id: int, owner_id: str | None) -> dict[str, Any]:
+    if not isinstance(delivery_id, int) or delivery_id <= 0 or delivery_id >= 2**63:
+        raise DeliveryNotFound(f"delivery {delivery_id} not found")
+    return {"delivery_id": delivery_id, "owner_id": owner_id}
+
+
+# -- sync ---------------------------------------------------------------------
+
+
+def create_webhook(conn: db.SyncConnection, owner_id: str, url: str, events: Sequence[str]) -> WebhookSecret:
+    return _secret(db.fetch(conn, "create_webhook", _create_params(owner_id, url, events)))
+
+
+def update_webhook(
+    conn: db.SyncConnection,
+    owner_id: str,
+    webhook_id: uuid.UUID | str,
+    *,
+    url: str | None = None,
+    events: Sequence[str] | None = None,
+    enabled: bool | None = None,
+) -> Webhook:
+    params = _update_params(owner_id, webhook_id, url, events, enabled)
+    return Webhook.from_row(db.fetch(conn, "update_webhook", params)[0])
+
+
+def delete_webhook(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> None:
+    db.fetch(conn, "delete_webhook", _ids(owner_id, webhook_id))
+
+
+def list_webhooks(conn: db.SyncConnection, owner_id: str, event_type: str | None = None) -> list[Webhook]:
+    rows = db.fetch(conn, "list_webhooks", {"owner_id": owner_id, "event_type": event_type})
+    return [Webhook.from_row(r) for r in rows]
+
+
+def get_webhook(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> Webhook:
+    return Webhook.from_row(db.fetch(conn, "get_webhook", _ids(owner_id, webhook_id))[0])
+
+
+def rotate_webhook_secret(
+    conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str
+) -> WebhookSecret:
+    return _secret(db.fetch(conn, "rotate_webhook_secret", _ids(owner_id, webhook_id)))
+
+
+def redeliver(conn: db.SyncConnection, delivery_id: int, owner_id: str | None = None) -> int:
+    return int(db.fetch(conn, "redeliver", _redeliver_params(delivery_id, owner_id))[0]["id"])
+
+
+def replay_failed(
+    conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str, since: datetime
+) -> int:
+    params = {**_ids(owner_id, webhook_id), "since": since}
+    return int(db.fetch(conn, "replay_failed", params)[0]["count"])
+
+
+def add_event_type(conn: db.SyncConnection, name: str, description: str = "") -> None:
+    db.fetch(conn, "add_event_type", {"name": name, "description": description})
+
+
+# -- async --------------------------------------------------------------------
+
+
+async def create_webhook_async(
+    conn: db.AsyncConnection, owner_id: str, url: str, events: Sequence[str]
+) -> WebhookSecret:
+    return _secret(await db.fetch_async(conn, "create_webhook", _create_params(owner_id, url, events)))
+
+
+async def update_webhook_async(
+    conn: db.AsyncConnection,
+    owner_id: str,
+    webhook_id: uuid.UUID | str,
+    *,
+    url: str | None = None,
+    events: Sequence[str] | None = None,
+    enabled: bool | None = None,
+) -> Webhook:
+    params = _update_params(owner_id, webhook_id, url, events, enabled)
+    return Webhook.from_row((await db.fetch_async(conn, "update_webhook", params))[0])
+
+
+async def delete_webhook_async(conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> None:
+    await db.fetch_async(conn, "delete_webhook", _ids(owner_id, webhook_id))
+
+
+async def list_webhooks_async(
+    conn: db.AsyncConnection, owner_id: str, event_type: str | None = None
+) -> list[Webhook]:
+    rows = await db.fetch_async(conn, "list_webhooks", {"owner_id": owner_id, "event_type": event_type})
+    return [Webhook.from_row(r) for r in rows]
+
+
+async def get_webhook_async(
+    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str
+) -> Webhook:
+    return Webhook.from_row((await db.fetch_async(conn, "get_webhook", _ids(owner_id, webhook_id)))[0])
+
+
+async def rotate_webhook_secret_async(
+    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str
+) -> WebhookSecret:
+    return _secret(await db.fetch_async(conn, "rotate_webhook_secret", _ids(owner_id, webhook_id)))
+
+
+async def redeliver_async(conn: db.AsyncConnection, delivery_id: int, owner_id: str | None = None) -> int:
+    rows = await db.fetch_async(conn, "redeliver", _redeliver_params(delivery_id, owner_id))
+    return int(rows[0]["id"])
+
+
+async def replay_failed_async(
+    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str, since: datetime
+) -> int:
+    params = {**_ids(owner_id, webhook_id), "since": since}
+    return int((await db.fetch_async(conn, "replay_failed", params))[0]["count"])
