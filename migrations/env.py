@@ -4,10 +4,8 @@ database given by ``outbox_worker.migrate`` (or ``OUTBOX_DATABASE_URL``)."""
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
-
-from outbox_worker.db import sqlalchemy_url
-from outbox_worker.migrate import VERSION_TABLE
+from outbox_worker.db import libpq_url
+from outbox_worker.migrate import VERSION_TABLE, engine
 from outbox_worker.settings import Settings
 
 config = context.config
@@ -22,13 +20,13 @@ def _run(conn: object) -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=sqlalchemy_url(url), version_table=VERSION_TABLE, literal_binds=True)
+    context.configure(dialect_name="postgresql", version_table=VERSION_TABLE, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 elif connection is not None:
     _run(connection)
 else:
-    engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
-    with engine.connect() as conn:
+    eng = engine(libpq_url(url))
+    with eng.connect() as conn:
         _run(conn)
-    engine.dispose()
+    eng.dispose()

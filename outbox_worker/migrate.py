@@ -10,9 +10,8 @@ from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, pool
-
-from outbox_worker.db import sqlalchemy_url
+import psycopg
+from sqlalchemy import Engine, create_engine, pool
 from outbox_worker.sql import migration_sql, migrations_dir
 
 VERSION_TABLE = "outbox_alembic_version"
@@ -32,6 +31,13 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
+def engine(database_url: str) -> Engine:
+    """A one-connection engine for any libpq URL or ``key=value`` string."""
+    return create_engine(
+        "postgresql+psycopg://", poolclass=pool.NullPool, creator=lambda: psycopg.connect(database_url)
+    )
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
@@ -45,9 +51,9 @@ def head_revision() -> str | None:
 
 
 def current_revision(database_url: str) -> str | None:
-    engine = create_engine(sqlalchemy_url(database_url), poolclass=pool.NullPool)
+    eng = engine(database_url)
     try:
-        with engine.connect() as conn:
+        with eng.connect() as conn:
             return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     finally:
-        engine.dispose()
+        eng.dispose()

@@ -1,0 +1,24 @@
+"""An embedded PostgreSQL (pgserver, the ``embedded`` extra) for zero-setup
+runs: the demo, the chaos run and the test suite's last fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def start(data_dir: Path, *, cleanup: bool = True) -> tuple[str, Any]:
+    """Start (or reuse) a server in ``data_dir``; returns its URL and handle.
+
+    With ``cleanup`` the server stops and its directory is removed when the
+    handle is cleaned up (``handle.cleanup()``) or the process exits.
+    """
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError(
+            "no database configured and the embedded PostgreSQL is not installed: "
+            "set OUTBOX_DATABASE_URL or `pip install 'outbox-worker[embedded]'`"
+        ) from exc
+    server = pgserver.get_server(data_dir, cleanup_mode="delete" if cleanup else None)
+    return str(server.get_uri()), server

@@ -1,0 +1,139 @@
+"""Migrations build exactly the schema the code needs, and undo it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+import pytest
+
+from outbox_worker import migrate
+from outbox_worker.sql import queries
+
+EXPECTED_RELATIONS = {
+    ("config", "r"),
+    ("event_types", "r"),
+    ("webhooks", "r"),
+    ("events", "r"),
+    ("deliveries", "r"),
+    ("delivery_attempts", "r"),
+    ("webhook_info", "v"),
+    ("delivery_log", "v"),
+    ("queue_stats", "v"),
+    ("event_backlog", "v"),
+}
+
+EXPECTED_PUBLIC_FUNCTIONS = {
+    "emit",
+    "add_event_type",
+    "create_webhook",
+    "update_webhook",
+    "delete_webhook",
+    "list_webhooks",
+    "get_webhook",
+    "rotate_webhook_secret",
+    "redeliver",
+    "replay_failed",
+}
+
+
+def relations(conn: psycopg.Connection[Any]) -> set[tuple[str, str]]:
+    rows = conn.execute(
+        "select c.relname, c.relkind::text from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = 'outbox' and c.relkind in ('r', 'v', 'm', 'p')"
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def functions(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute(
+        "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'outbox'"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def prepare_all(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Ask the server to parse and plan every named query; name -> error for the failures."""
+    failures: dict[str, str] = {}
+    for name, text in queries().items():
+        order: list[str] = []
+
+        def number(m: re.Match[str], order: list[str] = order) -> str:
+            if m.group(1) not in order:
+                order.append(m.group(1))
+            return f"${order.index(m.group(1)) + 1}"
+
+        statement = re.sub(r"%\((\w+)\)s", number, text)
+        result = conn.pgconn.prepare(f"check_{name}".encode(), statement.encode())
+        if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            failures[name] = (result.error_message or b"").decode()
+    return failures
+
+
+def test_upgrade_from_empty_builds_the_expected_schema(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    migrate.upgrade(url)
+    assert migrate.current_revision(url) == migrate.head_revision()
+    with psycopg.connect(url) as conn:
+        assert relations(conn) == EXPECTED_RELATIONS
+        assert EXPECTED_PUBLIC_FUNCTIONS <= functions(conn)
+        assert prepare_all(conn) == {}
+        seeded = {r[0] for r in conn.execute("select name from outbox.event_types")}
+        assert {
+            "order.created",
+            "order.status_changed",
+            "inquiry.received",
+            "appointment.confirmed",
+            "appointment.cancelled",
+            "customer.created",
+        } <= seeded
+
+
+def test_every_query_is_checked(make_database: Any) -> None:
+    # The prepare check above is only as good as the coverage of queries.sql;
+    # an unparseable query would be reported, a missing one would not.
+    url = make_database("outbox_migr")
+    with psycopg.connect(url) as conn:
+        failures = prepare_all(conn)  # empty database: every query must fail
+    assert set(failures) == set(queries())
+    assert all("does not exist" in message for message in failures.values())
+
+
+def test_downgrade_to_base_removes_everything_and_upgrade_again(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select outbox.emit('o', 'order.created', '{}')")
+    migrate.downgrade(url, "base")
+    assert migrate.current_revision(url) is None
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from pg_namespace where nspname = 'outbox'").fetchone() == (0,)
+        assert conn.execute("select count(*) from pg_type where typname = 'delivery_status'").fetchone() == (0,)
+    migrate.upgrade(url)
+    with psycopg.connect(url) as conn:
+        assert relations(conn) == EXPECTED_RELATIONS
+        assert prepare_all(conn) == {}
+
+
+def test_version_table_does_not_collide_with_the_apps_alembic(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table public.alembic_version (version_num varchar(32) primary key)")
+        conn.execute("insert into public.alembic_version values ('app_rev_42')")
+    migrate.upgrade(url)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select version_num from public.alembic_version").fetchall() == [("app_rev_42",)]
+        assert conn.execute("select version_num from public.outbox_alembic_version").fetchall() == [("0001",)]
+
+
+def test_a_failed_migration_leaves_nothing_behind(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table public.marker (x int)")
+        conn.execute("create schema outbox")  # conflicts with the first statement of 0001
+    with pytest.raises(Exception, match="already exists"):
+        migrate.upgrade(url)
+    assert migrate.current_revision(url) is None
+    with psycopg.connect(url) as conn:
+        assert conn.execute("select count(*) from pg_tables where schemaname = 'outbox'").fetchone() == (0,)
