@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeAlias
+from urllib.parse import quote, urlencode
 
 import psycopg
 from psycopg.rows import dict_row
@@ -85,12 +86,27 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=autocommit)
 
 
+def as_url(conninfo: str, **overrides: str) -> str:
+    """Any libpq connection string (URL or ``key=value``) as a ``postgresql://`` URL."""
+    params = {**psycopg.conninfo.conninfo_to_dict(conninfo), **overrides}
+    user = quote(str(params.pop("user", "")), safe="")
+    password = params.pop("password", None)
+    dbname = quote(str(params.pop("dbname", "")), safe="")
+    host = str(params.pop("host", ""))
+    port = params.pop("port", None)
+    if host.startswith("/"):  # a socket directory goes in the query string
+        params["host"], host = host, ""
+    auth = f"{user}:{quote(str(password), safe='')}@" if password else (f"{user}@" if user else "")
+    netloc = f"{auth}{host}" + (f":{port}" if port and host else "")
+    if port and not host:
+        params["port"] = port
+    query = urlencode({k: str(v) for k, v in params.items()})
+    return f"postgresql://{netloc}/{dbname}" + (f"?{query}" if query else "")
+
+
 def sqlalchemy_url(url: str) -> str:
     """The libpq URL in SQLAlchemy's form, pinned to the psycopg 3 driver."""
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    raise ValueError("database URL must start with postgresql://")
+    return "postgresql+psycopg://" + as_url(libpq_url(url)).removeprefix("postgresql://")
 
 
 def libpq_url(url: str) -> str:

@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from outbox_worker import migrate
-from outbox_worker.db import libpq_url
+from outbox_worker.db import as_url, libpq_url
 
 # Tests reach receivers on loopback over plain http.
 TEST_CONFIG = "update outbox.config set allow_http = true, allow_private_networks = true, " \
@@ -59,7 +59,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def with_database(url: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+    return as_url(url, dbname=dbname)
 
 
 @pytest.fixture(scope="session")
