@@ -3,7 +3,10 @@ database given by ``outbox_worker.migrate`` (or ``OUTBOX_DATABASE_URL``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
+
 from outbox_worker.db import libpq_url
 from outbox_worker.migrate import VERSION_TABLE, engine
 from outbox_worker.settings import Settings
@@ -13,7 +16,7 @@ url = config.get_main_option("sqlalchemy.url") or Settings().database_url
 connection = config.attributes.get("connection")
 
 
-def _run(conn: object) -> None:
+def _run(conn: Any) -> None:
     context.configure(connection=conn, version_table=VERSION_TABLE, transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -67,14 +67,18 @@ def output(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = Non
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         for key, value in rows[0].items():
-            table.add_row(key, "" if value is None else ", ".join(value) if isinstance(value, list) else str(value))
+            table.add_row(
+                key, "" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
+            )
         console.print(table)
         return
     table = Table(title=title)
     for column in rows[0] if rows else ["(none)"]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else ", ".join(v) if isinstance(v, list) else str(v) for v in row.values()))
+        table.add_row(
+            *("" if v is None else ", ".join(v) if isinstance(v, list) else str(v) for v in row.values())
+        )
     console.print(table)
 
 
@@ -112,8 +116,7 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.pass_context
 def main(click_ctx: click.Context, database_url: str | None, as_json: bool) -> None:
     """Postgres transactional-outbox webhook worker."""
-    overrides = {"database_url": database_url} if database_url else {}
-    settings = Settings(**overrides)
+    settings = Settings(database_url=database_url) if database_url else Settings()
     logs.configure(settings.log_level, settings.log_format)
     click_ctx.obj = Context(settings, as_json)
 

@@ -14,7 +14,11 @@ from typing import Any, TypeAlias
 from urllib.parse import quote, urlencode
 
 import psycopg
+import sqlalchemy
 from psycopg.rows import dict_row
+from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from outbox_worker import errors
 from outbox_worker.sql import as_sqlalchemy, query
@@ -22,18 +26,8 @@ from outbox_worker.sql import as_sqlalchemy, query
 Row: TypeAlias = dict[str, Any]
 Params: TypeAlias = Mapping[str, Any]
 
-try:  # SQLAlchemy is a dependency, but keep this module importable without it.
-    import sqlalchemy
-    from sqlalchemy import exc as sa_exc
-    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-    from sqlalchemy.ext.asyncio import AsyncSession
-    from sqlalchemy.orm import Session
-
-    SyncConnection: TypeAlias = psycopg.Connection[Any] | sqlalchemy.Connection | Session
-    AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | SAAsyncConnection | AsyncSession
-except ImportError:  # pragma: no cover
-    SyncConnection = psycopg.Connection[Any]  # type: ignore[misc]
-    AsyncConnection = psycopg.AsyncConnection[Any]  # type: ignore[misc]
+SyncConnection: TypeAlias = psycopg.Connection[Any] | sqlalchemy.Connection | Session
+AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | SAAsyncConnection | AsyncSession
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -67,7 +61,7 @@ def fetch(conn: SyncConnection, name: str, params: Params) -> list[Row]:
                 cur.execute(query(name), params)
                 return cur.fetchall() if cur.description else []
         result = conn.execute(sqlalchemy.text(as_sqlalchemy(name)), dict(params))
-        return [dict(r) for r in result.mappings()] if result.returns_rows else []
+        return [dict(r) for r in result.mappings()]
 
 
 async def fetch_async(conn: AsyncConnection, name: str, params: Params) -> list[Row]:
@@ -78,7 +72,7 @@ async def fetch_async(conn: AsyncConnection, name: str, params: Params) -> list[
                 await cur.execute(query(name), params)
                 return await cur.fetchall() if cur.description else []
         result = await conn.execute(sqlalchemy.text(as_sqlalchemy(name)), dict(params))
-        return [dict(r) for r in result.mappings()] if result.returns_rows else []
+        return [dict(r) for r in result.mappings()]
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:

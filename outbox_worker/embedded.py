@@ -20,5 +20,5 @@ def start(data_dir: Path, *, cleanup: bool = True) -> tuple[str, Any]:
             "no database configured and the embedded PostgreSQL is not installed: "
             "set OUTBOX_DATABASE_URL or `pip install 'outbox-worker[embedded]'`"
         ) from exc
-    server = pgserver.get_server(data_dir, cleanup_mode="delete" if cleanup else None)
+    server = pgserver.get_server(data_dir, cleanup_mode="delete" if cleanup else None)  # type: ignore[attr-defined]
     return str(server.get_uri()), server

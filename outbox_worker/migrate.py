@@ -6,12 +6,13 @@ with the application's own alembic history.
 
 from __future__ import annotations
 
+import psycopg
 from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-import psycopg
 from sqlalchemy import Engine, create_engine, pool
+
 from outbox_worker.sql import migration_sql, migrations_dir
 
 VERSION_TABLE = "outbox_alembic_version"
@@ -54,6 +55,8 @@ def current_revision(database_url: str) -> str | None:
     eng = engine(database_url)
     try:
         with eng.connect() as conn:
-            return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+            return MigrationContext.configure(
+                conn, opts={"version_table": VERSION_TABLE}
+            ).get_current_revision()
     finally:
         eng.dispose()

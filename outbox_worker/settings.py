@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum log level.")
 
     # Worker: wake-up
-    listen: bool = Field(True, description="LISTEN for new events; off = poll only (transaction-mode PgBouncer).")
+    listen: bool = Field(
+        True, description="LISTEN for new events; off = poll only (transaction-mode PgBouncer)."
+    )
     poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no notification arrives.")
     prepare_statements: bool = Field(
         True, description="Let psycopg prepare hot queries; turn off behind transaction-mode PgBouncer."
@@ -40,14 +42,20 @@ class Settings(BaseSettings):
 
     # Worker: capacity
     concurrency: int = Field(256, ge=1, description="Requests in flight per worker process.")
-    per_host_concurrency: int = Field(32, ge=1, description="Requests in flight per webhook host and process.")
-    batch_size: int = Field(200, ge=1, description="Most rows claimed, fanned out or completed per round trip.")
+    per_host_concurrency: int = Field(
+        32, ge=1, description="Requests in flight per webhook host and process."
+    )
+    batch_size: int = Field(
+        200, ge=1, description="Most rows claimed, fanned out or completed per round trip."
+    )
     pool_size: int = Field(4, ge=2, description="Database connections per worker process (plus one LISTEN).")
 
     # Worker: HTTP
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection to a receiver.")
     request_timeout: float = Field(15.0, gt=0, description="Seconds for a whole attempt, response included.")
-    max_response_bytes: int = Field(4096, ge=0, description="Response body bytes read and logged per attempt.")
+    max_response_bytes: int = Field(
+        4096, ge=0, description="Response body bytes read and logged per attempt."
+    )
     signature_header: str = Field("X-Brutlers-Signature", description="Header carrying the hex HMAC-SHA256.")
     user_agent: str = Field("outbox-worker/0.1", description="User-Agent of webhook requests.")
 
@@ -56,7 +64,9 @@ class Settings(BaseSettings):
         [5.0, 300.0, 1800.0],
         description="Seconds before each retry (3 entries = 4 attempts), JSON list.",
     )
-    retry_jitter: float = Field(0.2, ge=0, le=1, description="Random +/- fraction applied to each retry delay.")
+    retry_jitter: float = Field(
+        0.2, ge=0, le=1, description="Random +/- fraction applied to each retry delay."
+    )
     lease_seconds: float = Field(
         60.0, gt=0, description="A claimed delivery returns to the queue after this if its worker dies."
     )
@@ -64,7 +74,9 @@ class Settings(BaseSettings):
         5 * 86400.0, gt=0, description="Seconds of failures without a success before a webhook is disabled."
     )
     shutdown_grace: float = Field(25.0, ge=0, description="Seconds SIGTERM waits for in-flight requests.")
-    worker_id: str = Field(default_factory=_default_worker_id, description="Name recorded on leases and attempts.")
+    worker_id: str = Field(
+        default_factory=_default_worker_id, description="Name recorded on leases and attempts."
+    )
 
     # Network policy at send time
     allow_private_networks: bool = Field(

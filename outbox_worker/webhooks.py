@@ -175,9 +175,7 @@ async def list_webhooks_async(
     return [Webhook.from_row(r) for r in rows]
 
 
-async def get_webhook_async(
-    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str
-) -> Webhook:
+async def get_webhook_async(conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> Webhook:
     return Webhook.from_row((await db.fetch_async(conn, "get_webhook", _ids(owner_id, webhook_id)))[0])
 
 

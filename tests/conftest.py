@@ -22,8 +22,10 @@ from outbox_worker import migrate
 from outbox_worker.db import as_url, libpq_url
 
 # Tests reach receivers on loopback over plain http.
-TEST_CONFIG = "update outbox.config set allow_http = true, allow_private_networks = true, " \
-              "max_webhooks_per_owner = 5, max_payload_bytes = 262144"
+TEST_CONFIG = (
+    "update outbox.config set allow_http = true, allow_private_networks = true, "
+    "max_webhooks_per_owner = 5, max_payload_bytes = 262144"
+)
 
 
 def _docker_answers() -> bool:

@@ -70,7 +70,9 @@ def test_sqlalchemy_session(sa_engine: Engine, conn: psycopg.Connection[Any], co
     assert len(events(conn)) == (1 if commit else 0)
 
 
-def test_sqlalchemy_session_begin_block_rolls_back_on_exception(sa_engine: Engine, conn: psycopg.Connection[Any]) -> None:
+def test_sqlalchemy_session_begin_block_rolls_back_on_exception(
+    sa_engine: Engine, conn: psycopg.Connection[Any]
+) -> None:
     with pytest.raises(RuntimeError), Session(sa_engine) as session, session.begin():
         emit(session, "shop", "order.created", {"id": 5})
         raise RuntimeError("business logic failed after emit")
@@ -121,7 +123,9 @@ def test_bad_payloads_are_refused_before_the_database(
 
 def test_oversized_payload_is_refused(conn: psycopg.Connection[Any]) -> None:
     conn.execute("update outbox.config set max_payload_bytes = 1000")
-    with pytest.raises(errors.PayloadTooLarge, match=r"payload too large: \d+ bytes, the limit is 1000 bytes"):
+    with pytest.raises(
+        errors.PayloadTooLarge, match=r"payload too large: \d+ bytes, the limit is 1000 bytes"
+    ):
         emit(conn, "shop", "order.created", {"blob": "x" * 2000})
     emit(conn, "shop", "order.created", {"blob": "x" * 500})
     assert len(events(conn)) == 1
@@ -141,7 +145,9 @@ def test_plain_insert_is_validated_too(conn: psycopg.Connection[Any]) -> None:
         conn.execute("insert into outbox.events (owner_id, event_type, data) values ('o', 'nope', '{}')")
     assert unknown.value.sqlstate == "OW002"
     with pytest.raises(psycopg.Error) as not_object:
-        conn.execute("insert into outbox.events (owner_id, event_type, data) values ('o', 'order.created', '[]')")
+        conn.execute(
+            "insert into outbox.events (owner_id, event_type, data) values ('o', 'order.created', '[]')"
+        )
     assert not_object.value.sqlstate == "OW006"
     conn.execute("insert into outbox.events (owner_id, event_type, data) values ('o', 'order.created', '{}')")
     assert len(events(conn)) == 1

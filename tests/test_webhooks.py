@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,7 +48,9 @@ def test_readers_never_return_the_secret(conn: psycopg.Connection[Any], function
 def test_sixth_webhook_is_refused_with_a_clear_error(conn: psycopg.Connection[Any]) -> None:
     for i in range(5):
         webhooks.create_webhook(conn, "vendor-1", f"{URL}/{i}", ["order.created"])
-    with pytest.raises(errors.WebhookLimitReached, match=r'owner "vendor-1" already has 5 webhooks \(maximum 5\)'):
+    with pytest.raises(
+        errors.WebhookLimitReached, match=r'owner "vendor-1" already has 5 webhooks \(maximum 5\)'
+    ):
         webhooks.create_webhook(conn, "vendor-1", URL, ["order.created"])
     webhooks.create_webhook(conn, "vendor-2", URL, ["order.created"])  # other owners unaffected
     assert len(webhooks.list_webhooks(conn, "vendor-1")) == 5
@@ -158,7 +161,9 @@ def test_private_targets_are_refused_by_default(conn: psycopg.Connection[Any], u
         webhooks.create_webhook(conn, "vendor-1", url, ["order.created"])
 
 
-@pytest.mark.parametrize("url", ["https://2130706433/", "https://127.1/", "https://0x7f.0.0.1/", "https://017.0.0.1/"])
+@pytest.mark.parametrize(
+    "url", ["https://2130706433/", "https://127.1/", "https://0x7f.0.0.1/", "https://017.0.0.1/"]
+)
 def test_ambiguous_ipv4_spellings_are_refused(conn: psycopg.Connection[Any], url: str) -> None:
     with pytest.raises(errors.InvalidURL, match="four decimal numbers"):
         webhooks.create_webhook(conn, "vendor-1", url, ["order.created"])
@@ -172,9 +177,7 @@ def test_http_needs_allow_http(conn: psycopg.Connection[Any]) -> None:
     webhooks.create_webhook(conn, "vendor-1", "http://example.com/", ["order.created"])
 
 
-@pytest.mark.parametrize(
-    "owner", ["", " padded ", "line\nbreak", "x" * 256, "nul\x01"]
-)
+@pytest.mark.parametrize("owner", ["", " padded ", "line\nbreak", "x" * 256, "nul\x01"])
 def test_invalid_owner_ids_are_refused(conn: psycopg.Connection[Any], owner: str) -> None:
     with pytest.raises(errors.InvalidOwnerId):
         webhooks.create_webhook(conn, owner, URL, ["order.created"])
@@ -190,7 +193,11 @@ def test_sql_metacharacters_in_owner_ids_are_just_data(conn: psycopg.Connection[
 def test_update_changes_only_what_is_given(conn: psycopg.Connection[Any]) -> None:
     created = webhooks.create_webhook(conn, "v", URL, ["order.created"])
     updated = webhooks.update_webhook(conn, "v", created.id, url="https://example.org/new")
-    assert (updated.url, updated.events, updated.enabled) == ("https://example.org/new", ["order.created"], True)
+    assert (updated.url, updated.events, updated.enabled) == (
+        "https://example.org/new",
+        ["order.created"],
+        True,
+    )
     updated = webhooks.update_webhook(conn, "v", created.id, events=["order.*"], enabled=False)
     assert (updated.url, updated.events, updated.enabled) == ("https://example.org/new", ["order.*"], False)
     assert updated.disabled_reason == "disabled by owner"
@@ -211,7 +218,7 @@ def test_update_validates_like_create(conn: psycopg.Connection[Any]) -> None:
 @pytest.mark.parametrize("operation", ["get", "update", "delete", "rotate", "replay"])
 def test_another_owners_webhook_is_not_found(conn: psycopg.Connection[Any], operation: str) -> None:
     theirs = webhooks.create_webhook(conn, "victim", URL, ["order.created"])
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "get": lambda: webhooks.get_webhook(conn, "attacker", theirs.id),
         "update": lambda: webhooks.update_webhook(conn, "attacker", theirs.id, url="https://evil.example/"),
         "delete": lambda: webhooks.delete_webhook(conn, "attacker", theirs.id),
@@ -232,7 +239,9 @@ def test_malformed_webhook_id_is_not_found(conn: psycopg.Connection[Any]) -> Non
         webhooks.delete_webhook(conn, "v", "not-a-uuid")
 
 
-def _delivery_with_attempt(conn: psycopg.Connection[Any], webhook_id: uuid.UUID, status: str = "failed") -> int:
+def _delivery_with_attempt(
+    conn: psycopg.Connection[Any], webhook_id: uuid.UUID, status: str = "failed"
+) -> int:
     event_id = conn.execute("select outbox.emit('v', 'order.created', '{\"id\": 1}')").fetchone()[0]  # type: ignore[index]
     row = conn.execute(
         "insert into outbox.deliveries (event_id, webhook_id, status, attempts, completed_at) "
@@ -241,8 +250,9 @@ def _delivery_with_attempt(conn: psycopg.Connection[Any], webhook_id: uuid.UUID,
     ).fetchone()
     assert row is not None
     conn.execute(
-        "insert into outbox.delivery_attempts (delivery_id, attempt, attempted_at, duration_ms, status_code, error_class)"
-        " values (%s, 1, now(), 12.5, 500, 'http')",
+        "insert into outbox.delivery_attempts "
+        "(delivery_id, attempt, attempted_at, duration_ms, status_code, error_class) "
+        "values (%s, 1, now(), 12.5, 500, 'http')",
         (row[0],),
     )
     return int(row[0])
@@ -298,8 +308,9 @@ def test_disabling_fails_queued_deliveries(conn: psycopg.Connection[Any]) -> Non
     hook = webhooks.create_webhook(conn, "v", URL, ["order.created"])
     queued = _delivery_with_attempt(conn, hook.id, status="pending")
     webhooks.update_webhook(conn, "v", hook.id, enabled=False)
-    assert conn.execute("select status::text, last_error from outbox.deliveries where id = %s", (queued,)).fetchone() \
-        == ("failed", "webhook disabled")
+    assert conn.execute(
+        "select status::text, last_error from outbox.deliveries where id = %s", (queued,)
+    ).fetchone() == ("failed", "webhook disabled")
 
 
 def test_event_type_catalogue_is_extendable(conn: psycopg.Connection[Any]) -> None:
