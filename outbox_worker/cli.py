@@ -7,12 +7,13 @@ exits 2.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
@@ -24,6 +25,8 @@ from outbox_worker import db, logs, migrate, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
 from outbox_worker.settings import Settings
+from outbox_worker.sql import query
+from outbox_worker.worker import serve
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console()
@@ -213,6 +216,130 @@ def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
     with ctx.connection() as conn:
         rotated = webhooks.rotate_webhook_secret(conn, owner, webhook_id)
     output(ctx, [{"id": str(rotated.id), "secret": rotated.secret}], "New secret: store it now")
+
+
+# -- the worker ---------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--concurrency", type=int, help="Requests in flight (OUTBOX_CONCURRENCY).")
+@click.option("--batch-size", type=int, help="Rows per claim/fan-out/complete (OUTBOX_BATCH_SIZE).")
+@click.option("--poll-interval", type=float, help="Seconds between polls (OUTBOX_POLL_INTERVAL).")
+@click.option("--no-listen", is_flag=True, help="Poll only (behind transaction-mode PgBouncer).")
+@click.option("--worker-id", help="Name on leases and attempts (OUTBOX_WORKER_ID).")
+@pass_ctx
+def run_cmd(
+    ctx: Context,
+    concurrency: int | None,
+    batch_size: int | None,
+    poll_interval: float | None,
+    no_listen: bool,
+    worker_id: str | None,
+) -> None:
+    """Deliver webhooks until SIGTERM/SIGINT (then drain and exit 0)."""
+    overrides: dict[str, Any] = {
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+        "poll_interval": poll_interval,
+        "worker_id": worker_id,
+        "listen": False if no_listen else None,
+    }
+    settings = ctx.settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.model_validate(settings.model_dump())  # re-validate the overrides
+    sys.exit(asyncio.run(serve(settings)))
+
+
+@main.command("redeliver")
+@click.argument("delivery_ids", nargs=-1, type=int)
+@click.option("--webhook", "webhook_id", help="Replay this webhook's failed deliveries instead.")
+@click.option("--owner", help="Owner of --webhook (required with it).")
+@click.option("--since", type=click.DateTime(), help="With --webhook: failed at or after this time (UTC).")
+@pass_ctx
+@handle_errors
+def redeliver_cmd(
+    ctx: Context,
+    delivery_ids: tuple[int, ...],
+    webhook_id: str | None,
+    owner: str | None,
+    since: datetime | None,
+) -> None:
+    """Send deliveries again (same webhook-id), or replay a webhook's failures."""
+    with ctx.connection() as conn:
+        if webhook_id:
+            if not owner:
+                raise click.UsageError("--webhook needs --owner")
+            moment = (since or datetime(1970, 1, 1)).replace(tzinfo=UTC)
+            count = webhooks.replay_failed(conn, owner, webhook_id, moment)
+            click.echo(f"re-queued {count} failed deliveries")
+            return
+        if not delivery_ids:
+            raise click.UsageError("give delivery ids, or --webhook with --owner")
+        for delivery_id in delivery_ids:
+            webhooks.redeliver(conn, delivery_id)
+    click.echo(f"re-queued {len(delivery_ids)} deliveries")
+
+
+@main.command("stats")
+@pass_ctx
+def stats_cmd(ctx: Context) -> None:
+    """Queue health: per webhook, and events waiting for fan-out."""
+    with ctx.connection() as conn:
+        rows = db.fetch(conn, "queue_stats", {})
+        backlog = db.fetch(conn, "event_backlog", {})[0]
+    table = [
+        {
+            "owner": r["owner_id"],
+            "webhook": str(r["webhook_id"]),
+            "url": r["url"],
+            "enabled": r["enabled"],
+            "pending": r["pending"],
+            "retrying": r["retrying"],
+            "in_flight": r["in_flight"],
+            "failed": r["failed"],
+            "oldest_pending_s": None
+            if r["oldest_pending_seconds"] is None
+            else round(float(r["oldest_pending_seconds"]), 1),
+        }
+        for r in rows
+    ]
+    if ctx.as_json:
+        output(ctx, [{"webhooks": table, "undispatched_events": backlog["undispatched"]}])
+        return
+    output(ctx, table or [{"webhooks": "none"}], "Queue health")
+    age = backlog["oldest_undispatched_seconds"]
+    click.echo(
+        f"undispatched events: {backlog['undispatched']}" + (f" (oldest {float(age):.1f} s)" if age else "")
+    )
+
+
+@main.command("purge")
+@click.option(
+    "--older-than", required=True, help="Age like 30d, 12h, 90m: finished history older than this goes."
+)
+@click.option("--batch-size", default=5000, show_default=True)
+@pass_ctx
+def purge_cmd(ctx: Context, older_than: str, batch_size: int) -> None:
+    """Delete finished events with their deliveries and attempts, in batches."""
+    cutoff = datetime.now(UTC) - parse_age(older_than)
+    total = 0
+    while True:
+        # One short transaction per batch: no long locks, vacuum keeps up.
+        with ctx.connection() as conn, conn.cursor() as cur:
+            cur.execute(query("purge"), {"older_than": cutoff, "limit": batch_size})
+            deleted = cur.rowcount
+        total += deleted
+        if deleted < batch_size:
+            break
+    click.echo(f"purged {total} events (with their deliveries and attempts) older than {cutoff.isoformat()}")
+
+
+def parse_age(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        value, unit = float(text[:-1]), text[-1]
+        return timedelta(seconds=value * units[unit])
+    except (ValueError, KeyError, IndexError):
+        raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
 
 
 # -- events -------------------------------------------------------------------

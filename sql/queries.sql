@@ -34,3 +34,180 @@ select outbox.redeliver(%(delivery_id)s, %(owner_id)s) as id;
 
 -- replay_failed: re-queue a webhook's deliveries that failed since a time
 select outbox.replay_failed(%(owner_id)s, %(webhook_id)s, %(since)s) as count;
+
+-- ============================================================ worker hot path
+
+-- dispatch_claim: lock a batch of undispatched events, oldest first
+select id, event_type, data, created_at
+  from outbox.events
+ where dispatched_at is null
+ order by id
+ limit %(limit)s
+   for update skip locked;
+
+-- dispatch_write: fix each event's body, fan out one delivery per matching enabled webhook (the first lease_limit leased to this worker), mark the events dispatched
+with batch as (
+    select b.id, b.body
+      from unnest(cast(%(ids)s as bigint[]), cast(%(bodies)s as bytea[])) as b(id, body)
+), marked as (
+    update outbox.events e
+       set dispatched_at = now(), body = b.body
+      from batch b
+     where e.id = b.id
+    returning e.id, e.owner_id, e.event_type
+), targets as (
+    select m.id as event_id, w.id as webhook_id,
+           row_number() over (order by m.id, w.id) <= %(lease_limit)s as leased
+      from marked m
+      join outbox.webhooks w
+        on w.owner_id = m.owner_id and w.enabled and w.events && outbox.event_patterns(m.event_type)
+), inserted as (
+    insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by)
+    select t.event_id, t.webhook_id,
+           case when t.leased then now() + make_interval(secs => %(lease_seconds)s) else now() end,
+           case when t.leased then now() + make_interval(secs => %(lease_seconds)s) end,
+           case when t.leased then %(worker_id)s end
+      from targets t
+    on conflict on constraint deliveries_webhook_event_key do nothing
+    returning d.id, d.event_id, d.webhook_id, d.attempts, d.leased_by is not null as leased
+)
+select i.id, i.event_id, i.webhook_id, i.attempts, i.leased, w.url, w.secret,
+       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
+  from inserted i
+  join outbox.webhooks w on w.id = i.webhook_id;
+
+-- claim_deliveries: lease due deliveries (skipping saturated webhooks) with everything sending needs
+with due as materialized (
+    select d.id
+      from outbox.deliveries d
+     where d.status = 'pending'
+       and d.next_attempt_at <= now()
+       and d.webhook_id <> all (cast(%(busy_webhooks)s as uuid[]))
+     order by d.next_attempt_at
+     limit %(limit)s
+       for update skip locked
+), leased as (
+    update outbox.deliveries d
+       set next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
+           leased_until = now() + make_interval(secs => %(lease_seconds)s),
+           leased_by = %(worker_id)s
+      from due
+     where d.id = due.id
+    returning d.id, d.event_id, d.webhook_id, d.attempts
+)
+select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e.body,
+       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
+  from leased l
+  join outbox.webhooks w on w.id = l.webhook_id
+  join outbox.events e on e.id = l.event_id;
+
+-- complete_deliveries: log a batch of attempts and move each delivery on (delivered, retry later, failed)
+with outcome as (
+    select *
+      from unnest(cast(%(ids)s as bigint[]), cast(%(attempts)s as int[]), cast(%(statuses)s as outbox.delivery_status[]),
+                  cast(%(retry_in)s as float8[]), cast(%(attempted_at)s as timestamptz[]),
+                  cast(%(duration_ms)s as float8[]), cast(%(status_codes)s as int[]),
+                  cast(%(error_classes)s as text[]), cast(%(errors)s as text[]), cast(%(response_bodies)s as text[]))
+        as o(id, attempt, status, retry_in, attempted_at, duration_ms, status_code, error_class, error, response_body)
+), moved as (
+    -- A delivery already delivered (by a duplicate) stays delivered; a
+    -- failure only moves a delivery this worker still holds.
+    update outbox.deliveries d
+       set status = o.status,
+           attempts = o.attempt,
+           next_attempt_at = case when o.status = 'pending' then now() + make_interval(secs => o.retry_in)
+                                  else d.next_attempt_at end,
+           completed_at = case when o.status = 'pending' then null else now() end,
+           leased_until = null,
+           leased_by = null,
+           last_status_code = o.status_code,
+           last_error = o.error
+      from outcome o
+     where d.id = o.id
+       and d.status = 'pending'
+       and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
+    returning d.id, d.webhook_id, d.status
+), logged as (
+    insert into outbox.delivery_attempts
+        (delivery_id, attempt, attempted_at, duration_ms, status_code, error_class, error, response_body, worker_id)
+    select o.id, o.attempt, o.attempted_at, o.duration_ms, o.status_code, o.error_class, o.error,
+           o.response_body, %(worker_id)s
+      from outcome o
+     where exists (select 1 from outbox.deliveries d where d.id = o.id)
+), health as (
+    select m.webhook_id, bool_or(m.status = 'delivered') as any_success
+      from moved m
+     group by m.webhook_id
+), touched as (
+    -- Written only when the health state changes (or once a minute on
+    -- success), so hot webhooks' rows are not rewritten every batch.
+    update outbox.webhooks w
+       set last_success_at = case when h.any_success then now() else w.last_success_at end,
+           failing_since = case when h.any_success then null else coalesce(w.failing_since, now()) end
+      from health h
+     where w.id = h.webhook_id
+       and case when h.any_success
+                then w.failing_since is not null or w.last_success_at is null
+                     or w.last_success_at < now() - interval '1 minute'
+                else w.failing_since is null end
+)
+select count(*) as moved from moved;
+
+-- release_leases: hand deliveries this worker will not send back to the queue at once
+update outbox.deliveries
+   set next_attempt_at = now(), leased_until = null, leased_by = null
+ where id = any (cast(%(ids)s as bigint[]))
+   and leased_by = %(worker_id)s
+   and status = 'pending';
+
+-- failing_webhooks: enabled webhooks that have failed without a success for too long
+select id
+  from outbox.webhooks
+ where enabled
+   and failing_since < now() - make_interval(secs => %(disable_after)s);
+
+-- disable_webhooks: disable webhooks, fail their queued deliveries, and tell their owners with a webhook.disabled event
+with disabled as (
+    update outbox.webhooks w
+       set enabled = false, disabled_reason = %(reason)s, updated_at = now()
+     where w.id = any (cast(%(ids)s as uuid[])) and w.enabled
+    returning w.id, w.owner_id, w.url, w.failing_since
+), failed as (
+    update outbox.deliveries d
+       set status = 'failed', completed_at = now(), last_error = 'webhook disabled: ' || %(reason)s,
+           leased_until = null, leased_by = null
+      from disabled
+     where d.webhook_id = disabled.id and d.status = 'pending'
+), notified as (
+    insert into outbox.events (owner_id, event_type, data)
+    select owner_id, 'webhook.disabled',
+           jsonb_build_object('webhook_id', id, 'url', url, 'reason', %(reason)s, 'failing_since', failing_since)
+      from disabled
+)
+select id from disabled;
+
+-- queue_stats: queue health for `outbox-worker stats`
+select owner_id, webhook_id, url, enabled, pending, retrying, in_flight, failed,
+       extract(epoch from oldest_pending_age) as oldest_pending_seconds
+  from outbox.queue_stats
+ order by owner_id, url;
+
+-- event_backlog: events not yet fanned out
+select undispatched, extract(epoch from oldest_undispatched_age) as oldest_undispatched_seconds
+  from outbox.event_backlog;
+
+-- purge: delete one batch of finished history older than a cutoff (events whose deliveries are all finished)
+with doomed as (
+    select e.id
+      from outbox.events e
+     where e.dispatched_at is not null
+       and e.created_at < %(older_than)s
+       and not exists (select 1 from outbox.deliveries d where d.event_id = e.id and d.status = 'pending')
+     order by e.id
+     limit %(limit)s
+       for update skip locked
+)
+delete from outbox.events e using doomed where e.id = doomed.id;
+
+-- listen: subscribe the listener connection to new-event wake-ups
+listen outbox_events;

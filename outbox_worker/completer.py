@@ -1,0 +1,95 @@
+"""Completer: outcomes -> the attempt log and delivery states, in batches.
+
+Outcomes queue in memory and are written by one statement per batch
+(River's "batch completer"): under load, everything that finished during
+one write goes into the next. If the database is unreachable the outcomes
+wait and are written later; a lease that expires meanwhile only risks a
+duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from outbox_worker import db
+from outbox_worker.delivery import Outcome
+from outbox_worker.settings import Settings
+
+
+class Completer:
+    def __init__(self, pool: AsyncConnectionPool[Any], settings: Settings, log: Any) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._log = log.bind(component="completer")
+        self._pending: list[Outcome] = []
+        self._ready = asyncio.Event()
+        self.written = 0
+
+    def record(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._ready.set()
+        job = outcome.job
+        self._log.debug(
+            "attempt",
+            delivery_id=job.id,
+            event_id=job.event_id,
+            webhook_id=str(job.webhook_id),
+            attempt=job.attempt,
+            outcome=outcome.status,
+            status_code=outcome.status_code,
+            error_class=outcome.error_class,
+            duration_ms=round(outcome.duration_ms, 2),
+        )
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    async def run(self) -> None:
+        delay = 0.05
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            try:
+                while self._pending:
+                    await self.flush_once()
+                delay = 0.05
+            except Exception as exc:
+                self._log.warning(
+                    "completing failed", error=str(exc).strip(), retry_in=delay, waiting=self.backlog
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._ready.set()
+
+    async def flush_once(self) -> None:
+        batch = self._pending[: self._settings.batch_size]
+        params = {
+            "ids": [o.job.id for o in batch],
+            "attempts": [o.job.attempt for o in batch],
+            "statuses": [o.status for o in batch],
+            "retry_in": [o.retry_in for o in batch],
+            "attempted_at": [o.attempted_at for o in batch],
+            "duration_ms": [o.duration_ms for o in batch],
+            "status_codes": [o.status_code for o in batch],
+            "error_classes": [o.error_class for o in batch],
+            "errors": [o.error for o in batch],
+            "response_bodies": [o.response_body for o in batch],
+            "worker_id": self._settings.worker_id,
+        }
+        disable = {o.job.webhook_id: o.disable_reason for o in batch if o.disable_reason}
+        async with self._pool.connection() as conn, conn.transaction():
+            await db.fetch_async(conn, "complete_deliveries", params)
+            for reason in set(disable.values()):
+                ids = [w for w, r in disable.items() if r == reason]
+                await db.fetch_async(conn, "disable_webhooks", {"ids": ids, "reason": reason})
+        del self._pending[: len(batch)]
+        self.written += len(batch)
+
+    async def flush(self) -> None:
+        """Write everything queued (shutdown)."""
+        while self._pending:
+            await self.flush_once()

@@ -1,0 +1,332 @@
+"""Sender: leased deliveries -> signed HTTP POSTs -> outcomes.
+
+The sender claims due deliveries in batches of at most its free slots,
+commits the lease, and only then sends, with no transaction open. Each
+request is one task; its outcome goes to the completer, which writes
+outcomes in batches. Leases expire on the database clock, so a delivery
+held by a dead worker is claimed again by any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import aiohttp
+from psycopg_pool import AsyncConnectionPool
+from yarl import URL
+
+from outbox_worker import db
+from outbox_worker.netpolicy import BlockedTarget, check_url
+from outbox_worker.retry import next_delay, parse_retry_after
+from outbox_worker.settings import Settings
+from outbox_worker.signing import sign_headers
+
+Status = Literal["delivered", "pending", "failed"]
+
+
+@dataclass(slots=True)
+class Job:
+    """A delivery leased to this process, with everything one attempt needs."""
+
+    id: int
+    event_id: int
+    webhook_id: uuid.UUID
+    attempt: int
+    url: str
+    secrets: tuple[str, ...]
+    body: bytes
+    enabled: bool = True
+
+    @classmethod
+    def from_row(cls, row: db.Row, body: bytes | None = None) -> Job:
+        secrets = (row["secret"], row["previous_secret"]) if row["previous_secret"] else (row["secret"],)
+        return cls(
+            id=row["id"],
+            event_id=row["event_id"],
+            webhook_id=row["webhook_id"],
+            attempt=row["attempts"] + 1,
+            url=row["url"],
+            secrets=secrets,
+            body=body if body is not None else bytes(row["body"]),
+            enabled=row.get("enabled", True),
+        )
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One attempt's result, as the completer records it."""
+
+    job: Job
+    status: Status
+    retry_in: float
+    attempted_at: datetime
+    duration_ms: float
+    status_code: int | None = None
+    error_class: str | None = None
+    error: str | None = None
+    response_body: str | None = None
+    disable_reason: str | None = None
+
+
+def _text(raw: bytes | str) -> str:
+    # Postgres text cannot hold NUL; receivers can send anything.
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return text.replace("\x00", "\ufffd")
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the response body; a slow or endless body
+    costs at most the request timeout, never unbounded memory."""
+    chunks: list[bytes] = []
+    remaining = limit
+    try:
+        while remaining > 0:
+            chunk = await response.content.read(remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the status already decided the outcome; keep what arrived
+    return b"".join(chunks)
+
+
+class Sender:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        record: Callable[[Outcome], None],
+        log: Any,
+    ) -> None:
+        self._pool = pool
+        self._session = session
+        self._settings = settings
+        self._record = record
+        self._log = log.bind(component="sender")
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._per_webhook: Counter[uuid.UUID] = Counter()
+        self._reserved = 0
+        self._slot_freed = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.claiming = True
+
+    # -- capacity ---------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def free_slots(self) -> int:
+        return self._settings.concurrency - len(self._tasks) - self._reserved
+
+    def reserve(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` send slots (for a claim or a dispatch)."""
+        granted = max(0, min(wanted, self.free_slots())) if self.claiming else 0
+        self._reserved += granted
+        return granted
+
+    def hand_over(self, jobs: list[Job], reserved: int) -> None:
+        """Start the leased ``jobs`` and return the rest of a reservation."""
+        self._reserved -= reserved
+        for job in jobs:
+            self._per_webhook[job.webhook_id] += 1
+            self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"delivery-{job.id}")
+        if reserved > len(jobs):
+            self._slot_freed.set()
+
+    def busy_webhooks(self) -> list[uuid.UUID]:
+        cap = self._settings.per_host_concurrency
+        return [w for w, n in self._per_webhook.items() if n >= cap]
+
+    # -- claiming ---------------------------------------------------------
+
+    async def claim_batch(self) -> int:
+        reserved = self.reserve(self._settings.batch_size)
+        if not reserved:
+            return 0
+        jobs: list[Job] = []
+        try:
+            async with self._pool.connection() as conn:
+                rows = await db.fetch_async(
+                    conn,
+                    "claim_deliveries",
+                    {
+                        "limit": reserved,
+                        "busy_webhooks": self.busy_webhooks(),
+                        "lease_seconds": self._settings.lease_seconds,
+                        "worker_id": self._settings.worker_id,
+                    },
+                )
+            jobs = [Job.from_row(r) for r in rows]
+            return len(jobs)
+        finally:
+            self.hand_over(jobs, reserved)
+
+    async def run(self) -> None:
+        """Claim whenever there is work and room: on a wake-up, a freed slot
+        after a full claim, or the poll interval."""
+        delay = 0.1
+        while self.claiming:
+            try:
+                claimed = await self.claim_batch()
+                delay = 0.1
+            except Exception as exc:  # database down: keep sending what we hold, retry
+                self._log.warning("claim failed", error=str(exc).strip(), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if claimed and self.free_slots() > 0:
+                continue  # more may be due right now
+            self.wake.clear()
+            self._slot_freed.clear()
+            waiters = [asyncio.ensure_future(self.wake.wait())]
+            if claimed:  # full: the queue may hold more, claim again when a slot frees
+                waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
+            _, pending = await asyncio.wait(
+                waiters, timeout=self._settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+
+    # -- sending ----------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        # Cancellation (shutdown) skips the record: the worker hands the lease back.
+        try:
+            try:
+                outcome = await self.attempt(job)
+            except Exception as exc:  # a bug must cost one attempt, never the delivery
+                self._log.exception("attempt crashed", delivery_id=job.id)
+                outcome = self._failure(job, datetime.now(UTC), 0.0, "connection", f"internal error: {exc!r}")
+            self._record(outcome)
+        finally:
+            self._tasks.pop(job.id, None)
+            self._per_webhook[job.webhook_id] -= 1
+            if self._per_webhook[job.webhook_id] <= 0:
+                del self._per_webhook[job.webhook_id]
+            self._slot_freed.set()
+
+    def _failure(
+        self,
+        job: Job,
+        attempted_at: datetime,
+        duration_ms: float,
+        error_class: str,
+        error: str,
+        *,
+        status_code: int | None = None,
+        response_body: str | None = None,
+        retry_after: float | None = None,
+        final: bool = False,
+        disable_reason: str | None = None,
+    ) -> Outcome:
+        schedule = self._settings.retry_schedule
+        last = final or job.attempt >= len(schedule) + 1
+        return Outcome(
+            job=job,
+            status="failed" if last else "pending",
+            retry_in=0.0
+            if last
+            else next_delay(
+                schedule, job.attempt, jitter=self._settings.retry_jitter, retry_after=retry_after
+            ),
+            attempted_at=attempted_at,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error_class=error_class,
+            error=_text(error)[:1000],
+            response_body=response_body,
+            disable_reason=disable_reason,
+        )
+
+    async def attempt(self, job: Job) -> Outcome:
+        """One HTTP attempt; never raises for anything the receiver does."""
+        settings = self._settings
+        attempted_at = datetime.now(UTC)
+        started = time.perf_counter()
+
+        def elapsed() -> float:
+            return (time.perf_counter() - started) * 1000
+
+        if not job.enabled:
+            return self._failure(job, attempted_at, 0.0, "invalid_target", "webhook disabled", final=True)
+        headers = sign_headers(
+            event_id=job.event_id,
+            body=job.body,
+            secrets=job.secrets,
+            timestamp=int(time.time()),
+            signature_header=settings.signature_header,
+        )
+        headers["Content-Type"] = "application/json"
+        try:
+            url = URL(job.url, encoded=False)
+            check_url(url, allow_http=settings.allow_http, allow_private=settings.allow_private_networks)
+            async with self._session.post(url, data=job.body, headers=headers, allow_redirects=False) as resp:
+                raw = await _read_capped(resp, settings.max_response_bytes)
+                status = resp.status
+                retry_after_header = resp.headers.get("Retry-After")
+        except BlockedTarget as exc:
+            return self._failure(job, attempted_at, elapsed(), "invalid_target", str(exc))
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, BlockedTarget):
+                return self._failure(job, attempted_at, elapsed(), "invalid_target", str(exc.os_error))
+            return self._failure(job, attempted_at, elapsed(), "dns", str(exc))
+        except TimeoutError:
+            return self._failure(
+                job, attempted_at, elapsed(), "timeout", f"no response within {settings.request_timeout}s"
+            )
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            return self._failure(job, attempted_at, elapsed(), "connection", f"{type(exc).__name__}: {exc}")
+        body_text = _text(raw)
+        if 200 <= status < 300:
+            return Outcome(
+                job=job,
+                status="delivered",
+                retry_in=0.0,
+                attempted_at=attempted_at,
+                duration_ms=elapsed(),
+                status_code=status,
+                response_body=body_text,
+            )
+        if 300 <= status < 400:
+            return self._failure(
+                job, attempted_at, elapsed(), "redirect", f"HTTP {status}: redirects are not followed",
+                status_code=status, response_body=body_text,
+            )  # fmt: skip
+        if status == 410:
+            return self._failure(
+                job, attempted_at, elapsed(), "http", "HTTP 410 Gone: the receiver asked to stop",
+                status_code=status, response_body=body_text, final=True,
+                disable_reason="receiver answered 410 Gone",
+            )  # fmt: skip
+        retry_after = parse_retry_after(retry_after_header) if status in (429, 503) else None
+        return self._failure(
+            job, attempted_at, elapsed(), "http", f"HTTP {status}",
+            status_code=status, response_body=body_text, retry_after=retry_after,
+        )  # fmt: skip
+
+    # -- shutdown ---------------------------------------------------------
+
+    async def drain(self, grace: float) -> list[int]:
+        """Stop claiming, let requests finish within ``grace`` seconds, cancel
+        the rest; returns the ids whose leases must be handed back."""
+        self.claiming = False
+        self.wake.set()
+        tasks = dict(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=grace)
+        unfinished = [delivery_id for delivery_id, task in tasks.items() if not task.done()]
+        for delivery_id in unfinished:
+            tasks[delivery_id].cancel()
+        if unfinished:
+            await asyncio.gather(*(tasks[i] for i in unfinished), return_exceptions=True)
+        return unfinished

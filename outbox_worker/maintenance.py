@@ -1,0 +1,46 @@
+"""Upkeep beside the hot path: disabling endpoints that keep failing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from outbox_worker import db
+from outbox_worker.settings import Settings
+
+
+class FailingWebhookDisabler:
+    """Disables a webhook that has failed without one success for
+    ``disable_after`` seconds (Svix: 5 days), fails its queued deliveries and
+    emits ``webhook.disabled`` into the outbox so the app can tell its owner."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], settings: Settings, log: Any) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._log = log.bind(component="maintenance")
+        self.interval = min(60.0, max(1.0, settings.disable_after / 10))
+
+    async def run_once(self) -> list[Any]:
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await db.fetch_async(
+                conn, "failing_webhooks", {"disable_after": self._settings.disable_after}
+            )
+            if not rows:
+                return []
+            reason = f"no successful delivery for {self._settings.disable_after:g} s"
+            disabled = await db.fetch_async(
+                conn, "disable_webhooks", {"ids": [r["id"] for r in rows], "reason": reason}
+            )
+        for row in disabled:
+            self._log.warning("webhook disabled", webhook_id=str(row["id"]), reason=reason)
+        return [r["id"] for r in disabled]
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception as exc:
+                self._log.warning("maintenance failed", error=str(exc).strip())
+            await asyncio.sleep(self.interval)

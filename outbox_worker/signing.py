@@ -1,0 +1,119 @@
+"""The bytes we POST and the signatures on them.
+
+Body: compact JSON ``{"event","data","timestamp"}``, fixed once at dispatch.
+Keys and numbers are written the way JavaScript's ``JSON.stringify`` writes
+them (integer-like keys first, ``20.0`` as ``20``), so a receiver that
+re-serialises the parsed body, as the seeds' Node example does, gets the
+same bytes back. Where JavaScript cannot (integers beyond 2**53, floats it
+prints in exponent form), receivers must verify the raw body.
+
+Signatures: ``X-Brutlers-Signature`` is the hex HMAC-SHA256 of the body keyed
+with the secret string itself (the seeds' example); the Standard Webhooks
+``webhook-signature`` is ``v1,<base64 HMAC>`` of ``id.timestamp.body`` keyed
+with the base64-decoded part of ``whsec_...``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+_MAX_SAFE_INTEGER = 2**53 - 1
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _is_array_index(key: str) -> bool:
+    # JavaScript orders "canonical numeric" property keys (array indices)
+    # before all others, ascending.
+    return key.isdigit() and (key == "0" or key[0] != "0") and int(key) < 2**32 - 1
+
+
+def _js_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if any(_is_array_index(k) for k, _ in pairs):
+        indices = sorted((p for p in pairs if _is_array_index(p[0])), key=lambda p: int(p[0]))
+        pairs = indices + [p for p in pairs if not _is_array_index(p[0])]
+    return dict(pairs)
+
+
+def _js_float(text: str) -> float | int:
+    value = float(text)
+    # JSON.stringify(20.0) is "20": an integral float within JS's exact range
+    # becomes an int so that Python writes it the same way.
+    if value.is_integer() and abs(value) <= _MAX_SAFE_INTEGER:
+        return int(value)
+    return value
+
+
+def load_payload(text: str | bytes) -> Any:
+    """Parse stored JSON (jsonb) the way the body encoder needs it."""
+    return json.loads(text, object_pairs_hook=_js_object, parse_float=_js_float)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``, as in the seeds."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def encode_body(event_type: str, data: Mapping[str, Any], created_at: datetime) -> bytes:
+    """The exact bytes POSTed for an event, to every webhook and on every retry."""
+    return _ENCODER.encode(
+        {"event": event_type, "data": data, "timestamp": format_timestamp(created_at)}
+    ).encode()
+
+
+def brutlers_signature(body: bytes, secret: str) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _standard_key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def standard_signature(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
+    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+    return "v1," + base64.b64encode(hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()).decode()
+
+
+def message_id(event_id: int) -> str:
+    """The ``webhook-id``: one per event, the same on every retry and redelivery."""
+    return f"evt_{event_id}"
+
+
+def sign_headers(
+    *,
+    event_id: int,
+    body: bytes,
+    secrets: Iterable[str],
+    timestamp: int,
+    signature_header: str,
+) -> dict[str, str]:
+    """Signature headers for one attempt, ``secrets`` newest first.
+
+    During a rotation's overlap both secrets sign: space-separated in
+    ``webhook-signature`` (the Standard Webhooks libraries try each), and the
+    old one in ``<signature_header>-Previous``, because the seeds' check
+    compares the whole ``X-Brutlers-Signature`` value and one value cannot
+    match two secrets.
+    """
+    secrets = list(secrets)
+    msg_id = message_id(event_id)
+    headers = {
+        signature_header: brutlers_signature(body, secrets[0]),
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(standard_signature(msg_id, timestamp, body, s) for s in secrets),
+    }
+    if len(secrets) > 1:
+        headers[f"{signature_header}-Previous"] = brutlers_signature(body, secrets[1])
+    return headers
+
+
+def verify_brutlers(body: bytes, signature: str, secret: str) -> bool:
+    """Constant-time check of an ``X-Brutlers-Signature`` value (for receivers and tests)."""
+    return hmac.compare_digest(brutlers_signature(body, secret), signature)

@@ -1,0 +1,158 @@
+"""``outbox-worker run``: one process of the delivery engine.
+
+Reads as its data flows: listener (wake-up) -> dispatcher (events ->
+deliveries) -> sender (claim -> HTTP) -> completer (attempt log), with the
+failing-webhook disabler beside it. Replicas coordinate only through
+Postgres: SKIP LOCKED claims and leases on the database clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import Any
+
+import aiohttp
+import psycopg
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+from outbox_worker import db
+from outbox_worker.completer import Completer
+from outbox_worker.delivery import Sender
+from outbox_worker.dispatch import Dispatcher
+from outbox_worker.listener import Listener
+from outbox_worker.logs import get_logger
+from outbox_worker.maintenance import FailingWebhookDisabler
+from outbox_worker.netpolicy import GuardedResolver
+from outbox_worker.settings import Settings
+from outbox_worker.signing import load_payload
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log = get_logger(worker_id=settings.worker_id)
+        self.stopping = asyncio.Event()
+        self.dispatch_wake = asyncio.Event()
+        self.ready = False
+        self.listener: Listener | None = None
+        self.sender: Sender | None = None
+        self.completer: Completer | None = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _pool(self) -> AsyncConnectionPool[Any]:
+        settings = self.settings
+
+        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            # Bodies are encoded from jsonb parsed the JavaScript way (see signing).
+            set_json_loads(load_payload, conn)
+
+        return AsyncConnectionPool(
+            db.libpq_url(settings.database_url),
+            min_size=settings.pool_size,
+            max_size=settings.pool_size,
+            kwargs={
+                "autocommit": True,
+                "prepare_threshold": 5 if settings.prepare_statements else None,
+                "application_name": f"outbox-worker {settings.worker_id}"[:63],
+            },
+            configure=configure,
+            open=False,
+            name="outbox-worker",
+        )
+
+    def _session(self) -> aiohttp.ClientSession:
+        settings = self.settings
+        connector = aiohttp.TCPConnector(
+            limit=settings.concurrency,
+            limit_per_host=settings.per_host_concurrency,
+            resolver=GuardedResolver(allow_private=settings.allow_private_networks),
+            ttl_dns_cache=30,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=settings.request_timeout, connect=settings.connect_timeout),
+            headers={"User-Agent": settings.user_agent},
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender) -> None:
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                while await dispatcher.dispatch_batch() >= self.settings.batch_size:
+                    sender.wake.set()  # more rows than we leased: let the sender claim them
+                sender.wake.set()
+                delay = 0.1
+            except Exception as exc:
+                self.log.warning("dispatch failed", error=str(exc).strip(), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.dispatch_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dispatch_wake.wait(), self.settings.poll_interval)
+
+    async def run(self) -> int:
+        settings = self.settings
+        pool = self._pool()
+        await pool.open(wait=False)
+        session = self._session()
+        self.completer = completer = Completer(pool, settings, self.log)
+        self.sender = sender = Sender(pool, session, settings, completer.record, self.log)
+        dispatcher = Dispatcher(pool, settings, sender.reserve, sender.hand_over, self.log)
+        background = [
+            asyncio.create_task(completer.run(), name="completer"),
+            asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
+        ]
+        producers = [
+            asyncio.create_task(self._dispatch_loop(dispatcher, sender), name="dispatcher"),
+            asyncio.create_task(sender.run(), name="sender"),
+        ]
+        if settings.listen:
+            self.listener = Listener(db.libpq_url(settings.database_url), self.dispatch_wake.set, self.log)
+            background.append(asyncio.create_task(self.listener.run(), name="listener"))
+        self.ready = True
+        self.log.info(
+            "worker started",
+            concurrency=settings.concurrency,
+            batch_size=settings.batch_size,
+            listen=settings.listen,
+        )
+        await self.stopping.wait()
+
+        self.log.info("stopping", in_flight=sender.in_flight, grace=settings.shutdown_grace)
+        self.ready = False
+        for task in producers:
+            task.cancel()
+        await asyncio.gather(*producers, return_exceptions=True)
+        unfinished = await sender.drain(settings.shutdown_grace)
+        try:
+            await completer.flush()
+            if unfinished:
+                async with pool.connection() as conn:
+                    await db.fetch_async(
+                        conn, "release_leases", {"ids": unfinished, "worker_id": settings.worker_id}
+                    )
+        except Exception as exc:  # the leases expire on their own; nothing is lost
+            self.log.error("could not hand back leases", error=str(exc).strip(), deliveries=len(unfinished))
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await session.close()
+        await pool.close()
+        self.log.info("stopped", handed_back=len(unfinished), completed=completer.written)
+        return 0
+
+
+async def serve(settings: Settings) -> int:
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    return await worker.run()
