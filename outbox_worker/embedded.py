@@ -22,3 +22,11 @@ def start(data_dir: Path, *, cleanup: bool = True) -> tuple[str, Any]:
         ) from exc
     server = pgserver.get_server(data_dir, cleanup_mode="delete" if cleanup else None)  # type: ignore[attr-defined]
     return str(server.get_uri()), server
+
+
+def restart(server: Any) -> None:
+    """Restart an embedded server in place (same socket, same URL), as a
+    Postgres restart in production would: every connection is cut."""
+    from pgserver._commands import pg_ctl
+
+    pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)

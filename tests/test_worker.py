@@ -1,0 +1,361 @@
+"""End to end: real Postgres, a real worker, a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from aiohttp import web
+from standardwebhooks import Webhook as StandardWebhook
+
+from outbox_worker import emit, webhooks
+from tests.helpers import wait_for, wait_for_async
+from tests.receiver import Receiver
+from tests.workers import delivery_states, running_worker, settled
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+async def until_settled(database_url: str, expected: int, timeout: float = 20) -> None:
+    async def check() -> bool:
+        return await asyncio.to_thread(settled, database_url, expected)
+
+    await wait_for_async(check, timeout=timeout, interval=0.05, what=f"{expected} settled deliveries")
+
+
+def attempts_of(conn: psycopg.Connection[Any], url: str) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "select attempt, status_code, error_class, delivery_status::text from outbox.delivery_log "
+        "where url = %s order by attempt",
+        (url,),
+    ).fetchall()
+
+
+NODE_CHECK = """
+const { createHmac } = require("crypto");
+let input = ""; process.stdin.on("data", d => input += d).on("end", () => {
+  const { raw, signature, secret } = JSON.parse(input);
+  const req = { body: JSON.parse(raw) };           // what express.json() hands the seeds' handler
+  const body = JSON.stringify(req.body);           // the seeds' re-serialisation
+  const expected = createHmac("sha256", secret).update(body).digest("hex");
+  process.stdout.write(signature === expected ? "valid" : "invalid");
+});
+"""
+
+
+def seeds_node_check(raw: bytes, signature: str, secret: str) -> str:
+    """Run the seeds' verification code, verbatim in substance, in Node."""
+    node = shutil.which("node")
+    assert node, "node is needed to run the seeds' JavaScript check"
+    payload = json.dumps({"raw": raw.decode(), "signature": signature, "secret": secret})
+    return subprocess.run(
+        [node, "-e", NODE_CHECK], input=payload, capture_output=True, text=True, check=True
+    ).stdout
+
+
+async def test_committed_events_reach_every_matching_webhook(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    orders = webhooks.create_webhook(conn, "shop", receiver.url("/orders"), ["order.*"])
+    customers = webhooks.create_webhook(conn, "shop", receiver.url("/customers"), ["customer.created"])
+    disabled = webhooks.create_webhook(conn, "shop", receiver.url("/disabled"), ["*"])
+    webhooks.update_webhook(conn, "shop", disabled.id, enabled=False)
+    deleted = webhooks.create_webhook(conn, "shop", receiver.url("/deleted"), ["*"])
+    webhooks.delete_webhook(conn, "shop", deleted.id)
+    webhooks.create_webhook(conn, "other-shop", receiver.url("/other"), ["*"])
+
+    with psycopg.connect(database_url) as app:
+        order_id = emit(app, "shop", "order.created", {"id": "clx1", "total": 20.0, "note": "Grüße €"})
+        emit(app, "shop", "customer.created", {"id": "cus_1"})
+        app.commit()
+        emit(app, "shop", "order.status_changed", {"id": "rolled-back"})
+        app.rollback()
+
+    async with running_worker(database_url):
+        await until_settled(database_url, 2)
+
+    assert sorted(r.path for r in receiver.requests) == ["/customers", "/orders"]
+    [got] = receiver.on("/orders")
+    assert json.loads(got.body)["data"] == {"id": "clx1", "total": 20, "note": "Grüße €"}
+    assert got.headers["webhook-id"] == f"evt_{order_id}"
+    assert got.headers["Content-Type"] == "application/json"
+    # The seeds' check (hex HMAC of the body with the secret), in Python and in Node.
+    expected = hmac.new(orders.secret.encode(), got.body, hashlib.sha256).hexdigest()
+    assert got.headers["X-Brutlers-Signature"] == expected
+    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature"], orders.secret) == "valid"
+    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature"], customers.secret) == "invalid"
+    # The standardwebhooks library verifies the same request.
+    StandardWebhook(orders.secret).verify(got.body, got.headers)
+    with pytest.raises(Exception, match="signature"):
+        StandardWebhook(customers.secret).verify(got.body, got.headers)
+    assert delivery_states(database_url) == {"delivered": 2}
+    assert attempts_of(conn, receiver.url("/orders")) == [(1, 200, None, "delivered")]
+
+
+async def test_body_matches_the_seed_shape(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.status_changed"])
+    data = {
+        "id": "clx1234567890abcdef",
+        "status": "FITTING_READY",
+        "previousStatus": "IN_PRODUCTION",
+        "customerId": "clx0987654321fedcba",
+        "updatedAt": "2026-04-15T10:00:00.000Z",
+    }
+    emit(conn, "v", "order.status_changed", data)
+    async with running_worker(database_url):
+        await until_settled(database_url, 1)
+    body = receiver.requests[0].body
+    assert body.startswith(b'{"event":"order.status_changed","data":{')
+    parsed = json.loads(body)
+    assert list(parsed) == ["event", "data", "timestamp"]
+    assert parsed["data"] == data
+    assert len(parsed["timestamp"]) == 24 and parsed["timestamp"].endswith("Z")
+    assert b" " not in body.replace(b"FITTING_READY", b"")  # compact separators
+
+
+async def test_body_bytes_are_identical_on_every_retry(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    hook = webhooks.create_webhook(conn, "v", receiver.script("/flaky", 500, 500), ["order.created"])
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url):
+        await until_settled(database_url, 1)
+    bodies = {r.body for r in receiver.on("/flaky")}
+    ids = {r.headers["webhook-id"] for r in receiver.on("/flaky")}
+    assert len(receiver.on("/flaky")) == 3 and len(bodies) == 1 and len(ids) == 1
+    for request in receiver.on("/flaky"):  # each attempt is signed afresh (timestamp) and verifies
+        StandardWebhook(hook.secret).verify(request.body, request.headers)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error_class", "status_code"),
+    [(500, "http", 500), (302, "redirect", 302), ("hang", "timeout", None)],
+)
+async def test_a_failing_receiver_gets_exactly_four_attempts_on_the_schedule(
+    database_url: str,
+    conn: psycopg.Connection[Any],
+    receiver: Receiver,
+    behaviour: Any,
+    error_class: str,
+    status_code: int | None,
+) -> None:
+    url = receiver.script("/bad", *[behaviour] * 10)
+    webhooks.create_webhook(conn, "v", url, ["order.created"])
+    emit(conn, "v", "order.created", {"id": 1})
+    schedule = [0.2, 0.4, 0.6]
+    async with running_worker(database_url, retry_schedule=schedule, request_timeout=0.5):
+        await until_settled(database_url, 1)
+    arrivals = [r.at for r in receiver.on("/bad")]
+    assert len(arrivals) == 4
+    assert not receiver.on("/elsewhere")  # redirects are not followed
+    timeout_allowance = 0.5 if behaviour == "hang" else 0.0
+    for gap, delay in zip(
+        [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], schedule, strict=True
+    ):
+        assert gap >= delay + timeout_allowance - 0.02  # never earlier than the schedule
+    assert delivery_states(database_url) == {"failed": 1}
+    assert attempts_of(conn, url) == [(n, status_code, error_class, "failed") for n in (1, 2, 3, 4)]
+
+
+async def test_a_receiver_that_recovers_on_attempt_three(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    url = receiver.script("/flaky", 503, 500)
+    webhooks.create_webhook(conn, "v", url, ["order.created"])
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url):
+        await until_settled(database_url, 1)
+    assert delivery_states(database_url) == {"delivered": 1}
+    assert attempts_of(conn, url) == [
+        (1, 503, "http", "delivered"),
+        (2, 500, "http", "delivered"),
+        (3, 200, None, "delivered"),
+    ]
+    row = conn.execute("select last_success_at is not null, failing_since from outbox.webhooks").fetchone()
+    assert row == (True, None)
+
+
+async def test_retry_after_is_honoured(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    async def slow_down(request: web.Request) -> web.Response:
+        return web.Response(status=429, headers={"Retry-After": "1"})
+
+    webhooks.create_webhook(conn, "v", receiver.script("/busy", slow_down), ["order.created"])
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url, retry_schedule=[0.1, 2.0, 2.0]):
+        await until_settled(database_url, 1)
+    first, second = (r.at for r in receiver.on("/busy"))
+    assert second - first >= 0.98  # the schedule alone would have retried after 0.1 s
+
+
+async def test_410_gone_disables_the_webhook_and_tells_the_owner(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    gone = webhooks.create_webhook(conn, "v", receiver.script("/gone", 410), ["order.created"])
+    webhooks.create_webhook(conn, "v", receiver.url("/ops"), ["webhook.disabled"])
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url):
+        await until_settled(database_url, 2)
+    assert len(receiver.on("/gone")) == 1
+    hook = webhooks.get_webhook(conn, "v", gone.id)
+    assert not hook.enabled and hook.disabled_reason == "receiver answered 410 Gone"
+    [notice] = receiver.on("/ops")
+    payload = json.loads(notice.body)
+    assert payload["event"] == "webhook.disabled"
+    assert (
+        payload["data"]["webhook_id"] == str(gone.id)
+        and payload["data"]["reason"] == "receiver answered 410 Gone"
+    )
+
+
+async def test_a_webhook_failing_too_long_is_disabled(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    dead = webhooks.create_webhook(conn, "v", receiver.script("/dead", *[500] * 50), ["order.created"])
+    webhooks.create_webhook(conn, "v", receiver.url("/ops"), ["webhook.disabled"])
+    healthy = webhooks.create_webhook(conn, "v", receiver.url("/healthy"), ["order.created"])
+    for i in range(3):
+        emit(conn, "v", "order.created", {"id": i})
+    async with running_worker(database_url, retry_schedule=[0.3, 30, 30], disable_after=1.0):
+        await wait_for_async(
+            lambda: asyncio.to_thread(lambda: receiver.on("/ops")), timeout=15, what="webhook.disabled notice"
+        )
+    assert not webhooks.get_webhook(conn, "v", dead.id).enabled
+    assert webhooks.get_webhook(conn, "v", healthy.id).enabled
+    assert len(receiver.on("/healthy")) == 3  # one dead endpoint never held the others back
+    dead_states = conn.execute(
+        "select status::text, last_error from outbox.deliveries where webhook_id = %s", (dead.id,)
+    ).fetchall()
+    assert {s for s, _ in dead_states} == {"failed"}
+    assert all(e.startswith("webhook disabled: no successful delivery") for _, e in dead_states)
+
+
+async def test_notify_wakes_an_idle_worker_also_after_its_listen_connection_is_killed(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
+    poll = 10.0  # anything arriving well before this came from NOTIFY
+    latencies = []
+    async with running_worker(database_url, poll_interval=poll) as worker:
+        assert worker.listener is not None
+        await wait_for_async(lambda: asyncio.sleep(0, worker.listener.connected), what="LISTEN up")  # type: ignore[union-attr]
+        for round_ in range(2):
+            await asyncio.sleep(0.2)  # let the worker go idle
+            before = len(receiver.requests)
+            committed = time.perf_counter()
+            await asyncio.to_thread(emit, conn, "v", "order.created", {"round": round_})
+            await wait_for_async(
+                lambda before=before: asyncio.sleep(0, len(receiver.requests) > before), timeout=poll / 2
+            )
+            latencies.append((receiver.requests[-1].at - committed) * 1000)
+            if round_ == 0:
+                killed = conn.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where datname = current_database() and query = 'listen outbox_events'"
+                ).fetchall()
+                assert killed == [(True,)]
+                await wait_for_async(
+                    lambda: asyncio.sleep(0, worker.listener.reconnects >= 1 and worker.listener.connected),  # type: ignore[union-attr]
+                    what="listener reconnected",
+                )
+    print(
+        f"\ncommit-to-receipt over NOTIFY: {latencies[0]:.1f} ms; after LISTEN was killed: {latencies[1]:.1f} ms"
+    )
+
+
+async def test_an_expired_lease_is_claimed_again(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    hook = webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
+    # A delivery leased by a worker that died: its lease runs out in 0.5 s.
+    event_id = emit(conn, "v", "order.created", {"orphan": True})
+    conn.execute(
+        "update outbox.events set dispatched_at = now(), body = convert_to('{\"orphan\":true}', 'UTF8') where id = %s",
+        (event_id,),
+    )
+    conn.execute(
+        "insert into outbox.deliveries (event_id, webhook_id, next_attempt_at, leased_until, leased_by) "
+        "values (%s, %s, now() + interval '0.5 s', now() + interval '0.5 s', 'dead-worker')",
+        (event_id, hook.id),
+    )
+    async with running_worker(database_url):
+        await until_settled(database_url, 1)
+    assert receiver.requests[0].body == b'{"orphan":true}'
+    assert conn.execute("select leased_by, status::text from outbox.deliveries").fetchone() == (
+        None,
+        "delivered",
+    )
+
+
+def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    from outbox_worker.sql import query
+
+    webhooks.create_webhook(conn, "v", "https://example.com/a", ["*"])
+    webhooks.create_webhook(conn, "v", "https://example.com/b", ["order.*"])
+    event_id = emit(conn, "v", "order.created", {})
+    params = {"ids": [event_id], "bodies": [b"{}"], "lease_limit": 0, "lease_seconds": 30, "worker_id": "w"}
+    first = conn.execute(query("dispatch_write"), params).fetchall()
+    again = conn.execute(query("dispatch_write"), params).fetchall()  # a re-run of the same dispatch
+    assert len(first) == 2 and again == []
+    assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (2,)
+
+
+async def test_an_event_for_an_owner_without_webhooks_is_dispatched_quietly(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    emit(conn, "lonely", "order.created", {"id": 1})
+    async with running_worker(database_url):
+        await wait_for_async(
+            lambda: asyncio.to_thread(
+                lambda: (
+                    conn.execute("select count(*) from outbox.events where dispatched_at is null").fetchone()
+                    == (0,)
+                )
+            )
+        )
+    assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (0,)
+
+
+async def test_a_webhook_deleted_while_in_flight_loses_nothing_else(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    entered = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await asyncio.sleep(0.5)
+        return web.Response(text="late")
+
+    doomed = webhooks.create_webhook(conn, "v", receiver.script("/slow", slow), ["order.created"])
+    webhooks.create_webhook(conn, "v", receiver.url("/kept"), ["order.created"])
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url) as worker:
+        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.to_thread(webhooks.delete_webhook, conn, "v", doomed.id)
+        await wait_for_async(lambda: asyncio.sleep(0, worker.sender and worker.sender.in_flight == 0))
+        await until_settled(database_url, 1)
+        await wait_for_async(lambda: asyncio.sleep(0, worker.completer and worker.completer.backlog == 0))
+    assert delivery_states(database_url) == {"delivered": 1}
+    assert len(receiver.on("/kept")) == 1
+
+
+def test_wait_for_helper_reports_what_it_waited_for() -> None:
+    with pytest.raises(AssertionError, match="the impossible"):
+        wait_for(lambda: False, timeout=0.05, what="the impossible")

@@ -1,0 +1,79 @@
+"""Running workers in tests: in-process (a task) or as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+
+from outbox_worker.settings import Settings
+from outbox_worker.worker import Worker
+
+FAST = {
+    "allow_http": True,
+    "allow_private_networks": True,
+    "poll_interval": 0.05,
+    "retry_schedule": [0.2, 0.4, 0.6],
+    "retry_jitter": 0.0,
+    "request_timeout": 2.0,
+    "connect_timeout": 1.0,
+    "lease_seconds": 30.0,
+    "shutdown_grace": 2.0,
+    "log_format": "json",
+}
+
+
+def settings(database_url: str, **overrides: Any) -> Settings:
+    return Settings.model_validate({**FAST, "database_url": database_url, **overrides})
+
+
+@asynccontextmanager
+async def running_worker(database_url: str, **overrides: Any) -> AsyncIterator[Worker]:
+    worker = Worker(settings(database_url, **overrides))
+    task = asyncio.create_task(worker.run())
+    try:
+        while not worker.ready:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield worker
+    finally:
+        worker.stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+def spawn_worker(database_url: str, worker_id: str, **overrides: Any) -> subprocess.Popen[bytes]:
+    """``outbox-worker run`` as a real process, configured through the environment."""
+    env = {**os.environ, "OUTBOX_DATABASE_URL": database_url, "OUTBOX_WORKER_ID": worker_id}
+    for key, value in {**FAST, **overrides}.items():
+        env[f"OUTBOX_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return subprocess.Popen(
+        [sys.executable, "-m", "outbox_worker.cli", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+
+
+def delivery_states(database_url: str) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("select status::text, count(*) from outbox.deliveries group by 1").fetchall()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def settled(database_url: str, expected: int) -> bool:
+    """True once ``expected`` deliveries exist and none is pending."""
+    states = delivery_states(database_url)
+    return sum(states.values()) == expected and states.get("pending", 0) == 0
