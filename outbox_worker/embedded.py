@@ -27,6 +27,6 @@ def start(data_dir: Path, *, cleanup: bool = True) -> tuple[str, Any]:
 def restart(server: Any) -> None:
     """Restart an embedded server in place (same socket, same URL), as a
     Postgres restart in production would: every connection is cut."""
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
     pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)

@@ -33,3 +33,17 @@ async def wait_for_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}")
         await asyncio.sleep(interval)
+
+
+async def eventually(
+    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """:func:`wait_for` inside an event loop, for conditions that are plain reads of state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}")
+        await asyncio.sleep(interval)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from outbox_worker import embedded, migrate, webhooks
 from tests.conftest import TEST_CONFIG
-from tests.helpers import wait_for_async
+from tests.helpers import eventually, wait_for_async
 from tests.receiver import Receiver
 from tests.workers import delivery_states, kill, running_worker, settled, spawn_worker
 
@@ -37,7 +37,8 @@ async def until(condition: Any, timeout: float = 60, what: str = "") -> None:
 def emit_many(database_url: str, owner: str, count: int) -> None:
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "select outbox.emit(%s, 'order.created', jsonb_build_object('n', g)) from generate_series(1, %s) g",
+            "select outbox.emit(%s, 'order.created', jsonb_build_object('n', g)) "
+            "from generate_series(1, %s) g",
             (owner, count),
         )
 
@@ -60,8 +61,8 @@ async def test_sigkill_of_a_worker_loses_nothing(
         for i in range(2)
     ]
     try:
-        await wait_for_async(
-            lambda: asyncio.sleep(0, len(receiver.requests) >= events // 2),
+        await eventually(
+            lambda: len(receiver.requests) >= events // 2,
             timeout=60,
             what="a quarter delivered",
         )
@@ -111,7 +112,7 @@ async def test_sigterm_hands_back_what_cannot_finish_within_the_grace(
     webhooks.create_webhook(conn, "v", receiver.script("/hang", *["hang"] * 5), ["order.created"])
     emit_many(database_url, "v", 5)
     worker = spawn_worker(database_url, "impatient", shutdown_grace=0.5, request_timeout=60.0)
-    await wait_for_async(lambda: asyncio.sleep(0, len(receiver.on("/hang")) == 5), timeout=30)
+    await eventually(lambda: len(receiver.on("/hang")) == 5, timeout=30)
     kill(worker, signal.SIGTERM)
     assert await asyncio.to_thread(worker.wait, 30) == 0
     rows = conn.execute(
@@ -149,13 +150,13 @@ async def test_the_worker_rides_out_a_postgres_restart(
         webhooks.create_webhook(conn, "v", receiver.script("/h", *[slow] * 1000), ["order.created"])
     async with running_worker(url, poll_interval=0.2, concurrency=4, batch_size=20) as worker:
         await asyncio.to_thread(emit_many, url, "v", 300)
-        await wait_for_async(lambda: asyncio.sleep(0, len(receiver.requests) >= 20), timeout=30)
+        await eventually(lambda: len(receiver.requests) >= 20, timeout=30)
         await asyncio.to_thread(embedded.restart, server)
         assert len(receiver.requests) < 300  # the restart landed mid-run
         await asyncio.to_thread(emit_many, url, "v", 300)  # committed after the restart
         await until(lambda: settled(url, 600), what="all 600 delivered after the restart")
         assert worker.listener is not None
-        await wait_for_async(lambda: asyncio.sleep(0, worker.listener.connected), what="LISTEN back")  # type: ignore[union-attr]
+        await eventually(lambda: worker.listener.connected, what="LISTEN back")  # type: ignore[union-attr]
         assert worker.listener.reconnects >= 1
     received = {r.headers["webhook-id"] for r in receiver.requests}
     assert len(received) == 600

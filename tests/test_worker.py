@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
 from outbox_worker import emit, webhooks
-from tests.helpers import wait_for, wait_for_async
+from tests.helpers import eventually, wait_for, wait_for_async
 from tests.receiver import Receiver
 from tests.workers import delivery_states, running_worker, settled
 
@@ -165,9 +166,7 @@ async def test_a_failing_receiver_gets_exactly_four_attempts_on_the_schedule(
     assert len(arrivals) == 4
     assert not receiver.on("/elsewhere")  # redirects are not followed
     timeout_allowance = 0.5 if behaviour == "hang" else 0.0
-    for gap, delay in zip(
-        [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)], schedule, strict=True
-    ):
+    for gap, delay in zip([b - a for a, b in itertools.pairwise(arrivals)], schedule, strict=True):
         assert gap >= delay + timeout_allowance - 0.02  # never earlier than the schedule
     assert delivery_states(database_url) == {"failed": 1}
     assert attempts_of(conn, url) == [(n, status_code, error_class, "failed") for n in (1, 2, 3, 4)]
@@ -254,16 +253,15 @@ async def test_notify_wakes_an_idle_worker_also_after_its_listen_connection_is_k
     poll = 10.0  # anything arriving well before this came from NOTIFY
     latencies = []
     async with running_worker(database_url, poll_interval=poll) as worker:
-        assert worker.listener is not None
-        await wait_for_async(lambda: asyncio.sleep(0, worker.listener.connected), what="LISTEN up")  # type: ignore[union-attr]
+        listener = worker.listener
+        assert listener is not None
+        await eventually(lambda: listener.connected, what="LISTEN up")
         for round_ in range(2):
             await asyncio.sleep(0.2)  # let the worker go idle
             before = len(receiver.requests)
             committed = time.perf_counter()
             await asyncio.to_thread(emit, conn, "v", "order.created", {"round": round_})
-            await wait_for_async(
-                lambda before=before: asyncio.sleep(0, len(receiver.requests) > before), timeout=poll / 2
-            )
+            await eventually(lambda: len(receiver.requests) > before, timeout=poll / 2)  # noqa: B023 (awaited at once)
             latencies.append((receiver.requests[-1].at - committed) * 1000)
             if round_ == 0:
                 killed = conn.execute(
@@ -271,12 +269,13 @@ async def test_notify_wakes_an_idle_worker_also_after_its_listen_connection_is_k
                     "where datname = current_database() and query = 'listen outbox_events'"
                 ).fetchall()
                 assert killed == [(True,)]
-                await wait_for_async(
-                    lambda: asyncio.sleep(0, worker.listener.reconnects >= 1 and worker.listener.connected),  # type: ignore[union-attr]
+                await eventually(
+                    lambda: listener.reconnects >= 1 and listener.connected,
                     what="listener reconnected",
                 )
     print(
-        f"\ncommit-to-receipt over NOTIFY: {latencies[0]:.1f} ms; after LISTEN was killed: {latencies[1]:.1f} ms"
+        f"\ncommit-to-receipt over NOTIFY: {latencies[0]:.1f} ms; "
+        f"after LISTEN was killed: {latencies[1]:.1f} ms"
     )
 
 
@@ -287,7 +286,8 @@ async def test_an_expired_lease_is_claimed_again(
     # A delivery leased by a worker that died: its lease runs out in 0.5 s.
     event_id = emit(conn, "v", "order.created", {"orphan": True})
     conn.execute(
-        "update outbox.events set dispatched_at = now(), body = convert_to('{\"orphan\":true}', 'UTF8') where id = %s",
+        "update outbox.events set dispatched_at = now(), body = convert_to('{\"orphan\":true}', 'UTF8') "
+        "where id = %s",
         (event_id,),
     )
     conn.execute(
@@ -349,9 +349,9 @@ async def test_a_webhook_deleted_while_in_flight_loses_nothing_else(
     async with running_worker(database_url) as worker:
         await asyncio.wait_for(entered.wait(), 10)
         await asyncio.to_thread(webhooks.delete_webhook, conn, "v", doomed.id)
-        await wait_for_async(lambda: asyncio.sleep(0, worker.sender and worker.sender.in_flight == 0))
+        await eventually(lambda: worker.sender and worker.sender.in_flight == 0)
         await until_settled(database_url, 1)
-        await wait_for_async(lambda: asyncio.sleep(0, worker.completer and worker.completer.backlog == 0))
+        await eventually(lambda: worker.completer and worker.completer.backlog == 0)
     assert delivery_states(database_url) == {"delivered": 1}
     assert len(receiver.on("/kept")) == 1
 
