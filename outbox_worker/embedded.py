@@ -28,5 +28,8 @@ def restart(server: Any) -> None:
     """Restart an embedded server in place (same socket, same URL), as a
     Postgres restart in production would: every connection is cut."""
     from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+    from pgserver.utils import PostmasterInfo
 
     pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30)
+    # pgserver stops the postmaster it knows on cleanup: teach it the new one.
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)

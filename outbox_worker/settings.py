@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,6 +90,17 @@ class Settings(BaseSettings):
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays must be >= 0")
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> Settings:
+        # A lease shorter than a request would let another replica send the
+        # same delivery while the first attempt is still running.
+        if self.lease_seconds <= self.request_timeout:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must be longer than "
+                f"request_timeout ({self.request_timeout})"
+            )
+        return self
 
     @property
     def max_attempts(self) -> int:

@@ -57,7 +57,9 @@ async def test_sigkill_of_a_worker_loses_nothing(
         webhooks.create_webhook(conn, "shop", receiver.url(f"/h{i}"), ["order.created"])
     emit_many(database_url, "shop", events)
     workers = [
-        spawn_worker(database_url, f"crash-{i}", lease_seconds=2.0, concurrency=64, batch_size=100)
+        spawn_worker(
+            database_url, f"crash-{i}", lease_seconds=2.0, request_timeout=1.0, concurrency=64, batch_size=100
+        )
         for i in range(2)
     ]
     try:
@@ -111,7 +113,9 @@ async def test_sigterm_hands_back_what_cannot_finish_within_the_grace(
 ) -> None:
     webhooks.create_webhook(conn, "v", receiver.script("/hang", *["hang"] * 5), ["order.created"])
     emit_many(database_url, "v", 5)
-    worker = spawn_worker(database_url, "impatient", shutdown_grace=0.5, request_timeout=60.0)
+    worker = spawn_worker(
+        database_url, "impatient", shutdown_grace=0.5, request_timeout=60.0, lease_seconds=120.0
+    )
     await eventually(lambda: len(receiver.on("/hang")) == 5, timeout=30)
     kill(worker, signal.SIGTERM)
     assert await asyncio.to_thread(worker.wait, 30) == 0

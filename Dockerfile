@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# Build a wheel in one stage, install it into a slim runtime as a non-root user.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md alembic.ini ./
+COPY outbox_worker ./outbox_worker
+COPY sql ./sql
+COPY migrations ./migrations
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OUTBOX_LOG_FORMAT=json
+RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin outbox
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 10001
+# `docker run IMAGE migrate` runs a one-shot migration; the default is the worker.
+ENTRYPOINT ["outbox-worker"]
+CMD ["run"]
+STOPSIGNAL SIGTERM
