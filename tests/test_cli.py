@@ -101,3 +101,75 @@ def test_unreachable_database_is_a_clear_error() -> None:
     result = run("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", "webhooks", "list", "--owner", "v")
     assert result.returncode == 1
     assert "cannot connect to the database" in result.stderr and "Traceback" not in result.stderr
+
+
+def _finished_delivery(conn: psycopg.Connection[Any], status: str, age: str) -> int:
+    hook = conn.execute("select id from outbox.webhooks limit 1").fetchone()
+    assert hook is not None
+    event = conn.execute(
+        "insert into outbox.events (owner_id, event_type, data, created_at, dispatched_at, body) "
+        "values ('v', 'order.created', '{}', now() - %s::interval, now(), '{}') returning id",
+        (age,),
+    ).fetchone()
+    assert event is not None
+    row = conn.execute(
+        "insert into outbox.deliveries (event_id, webhook_id, status, attempts, completed_at) "
+        "values (%s, %s, %s, 4, now()) returning id",
+        (event[0], hook[0], status),
+    ).fetchone()
+    assert row is not None
+    conn.execute(
+        "insert into outbox.delivery_attempts (delivery_id, attempt, attempted_at, duration_ms, status_code) "
+        "values (%s, 4, now(), 1, 500)",
+        (row[0],),
+    )
+    return int(row[0])
+
+
+def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    created = run(
+        database_url,
+        "--json",
+        "webhooks",
+        "create",
+        "--owner",
+        "v",
+        "--url",
+        "https://e.com/",
+        "--event",
+        "*",
+    )
+    hook_id = json.loads(created.stdout)[0]["id"]
+    old_failed = _finished_delivery(conn, "failed", "40 days")
+    old_pending_event = _finished_delivery(conn, "failed", "40 days")
+    conn.execute("update outbox.deliveries set status = 'pending' where id = %s", (old_pending_event,))
+    _finished_delivery(conn, "delivered", "40 days")
+    recent = _finished_delivery(conn, "delivered", "1 day")
+
+    stats = json.loads(run(database_url, "--json", "stats").stdout)[0]
+    [row] = stats["webhooks"]
+    assert (row["pending"], row["failed"]) == (1, 1) and stats["undispatched_events"] == 0
+    assert "Queue health" in run(database_url, "stats").stdout
+
+    assert run(database_url, "redeliver", str(old_failed)).returncode == 0
+    assert conn.execute(
+        "select status::text, attempts from outbox.deliveries where id = %s", (old_failed,)
+    ).fetchone() == ("pending", 0)
+    conn.execute(
+        "update outbox.deliveries set status = 'failed', completed_at = now() where id = %s", (old_failed,)
+    )
+    replay = run(database_url, "redeliver", "--webhook", hook_id, "--owner", "v", "--since", "2000-01-01")
+    assert replay.returncode == 0 and "re-queued 1 failed" in replay.stdout
+    conn.execute("update outbox.deliveries set status = 'failed' where id = %s", (old_failed,))
+    missing = run(database_url, "redeliver", "999999")
+    assert missing.returncode == 1 and "delivery 999999 not found" in missing.stderr
+
+    purged = run(database_url, "purge", "--older-than", "30d", "--batch-size", "1")
+    assert purged.returncode == 0, purged.stderr
+    assert "purged 2 events" in purged.stdout
+    # Only the pending one (still owed to its webhook) and the recent one remain.
+    remaining = {r[0] for r in conn.execute("select id from outbox.deliveries")}
+    assert remaining == {old_pending_event, recent}
+    assert conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,)
+    bad = run(database_url, "purge", "--older-than", "soon")
+    assert bad.returncode == 2 and "use a number and one of" in bad.stderr

@@ -359,3 +359,78 @@ async def test_a_webhook_deleted_while_in_flight_loses_nothing_else(
 def test_wait_for_helper_reports_what_it_waited_for() -> None:
     with pytest.raises(AssertionError, match="the impossible"):
         wait_for(lambda: False, timeout=0.05, what="the impossible")
+
+
+async def test_rotation_overlap_sends_both_signatures(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    created = webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
+    rotated = webhooks.rotate_webhook_secret(conn, "v", created.id)
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url):
+        await until_settled(database_url, 1)
+    [got] = receiver.requests
+    StandardWebhook(rotated.secret).verify(got.body, got.headers)
+    StandardWebhook(created.secret).verify(got.body, got.headers)
+    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature"], rotated.secret) == "valid"
+    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature-Previous"], created.secret) == "valid"
+    # Once the overlap is over, only the new secret signs.
+    conn.execute("update outbox.webhooks set previous_secret_expires_at = now() - interval '1 s'")
+    emit(conn, "v", "order.created", {"id": 2})
+    async with running_worker(database_url):
+        await until_settled(database_url, 2)
+    later = receiver.requests[-1]
+    assert "X-Brutlers-Signature-Previous" not in later.headers
+    with pytest.raises(Exception, match="signature"):
+        StandardWebhook(created.secret).verify(later.body, later.headers)
+
+
+async def test_a_hanging_endpoint_does_not_starve_the_others(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    other = await Receiver().start()  # another host:port, as another customer's endpoint
+    try:
+        webhooks.create_webhook(
+            conn, "slowpoke", receiver.script("/hang", *["hang"] * 100), ["order.created"]
+        )
+        webhooks.create_webhook(conn, "fine", other.url("/ok"), ["order.created"])
+        with psycopg.connect(database_url) as app:
+            for i in range(40):
+                emit(app, "slowpoke", "order.created", {"i": i})
+            app.commit()
+        async with running_worker(
+            database_url, concurrency=8, per_host_concurrency=2, batch_size=8, request_timeout=20.0
+        ) as worker:
+            await eventually(
+                lambda: len(receiver.on("/hang")) >= 2, what="the slow endpoint holding its slots"
+            )
+            for i in range(20):
+                emit(conn, "fine", "order.created", {"i": i})
+            await eventually(
+                lambda: len(other.on("/ok")) == 20, timeout=10, what="the healthy endpoint served"
+            )
+            assert worker.sender is not None
+            assert len(receiver.on("/hang")) <= 8  # it never took more than the process's slots
+    finally:
+        await other.stop()
+
+
+async def test_send_time_guard_refuses_private_targets(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # Registered while the database allowed it (or via a name that resolves
+    # privately): the worker's own policy still refuses to connect.
+    webhooks.create_webhook(conn, "v", receiver.url("/literal"), ["order.created"])
+    webhooks.create_webhook(
+        conn, "v", receiver.url("/name").replace("127.0.0.1", "localhost"), ["order.created"]
+    )
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url, allow_private_networks=False, retry_schedule=[60, 60, 60]):
+        await eventually(
+            lambda: conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,),
+            timeout=10,
+        )
+    assert receiver.requests == []
+    rows = conn.execute("select error_class, error from outbox.delivery_log order by url").fetchall()
+    assert [r[0] for r in rows] == ["invalid_target", "invalid_target"]
+    assert "127.0.0.1 is a loopback" in rows[0][1] and "localhost resolves only to private" in rows[1][1]
