@@ -21,7 +21,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from outbox_worker import db, logs, migrate, webhooks
+from outbox_worker import db, grants, logs, migrate, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
 from outbox_worker.settings import Settings
@@ -340,6 +340,33 @@ def parse_age(text: str) -> timedelta:
         return timedelta(seconds=value * units[unit])
     except (ValueError, KeyError, IndexError):
         raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
+
+
+@main.command("grant")
+@click.option("--app", "app_role", help="Role that may only emit events.")
+@click.option("--worker", "worker_role", help="Role the worker (and management commands) log in as.")
+@click.option("--dba", "dba_role", help="Read-only role: logs and stats, never secrets.")
+@click.option("--create", is_flag=True, help="Create missing roles (LOGIN, no password: set one after).")
+@pass_ctx
+def grant_cmd(
+    ctx: Context, app_role: str | None, worker_role: str | None, dba_role: str | None, create: bool
+) -> None:
+    """Grant database roles the privileges of the app, the worker or a DBA."""
+    requested: list[tuple[grants.Kind, str | None]] = [
+        ("app", app_role),
+        ("worker", worker_role),
+        ("dba", dba_role),
+    ]
+    chosen = [(kind, role) for kind, role in requested if role]
+    if not chosen:
+        raise click.UsageError("name at least one of --app, --worker, --dba")
+    with ctx.connection() as conn:
+        for kind, role in chosen:
+            try:
+                grants.grant(conn, kind, role, create=create)
+            except psycopg.Error as exc:
+                raise click.ClickException(f"granting {kind} privileges to {role}: {exc}".strip()) from exc
+            click.echo(f"{role}: {kind} privileges granted")
 
 
 # -- events -------------------------------------------------------------------

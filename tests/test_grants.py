@@ -1,0 +1,106 @@
+"""Database roles, tested with real logins."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from outbox_worker import emit, webhooks
+from outbox_worker.db import as_url
+from tests.helpers import eventually
+from tests.receiver import Receiver
+from tests.test_cli import run
+from tests.workers import running_worker, settled
+
+
+@pytest.fixture
+def roles(database_url: str, conn: psycopg.Connection[Any]) -> Iterator[dict[str, str]]:
+    suffix = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{uuid.uuid4().hex[:6]}"
+    names = {kind: f"outbox_{kind}_{suffix}" for kind in ("app", "worker", "dba")}
+    result = run(
+        database_url, "grant", "--create",
+        "--app", names["app"], "--worker", names["worker"], "--dba", names["dba"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    yield names
+    for name in names.values():
+        conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def login(database_url: str, role: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(as_url(database_url, user=role), autocommit=True)
+
+
+def test_app_can_only_emit(database_url: str, conn: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    webhooks.create_webhook(conn, "v", "https://example.com/h", ["*"])
+    with login(database_url, roles["app"]) as app:
+        assert emit(app, "v", "order.created", {"id": 1}) > 0
+        app.execute(
+            "insert into outbox.events (owner_id, event_type, data) values ('v', 'order.created', '{}')"
+        )
+        for forbidden in (
+            "select data from outbox.events",
+            "select * from outbox.webhooks",
+            "select * from outbox.delivery_log",
+            "update outbox.events set data = '{}'",
+            "select * from outbox.create_webhook('v', 'https://example.com/x', array['*'])",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(forbidden)
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (2,)
+
+
+def test_dba_reads_logs_but_never_secrets(
+    database_url: str, conn: psycopg.Connection[Any], roles: dict[str, str]
+) -> None:
+    created = webhooks.create_webhook(conn, "v", "https://example.com/h", ["*"])
+    with login(database_url, roles["dba"]) as dba:
+        for query in (
+            "select * from outbox.delivery_log",
+            "select * from outbox.queue_stats",
+            "select * from outbox.event_backlog",
+            "select * from outbox.webhook_info",
+            "select id, url, enabled from outbox.webhooks",
+            "select count(*) from outbox.deliveries",
+        ):
+            dba.execute(query).fetchall()
+        for forbidden in (
+            "select secret from outbox.webhooks",
+            "select * from outbox.webhooks",
+            "select previous_secret from outbox.webhooks",
+            "delete from outbox.deliveries",
+            "select outbox.emit('v', 'order.created', '{}')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                dba.execute(forbidden)
+        everything = str(dba.execute("select * from outbox.webhook_info").fetchall())
+        assert created.secret not in everything
+
+
+async def test_worker_role_delivers_and_manages(
+    database_url: str, conn: psycopg.Connection[Any], roles: dict[str, str]
+) -> None:
+    receiver = await Receiver().start()
+    worker_url = as_url(database_url, user=roles["worker"])
+    try:
+        with login(database_url, roles["worker"]) as ops:
+            webhooks.create_webhook(ops, "v", receiver.url("/h"), ["order.created"])
+        with login(database_url, roles["app"]) as app:
+            emit(app, "v", "order.created", {"id": 1})
+        async with running_worker(worker_url):
+            await eventually(lambda: settled(database_url, 1), timeout=15)
+        assert len(receiver.requests) == 1
+    finally:
+        await receiver.stop()
+
+
+def test_grant_needs_a_role(database_url: str) -> None:
+    result = run(database_url, "grant")
+    assert result.returncode == 2 and "name at least one of" in result.stderr
