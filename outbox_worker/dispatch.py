@@ -9,6 +9,7 @@ leased to it and handed straight to the sender: no second claim, no wait.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from outbox_worker import db
 from outbox_worker.delivery import Job
 from outbox_worker.settings import Settings
-from outbox_worker.signing import encode_body
+from outbox_worker.signing import encode_body, format_timestamp
 
 
 class Dispatcher:
@@ -34,6 +35,24 @@ class Dispatcher:
         self._reserve = reserve_slots
         self._hand_over = hand_over
         self._log = log.bind(component="dispatcher")
+
+    def _body(self, event: db.Row) -> bytes:
+        try:
+            return encode_body(event["event_type"], event["data"], event["created_at"])
+        except Exception:
+            # Never let one event block the outbox: its bytes are still exact
+            # and signed, only the JavaScript re-serialisation nicety is lost.
+            self._log.exception("body encoding fell back to plain JSON", event_id=event["id"])
+            data = json.loads(json.dumps(event["data"], default=str))
+            return json.dumps(
+                {
+                    "event": event["event_type"],
+                    "data": data,
+                    "timestamp": format_timestamp(event["created_at"]),
+                },
+                ensure_ascii=False,
+                separators=(",", ":"),
+            ).encode()
 
     async def dispatch_batch(self) -> int:
         """Dispatch one batch; returns how many events it took."""

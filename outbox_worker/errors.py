@@ -83,7 +83,11 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
 }
 
 
+# Postgres' own refusals that are really about the payload.
+_BY_SQLSTATE["22P05"] = InvalidPayload  # \u0000 in a string: jsonb cannot store it
+
+
 def from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> OutboxError | None:
-    """The OutboxError for an ``OW`` SQLSTATE, or None for any other code."""
+    """The OutboxError for an ``OW`` SQLSTATE (and a few payload errors), or None."""
     cls = _BY_SQLSTATE.get(sqlstate or "")
     return cls(message, hint=hint) if cls else None

@@ -30,7 +30,8 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def _is_array_index(key: str) -> bool:
     # JavaScript orders "canonical numeric" property keys (array indices)
     # before all others, ascending.
-    return key.isdigit() and (key == "0" or key[0] != "0") and int(key) < 2**32 - 1
+    # (str.isdigit also accepts "¹" and other non-ASCII digits.)
+    return key.isascii() and key.isdigit() and (key == "0" or key[0] != "0") and int(key) < 2**32 - 1
 
 
 def _js_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -121,6 +121,12 @@ def test_bad_payloads_are_refused_before_the_database(
     assert events(conn) == []
 
 
+def test_nul_characters_are_refused_clearly(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(errors.InvalidPayload, match="unsupported Unicode escape sequence"):
+        emit(conn, "shop", "order.created", {"name": "a\x00b"})
+    assert events(conn) == []
+
+
 def test_oversized_payload_is_refused(conn: psycopg.Connection[Any]) -> None:
     conn.execute("update outbox.config set max_payload_bytes = 1000")
     with pytest.raises(
