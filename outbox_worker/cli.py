@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -246,6 +247,9 @@ def run_cmd(
     }
     settings = ctx.settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(settings.model_dump())  # re-validate the overrides
+    # Until the event loop installs its handlers, nothing is claimed: a
+    # SIGTERM during start-up is a clean exit, not a crash.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sys.exit(asyncio.run(serve(settings)))
 
 
