@@ -25,6 +25,8 @@ from rich.table import Table
 from outbox_worker import db, grants, logs, migrate, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
+from outbox_worker.maintenance import sealed_params
+from outbox_worker.secretbox import SecretBox, generate_key
 from outbox_worker.settings import Settings
 from outbox_worker.sql import query
 from outbox_worker.worker import serve
@@ -37,6 +39,7 @@ class Context:
     def __init__(self, settings: Settings, as_json: bool) -> None:
         self.settings = settings
         self.as_json = as_json
+        self.box = SecretBox.from_keys(settings.secret_keys)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -159,7 +162,7 @@ def webhooks_group() -> None:
 def webhooks_create(ctx: Context, owner: str, url: str, events: tuple[str, ...]) -> None:
     """Register a webhook and print its secret (shown this once)."""
     with ctx.connection() as conn:
-        created = webhooks.create_webhook(conn, owner, url, events)
+        created = webhooks.create_webhook(conn, owner, url, events, box=ctx.box)
         hook = webhooks.get_webhook(conn, owner, created.id)
     output(ctx, [{**_webhook_row(hook), "secret": created.secret}], "Webhook created: store the secret now")
 
@@ -215,7 +218,7 @@ def webhooks_delete(ctx: Context, webhook_id: str, owner: str) -> None:
 def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
     """Issue a new secret; the old one keeps signing for the overlap window."""
     with ctx.connection() as conn:
-        rotated = webhooks.rotate_webhook_secret(conn, owner, webhook_id)
+        rotated = webhooks.rotate_webhook_secret(conn, owner, webhook_id, box=ctx.box)
     output(ctx, [{"id": str(rotated.id), "secret": rotated.secret}], "New secret: store it now")
 
 
@@ -371,6 +374,36 @@ def grant_cmd(
             except psycopg.Error as exc:
                 raise click.ClickException(f"granting {kind} privileges to {role}: {exc}".strip()) from exc
             click.echo(f"{role}: {kind} privileges granted")
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Webhook secrets at rest (OUTBOX_SECRET_KEYS)."""
+
+
+@secrets_group.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new key to put first in OUTBOX_SECRET_KEYS."""
+    click.echo(generate_key())
+
+
+@secrets_group.command("reseal")
+@pass_ctx
+def secrets_reseal(ctx: Context) -> None:
+    """Seal every secret under the newest key (after adding a key, before dropping the old one)."""
+    if ctx.box is None:
+        raise click.UsageError("set OUTBOX_SECRET_KEYS first")
+    total = 0
+    after = "00000000-0000-0000-0000-000000000000"
+    while True:
+        with ctx.connection() as conn:
+            rows = db.fetch(conn, "all_secrets", {"after": after, "limit": 500})
+            if not rows:
+                break
+            db.fetch(conn, "store_sealed_secrets", sealed_params(rows, ctx.box))
+            after = str(rows[-1]["id"])
+            total += len(rows)
+    click.echo(f"resealed {total} webhook secrets under the newest key")
 
 
 # -- events -------------------------------------------------------------------

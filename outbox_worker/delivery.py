@@ -23,8 +23,10 @@ from psycopg_pool import AsyncConnectionPool
 from yarl import URL
 
 from outbox_worker import db
+from outbox_worker.errors import SecretUnavailable
 from outbox_worker.netpolicy import BlockedTarget, check_url
 from outbox_worker.retry import next_delay, parse_retry_after
+from outbox_worker.secretbox import SecretBox, open_secret
 from outbox_worker.settings import Settings
 from outbox_worker.signing import sign_headers
 
@@ -43,10 +45,16 @@ class Job:
     secrets: tuple[str, ...]
     body: bytes
     enabled: bool = True
+    secret_error: str | None = None
 
     @classmethod
-    def from_row(cls, row: db.Row, body: bytes | None = None) -> Job:
-        secrets = (row["secret"], row["previous_secret"]) if row["previous_secret"] else (row["secret"],)
+    def from_row(cls, row: db.Row, box: SecretBox | None, body: bytes | None = None) -> Job:
+        stored = (row["secret"], row["previous_secret"]) if row["previous_secret"] else (row["secret"],)
+        try:
+            secrets = tuple(open_secret(s, box) for s in stored)
+            secret_error = None
+        except SecretUnavailable as exc:
+            secrets, secret_error = (), str(exc)
         return cls(
             id=row["id"],
             event_id=row["event_id"],
@@ -56,6 +64,7 @@ class Job:
             secrets=secrets,
             body=body if body is not None else bytes(row["body"]),
             enabled=row.get("enabled", True),
+            secret_error=secret_error,
         )
 
 
@@ -110,6 +119,7 @@ class Sender:
         self._pool = pool
         self._session = session
         self._settings = settings
+        self.box = SecretBox.from_keys(settings.secret_keys)
         self._record = record
         self._log = log.bind(component="sender")
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -166,7 +176,7 @@ class Sender:
                         "worker_id": self._settings.worker_id,
                     },
                 )
-            jobs = [Job.from_row(r) for r in rows]
+            jobs = [Job.from_row(r, self.box) for r in rows]
             return len(jobs)
         finally:
             self.hand_over(jobs, reserved)
@@ -259,6 +269,8 @@ class Sender:
 
         if not job.enabled:
             return self._failure(job, attempted_at, 0.0, "invalid_target", "webhook disabled", final=True)
+        if job.secret_error:
+            return self._failure(job, attempted_at, 0.0, "invalid_target", job.secret_error)
         headers = sign_headers(
             event_id=job.event_id,
             body=job.body,

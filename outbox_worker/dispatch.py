@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db
 from outbox_worker.delivery import Job
+from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import encode_body, format_timestamp
 
@@ -26,12 +27,14 @@ class Dispatcher:
         self,
         pool: AsyncConnectionPool[Any],
         settings: Settings,
+        box: SecretBox | None,
         reserve_slots: Callable[[int], int],
         hand_over: Callable[[list[Job], int], None],
         log: Any,
     ) -> None:
         self._pool = pool
         self._settings = settings
+        self._box = box
         self._reserve = reserve_slots
         self._hand_over = hand_over
         self._log = log.bind(component="dispatcher")
@@ -75,7 +78,7 @@ class Dispatcher:
                         "worker_id": self._settings.worker_id,
                     },
                 )
-                jobs = [Job.from_row(r, bodies[r["event_id"]]) for r in rows if r["leased"]]
+                jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
             self._log.debug("dispatched", events=len(events), deliveries=len(rows), leased=len(jobs))
             return len(events)
         finally:

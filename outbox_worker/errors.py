@@ -50,6 +50,14 @@ class InvalidEventTypeName(ValidationError):
     sqlstate = "OW009"
 
 
+class InvalidSecret(ValidationError):
+    sqlstate = "OW010"
+
+
+class SecretUnavailable(OutboxError):
+    """A stored secret is sealed and no configured key opens it."""
+
+
 class WebhookLimitReached(OutboxError):
     sqlstate = "OW004"
 
@@ -78,6 +86,7 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         PayloadTooLarge,
         DeliveryNotFound,
         InvalidEventTypeName,
+        InvalidSecret,
     )
     if cls.sqlstate
 }

@@ -8,6 +8,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db
+from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 
 
@@ -43,4 +44,43 @@ class FailingWebhookDisabler:
                 await self.run_once()
             except Exception as exc:
                 self._log.warning("maintenance failed", error=str(exc).strip())
+            await asyncio.sleep(self.interval)
+
+
+def sealed_params(rows: list[db.Row], box: SecretBox) -> dict[str, Any]:
+    """Parameters of ``store_sealed_secrets``: ``rows``' secrets under the newest key."""
+    return {
+        "ids": [r["id"] for r in rows],
+        "old": [r["secret"] for r in rows],
+        "sealed": [box.reseal(r["secret"]) for r in rows],
+        "old_previous": [r["previous_secret"] for r in rows],
+        "sealed_previous": [box.reseal(r["previous_secret"]) if r["previous_secret"] else None for r in rows],
+    }
+
+
+class SecretSealer:
+    """Seals secrets that were stored in plaintext (created from plain SQL)."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], box: SecretBox, log: Any, interval: float = 2.0
+    ) -> None:
+        self._pool = pool
+        self._box = box
+        self._log = log.bind(component="secret-sealer")
+        self.interval = interval
+
+    async def run_once(self) -> int:
+        async with self._pool.connection() as conn, conn.transaction():
+            rows = await db.fetch_async(conn, "unsealed_secrets", {"limit": 500})
+            if rows:
+                await db.fetch_async(conn, "store_sealed_secrets", sealed_params(rows, self._box))
+            return len(rows)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if sealed := await self.run_once():
+                    self._log.info("sealed plaintext secrets", count=sealed)
+            except Exception as exc:
+                self._log.warning("sealing secrets failed", error=str(exc).strip())
             await asyncio.sleep(self.interval)

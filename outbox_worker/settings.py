@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         default_factory=_default_worker_id, description="Name recorded on leases and attempts."
     )
 
+    # Secrets at rest
+    secret_keys: list[str] = Field(
+        [],
+        description="Fernet keys (JSON list, newest first) sealing webhook secrets at rest; empty = off.",
+    )
+
     # Network policy at send time
     allow_private_networks: bool = Field(
         False, description="Allow receivers on loopback/private/link-local addresses (development)."

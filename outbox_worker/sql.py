@@ -60,7 +60,7 @@ def query(name: str) -> str:
 @functools.cache
 def as_sqlalchemy(name: str) -> str:
     """The named query with ``:name`` binds, for ``sqlalchemy.text``."""
-    return _PYFORMAT.sub(r":\1", query(name))
+    return _PYFORMAT.sub(r":\1", query(name)).replace("%%", "%")
 
 
 def migration_sql(filename: str) -> str:

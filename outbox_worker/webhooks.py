@@ -16,6 +16,7 @@ from typing import Any
 
 from outbox_worker import db
 from outbox_worker.errors import DeliveryNotFound, WebhookNotFound
+from outbox_worker.secretbox import SecretBox, new_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +55,20 @@ def _webhook_id(value: uuid.UUID | str) -> uuid.UUID:
         raise WebhookNotFound(f"webhook {value} not found") from None
 
 
-def _secret(rows: list[db.Row]) -> WebhookSecret:
-    return WebhookSecret(id=rows[0]["id"], secret=rows[0]["secret"])
+def _sealed(box: SecretBox | None) -> tuple[str | None, str | None]:
+    """(plaintext, sealed) for a new secret; (None, None) lets SQL generate it."""
+    if box is None:
+        return None, None
+    plain = new_secret()
+    return plain, box.seal(plain)
 
 
-def _create_params(owner_id: str, url: str, events: Sequence[str]) -> dict[str, Any]:
-    return {"owner_id": owner_id, "url": url, "events": list(events)}
+def _secret(rows: list[db.Row], plain: str | None) -> WebhookSecret:
+    return WebhookSecret(id=rows[0]["id"], secret=plain if plain is not None else rows[0]["secret"])
+
+
+def _create_params(owner_id: str, url: str, events: Sequence[str], sealed: str | None) -> dict[str, Any]:
+    return {"owner_id": owner_id, "url": url, "events": list(events), "sealed_secret": sealed}
 
 
 def _update_params(
@@ -91,8 +100,12 @@ def _redeliver_params(delivery_id: int, owner_id: str | None) -> dict[str, Any]:
 # -- sync ---------------------------------------------------------------------
 
 
-def create_webhook(conn: db.SyncConnection, owner_id: str, url: str, events: Sequence[str]) -> WebhookSecret:
-    return _secret(db.fetch(conn, "create_webhook", _create_params(owner_id, url, events)))
+def create_webhook(
+    conn: db.SyncConnection, owner_id: str, url: str, events: Sequence[str], *, box: SecretBox | None = None
+) -> WebhookSecret:
+    """Register a webhook. With ``box`` the secret is sealed before it reaches the database."""
+    plain, sealed = _sealed(box)
+    return _secret(db.fetch(conn, "create_webhook", _create_params(owner_id, url, events, sealed)), plain)
 
 
 def update_webhook(
@@ -122,9 +135,11 @@ def get_webhook(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | 
 
 
 def rotate_webhook_secret(
-    conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str
+    conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str, *, box: SecretBox | None = None
 ) -> WebhookSecret:
-    return _secret(db.fetch(conn, "rotate_webhook_secret", _ids(owner_id, webhook_id)))
+    plain, sealed = _sealed(box)
+    params = {**_ids(owner_id, webhook_id), "sealed_secret": sealed}
+    return _secret(db.fetch(conn, "rotate_webhook_secret", params), plain)
 
 
 def redeliver(conn: db.SyncConnection, delivery_id: int, owner_id: str | None = None) -> int:
@@ -146,9 +161,11 @@ def add_event_type(conn: db.SyncConnection, name: str, description: str = "") ->
 
 
 async def create_webhook_async(
-    conn: db.AsyncConnection, owner_id: str, url: str, events: Sequence[str]
+    conn: db.AsyncConnection, owner_id: str, url: str, events: Sequence[str], *, box: SecretBox | None = None
 ) -> WebhookSecret:
-    return _secret(await db.fetch_async(conn, "create_webhook", _create_params(owner_id, url, events)))
+    plain, sealed = _sealed(box)
+    rows = await db.fetch_async(conn, "create_webhook", _create_params(owner_id, url, events, sealed))
+    return _secret(rows, plain)
 
 
 async def update_webhook_async(
@@ -180,9 +197,11 @@ async def get_webhook_async(conn: db.AsyncConnection, owner_id: str, webhook_id:
 
 
 async def rotate_webhook_secret_async(
-    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str
+    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str, *, box: SecretBox | None = None
 ) -> WebhookSecret:
-    return _secret(await db.fetch_async(conn, "rotate_webhook_secret", _ids(owner_id, webhook_id)))
+    plain, sealed = _sealed(box)
+    params = {**_ids(owner_id, webhook_id), "sealed_secret": sealed}
+    return _secret(await db.fetch_async(conn, "rotate_webhook_secret", params), plain)
 
 
 async def redeliver_async(conn: db.AsyncConnection, delivery_id: int, owner_id: str | None = None) -> int:

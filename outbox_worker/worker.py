@@ -24,7 +24,7 @@ from outbox_worker.delivery import Sender
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.listener import Listener
 from outbox_worker.logs import get_logger
-from outbox_worker.maintenance import FailingWebhookDisabler
+from outbox_worker.maintenance import FailingWebhookDisabler, SecretSealer
 from outbox_worker.netpolicy import GuardedResolver
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
@@ -105,11 +105,14 @@ class Worker:
         session = self._session()
         self.completer = completer = Completer(pool, settings, self.log)
         self.sender = sender = Sender(pool, session, settings, completer.record, self.log)
-        dispatcher = Dispatcher(pool, settings, sender.reserve, sender.hand_over, self.log)
+        dispatcher = Dispatcher(pool, settings, sender.box, sender.reserve, sender.hand_over, self.log)
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
         ]
+        if sender.box is not None:
+            sealer = SecretSealer(pool, sender.box, self.log)
+            background.append(asyncio.create_task(sealer.run(), name="secret-sealer"))
         producers = [
             asyncio.create_task(self._dispatch_loop(dispatcher, sender), name="dispatcher"),
             asyncio.create_task(sender.run(), name="sender"),

@@ -12,7 +12,7 @@ select outbox.add_event_type(%(name)s, %(description)s);
 select name, description, created_at from outbox.event_types order by name;
 
 -- create_webhook: register a webhook; the only time its secret is returned
-select id, secret from outbox.create_webhook(%(owner_id)s, %(url)s, %(events)s);
+select id, secret from outbox.create_webhook(%(owner_id)s, %(url)s, %(events)s, %(sealed_secret)s);
 
 -- update_webhook: change url, events or enabled (NULL = unchanged)
 select * from outbox.update_webhook(%(owner_id)s, %(webhook_id)s, %(url)s, %(events)s, %(enabled)s);
@@ -27,7 +27,7 @@ select * from outbox.list_webhooks(%(owner_id)s, %(event_type)s);
 select * from outbox.get_webhook(%(owner_id)s, %(webhook_id)s);
 
 -- rotate_webhook_secret: new secret; the old one keeps signing for the overlap
-select id, secret from outbox.rotate_webhook_secret(%(owner_id)s, %(webhook_id)s);
+select id, secret from outbox.rotate_webhook_secret(%(owner_id)s, %(webhook_id)s, %(sealed_secret)s);
 
 -- redeliver: start a new round of attempts for one delivery
 select outbox.redeliver(%(delivery_id)s, %(owner_id)s) as id;
@@ -211,3 +211,23 @@ delete from outbox.events e using doomed where e.id = doomed.id;
 
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
+
+-- unsealed_secrets: webhooks whose secrets are stored in plaintext (created from SQL) or sealed under an older key
+select id, secret, previous_secret
+  from outbox.webhooks
+ where secret not like 'enc:v1:%%'
+    or (previous_secret is not null and previous_secret not like 'enc:v1:%%')
+ limit %(limit)s;
+
+-- all_secrets: every stored secret, for re-sealing under a new key
+select id, secret, previous_secret from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
+
+-- store_sealed_secrets: replace secrets with their sealed form, unless they changed meanwhile
+update outbox.webhooks w
+   set secret = s.sealed, previous_secret = s.sealed_previous
+  from unnest(cast(%(ids)s as uuid[]), cast(%(old)s as text[]), cast(%(sealed)s as text[]),
+              cast(%(old_previous)s as text[]), cast(%(sealed_previous)s as text[]))
+       as s(id, old, sealed, old_previous, sealed_previous)
+ where w.id = s.id
+   and w.secret = s.old
+   and w.previous_secret is not distinct from s.old_previous;

@@ -6,7 +6,7 @@
 --   OW002 unknown event type        OW006 invalid payload
 --   OW003 invalid URL               OW007 payload too large
 --   OW004 webhook limit reached     OW008 delivery not found
---   OW009 invalid event type name
+--   OW009 invalid event type name   OW010 invalid sealed secret
 
 create schema outbox;
 comment on schema outbox is 'Transactional outbox and webhook deliveries, managed by outbox_worker (alembic)';
@@ -440,7 +440,20 @@ begin
     on conflict on constraint event_types_pkey do update set description = excluded.description;
 end $$;
 
-create function outbox.create_webhook(owner_id text, url text, events text[])
+-- A caller holding the encryption key passes its own sealed secret, so the
+-- plaintext never reaches the database (nor its WAL and backups).
+create function outbox.check_sealed_secret(p_secret text) returns text
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_secret is not null and (p_secret !~ '^(whsec_|enc:v1:)[A-Za-z0-9+/=_-]+$' or length(p_secret) > 1000) then
+        raise exception 'invalid secret: expected whsec_... or enc:v1:...' using errcode = 'OW010';
+    end if;
+    return p_secret;
+end $$;
+
+create function outbox.create_webhook(owner_id text, url text, events text[], sealed_secret text default null)
 returns table (id uuid, secret text)
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -466,7 +479,8 @@ begin
     end if;
     return query
         insert into outbox.webhooks as w (owner_id, url, events, secret)
-        values (create_webhook.owner_id, v_url, v_events, outbox.new_secret())
+        values (create_webhook.owner_id, v_url, v_events,
+                coalesce(outbox.check_sealed_secret(create_webhook.sealed_secret), outbox.new_secret()))
         returning w.id, w.secret;
 end $$;
 
@@ -563,7 +577,7 @@ end $$;
 
 -- The old secret keeps signing (alongside the new one) for the configured
 -- overlap, so receivers can switch without dropping a request.
-create function outbox.rotate_webhook_secret(owner_id text, webhook_id uuid)
+create function outbox.rotate_webhook_secret(owner_id text, webhook_id uuid, sealed_secret text default null)
 returns table (id uuid, secret text)
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -574,7 +588,7 @@ begin
         update outbox.webhooks w
            set previous_secret = w.secret,
                previous_secret_expires_at = now() + (select c.secret_rotation_overlap from outbox.config c),
-               secret = outbox.new_secret(),
+               secret = coalesce(outbox.check_sealed_secret(rotate_webhook_secret.sealed_secret), outbox.new_secret()),
                updated_at = now()
          where w.id = rotate_webhook_secret.webhook_id and w.owner_id = rotate_webhook_secret.owner_id
         returning w.id, w.secret;
