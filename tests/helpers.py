@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,26 +23,15 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
         time.sleep(interval)
 
 
-async def wait_for_async(
-    condition: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}")
-        await asyncio.sleep(interval)
-
-
 async def eventually(
-    condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> T:
-    """:func:`wait_for` inside an event loop, for conditions that are plain reads of state."""
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> Any:
+    """:func:`wait_for` inside an event loop; ``condition`` may be sync or async."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

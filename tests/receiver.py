@@ -39,6 +39,17 @@ class Receiver:
         self.scripts[path] = list(behaviours)
         return self.base_url + path
 
+    def slow(self, seconds: float) -> tuple[Behaviour, asyncio.Event]:
+        """A behaviour answering 200 after ``seconds``, and an event set when a request enters it."""
+        entered = asyncio.Event()
+
+        async def answer(request: web.Request) -> web.Response:
+            entered.set()
+            await asyncio.sleep(seconds)
+            return web.Response(text="slow")
+
+        return answer, entered
+
     def url(self, path: str) -> str:
         return self.base_url + path
 

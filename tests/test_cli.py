@@ -22,6 +22,21 @@ def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def create_hook(database_url: str, owner: str = "v") -> subprocess.CompletedProcess[str]:
+    return run(
+        database_url,
+        "--json",
+        "webhooks",
+        "create",
+        "--owner",
+        owner,
+        "--url",
+        "https://e.com/",
+        "--event",
+        "*",
+    )
+
+
 def test_migrate_on_an_empty_database(make_database: Any) -> None:
     url = make_database("outbox_cli")
     first = run(url, "migrate")
@@ -127,18 +142,7 @@ def _finished_delivery(conn: psycopg.Connection[Any], status: str, age: str) -> 
 
 
 def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[Any]) -> None:
-    created = run(
-        database_url,
-        "--json",
-        "webhooks",
-        "create",
-        "--owner",
-        "v",
-        "--url",
-        "https://e.com/",
-        "--event",
-        "*",
-    )
+    created = create_hook(database_url)
     hook_id = json.loads(created.stdout)[0]["id"]
     old_failed = _finished_delivery(conn, "failed", "40 days")
     old_pending_event = _finished_delivery(conn, "failed", "40 days")

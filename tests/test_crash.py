@@ -15,7 +15,7 @@ from aiohttp import web
 
 from outbox_worker import embedded, migrate, webhooks
 from tests.conftest import TEST_CONFIG
-from tests.helpers import eventually, wait_for_async
+from tests.helpers import eventually
 from tests.receiver import Receiver
 from tests.workers import delivery_states, kill, running_worker, settled, spawn_worker
 
@@ -31,7 +31,7 @@ async def until(condition: Any, timeout: float = 60, what: str = "") -> None:
     async def check() -> bool:
         return bool(await asyncio.to_thread(condition))
 
-    await wait_for_async(check, timeout=timeout, interval=0.1, what=what)
+    await eventually(check, timeout=timeout, interval=0.1, what=what)
 
 
 def emit_many(database_url: str, owner: str, count: int) -> None:
@@ -89,13 +89,7 @@ async def test_sigkill_of_a_worker_loses_nothing(
 async def test_sigterm_finishes_in_flight_requests_and_exits_zero(
     database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
-    entered = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        entered.set()
-        await asyncio.sleep(1.0)
-        return web.Response(text="done")
-
+    slow, entered = receiver.slow(1.0)
     webhooks.create_webhook(conn, "v", receiver.script("/slow", slow), ["order.created"])
     emit_many(database_url, "v", 1)
     worker = spawn_worker(database_url, "graceful", shutdown_grace=10.0)

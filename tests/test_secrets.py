@@ -14,7 +14,7 @@ from outbox_worker.errors import InvalidSecret
 from outbox_worker.secretbox import PREFIX, SecretBox, generate_key
 from tests.helpers import eventually
 from tests.receiver import Receiver
-from tests.test_cli import run
+from tests.test_cli import create_hook, run
 from tests.workers import running_worker, settled
 
 KEY, NEW_KEY = generate_key(), generate_key()
@@ -99,18 +99,7 @@ def test_cli_creates_sealed_and_reseals_after_key_rotation(
     database_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OUTBOX_SECRET_KEYS", json.dumps([KEY]))
-    created = run(
-        database_url,
-        "--json",
-        "webhooks",
-        "create",
-        "--owner",
-        "v",
-        "--url",
-        "https://e.com/",
-        "--event",
-        "*",
-    )
+    created = create_hook(database_url)
     secret = json.loads(created.stdout)[0]["secret"]
     [(stored_secret, _)] = stored(conn)
     assert SecretBox([KEY]).open(stored_secret) == secret

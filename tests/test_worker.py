@@ -19,7 +19,7 @@ from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
 from outbox_worker import emit, webhooks
-from tests.helpers import eventually, wait_for, wait_for_async
+from tests.helpers import eventually, wait_for
 from tests.receiver import Receiver
 from tests.workers import delivery_states, running_worker, settled
 
@@ -35,7 +35,7 @@ async def until_settled(database_url: str, expected: int, timeout: float = 20) -
     async def check() -> bool:
         return await asyncio.to_thread(settled, database_url, expected)
 
-    await wait_for_async(check, timeout=timeout, interval=0.05, what=f"{expected} settled deliveries")
+    await eventually(check, timeout=timeout, interval=0.05, what=f"{expected} settled deliveries")
 
 
 def attempts_of(conn: psycopg.Connection[Any], url: str) -> list[tuple[Any, ...]]:
@@ -233,7 +233,7 @@ async def test_a_webhook_failing_too_long_is_disabled(
     for i in range(3):
         emit(conn, "v", "order.created", {"id": i})
     async with running_worker(database_url, retry_schedule=[0.3, 30, 30], disable_after=1.0):
-        await wait_for_async(
+        await eventually(
             lambda: asyncio.to_thread(lambda: receiver.on("/ops")), timeout=15, what="webhook.disabled notice"
         )
     assert not webhooks.get_webhook(conn, "v", dead.id).enabled
@@ -322,7 +322,7 @@ async def test_an_event_for_an_owner_without_webhooks_is_dispatched_quietly(
 ) -> None:
     emit(conn, "lonely", "order.created", {"id": 1})
     async with running_worker(database_url):
-        await wait_for_async(
+        await eventually(
             lambda: asyncio.to_thread(
                 lambda: (
                     conn.execute("select count(*) from outbox.events where dispatched_at is null").fetchone()
@@ -336,13 +336,7 @@ async def test_an_event_for_an_owner_without_webhooks_is_dispatched_quietly(
 async def test_a_webhook_deleted_while_in_flight_loses_nothing_else(
     database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
-    entered = asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        entered.set()
-        await asyncio.sleep(0.5)
-        return web.Response(text="late")
-
+    slow, entered = receiver.slow(0.5)
     doomed = webhooks.create_webhook(conn, "v", receiver.script("/slow", slow), ["order.created"])
     webhooks.create_webhook(conn, "v", receiver.url("/kept"), ["order.created"])
     emit(conn, "v", "order.created", {"id": 1})
