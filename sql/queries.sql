@@ -211,3 +211,19 @@ delete from outbox.events e using doomed where e.id = doomed.id;
 
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
+
+-- ============================================================ operations
+
+-- metrics_queue: queue depth and ages for the metrics endpoint (polled every metrics_interval, not per scrape)
+select coalesce(sum(q.pending), 0)::bigint as pending,
+       coalesce(sum(q.retrying), 0)::bigint as retrying,
+       coalesce(sum(q.in_flight), 0)::bigint as in_flight,
+       coalesce(sum(q.failed), 0)::bigint as failed,
+       coalesce(extract(epoch from max(q.oldest_pending_age)), 0)::float8 as oldest_pending_seconds,
+       (select undispatched from outbox.event_backlog) as undispatched,
+       coalesce((select extract(epoch from oldest_undispatched_age) from outbox.event_backlog), 0)::float8
+           as oldest_undispatched_seconds
+  from outbox.queue_stats q;
+
+-- ping: readiness probe
+select 1 as ok;
