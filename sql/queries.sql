@@ -212,8 +212,6 @@ delete from outbox.events e using doomed where e.id = doomed.id;
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
 
--- ============================================================ operations
-
 -- metrics_queue: queue depth and ages for the metrics endpoint (polled every metrics_interval, not per scrape)
 select coalesce(sum(q.pending), 0)::bigint as pending,
        coalesce(sum(q.retrying), 0)::bigint as retrying,
@@ -227,3 +225,32 @@ select coalesce(sum(q.pending), 0)::bigint as pending,
 
 -- ping: readiness probe
 select 1 as ok;
+
+-- demo_open_config: let the demo's webhooks point at its plain-http loopback receiver
+update outbox.config set allow_http = true, allow_private_networks = true;
+
+-- demo_shop_table: the demo shop's own business table
+create table demo_shop_orders (
+    id text primary key,
+    customer text not null,
+    total numeric(10, 2) not null,
+    status text not null,
+    updated_at timestamptz not null default now()
+);
+
+-- demo_shop_insert: the demo shop places an order
+insert into demo_shop_orders (id, customer, total, status) values (%(id)s, %(customer)s, %(total)s, 'NEW');
+
+-- demo_shop_update: the demo shop moves an order on
+update demo_shop_orders set status = %(status)s, updated_at = now() where id = %(id)s;
+
+-- demo_progress: per webhook, deliveries by state and attempts so far
+select d.webhook_id,
+       count(*) filter (where d.status = 'delivered') as delivered,
+       count(*) filter (where d.status = 'pending' and d.attempts > 0) as retrying,
+       count(*) filter (where d.status = 'pending' and d.attempts = 0) as queued,
+       count(*) filter (where d.status = 'failed') as failed,
+       (select count(*) from outbox.delivery_attempts a
+          join outbox.deliveries x on x.id = a.delivery_id where x.webhook_id = d.webhook_id) as attempts
+  from outbox.deliveries d
+ group by d.webhook_id;
