@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -152,7 +153,7 @@ async def demo_database(server_url: str | None, keep: bool, say: Callable[[str],
         tmp = Path(tempfile.mkdtemp(prefix="outbox-demo-"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            admin, server = await asyncio.to_thread(embedded.start, tmp / "pgdata", cleanup=not keep)
+            admin, server = await asyncio.to_thread(embedded.start, tmp, cleanup=not keep)
         say(f"PostgreSQL: embedded (pgserver) in [bold]{tmp}[/]")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
@@ -166,8 +167,12 @@ async def demo_database(server_url: str | None, keep: bool, say: Callable[[str],
                 from pgserver._commands import POSTGRES_BIN_PATH
 
                 psql = str(POSTGRES_BIN_PATH / "psql")
-                stop = f"{POSTGRES_BIN_PATH / 'pg_ctl'} -D {tmp / 'pgdata' if tmp else ''} stop"
-                say(f"Kept: the embedded PostgreSQL keeps running. Stop it with: {escape(stop)}")
+                pgdata = tmp or ""
+                stop = (
+                    f"{sys.executable} -c \"import pgserver; "
+                    f"pgserver.get_server('{pgdata}', cleanup_mode='delete').cleanup()\""
+                )
+                say(f"Kept: the embedded PostgreSQL runs on. Stop and delete it with:\n  {escape(stop)}")
             else:
                 drop = f"psql \"{admin}\" -c 'drop database {name}'"
                 say(f"Kept: database {name}. Drop it with: {escape(drop)}")
