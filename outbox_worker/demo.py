@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -48,6 +49,7 @@ from rich.table import Table
 from outbox_worker import db, logs, migrate, signing, webhooks
 from outbox_worker.emit import emit_async
 from outbox_worker.settings import Settings
+from outbox_worker.sql import parse_queries, sql_dir
 from outbox_worker.worker import Worker
 
 OWNER = "demo-vendor"
@@ -169,7 +171,7 @@ async def demo_database(server_url: str | None, keep: bool, say: Callable[[str],
                 psql = str(POSTGRES_BIN_PATH / "psql")
                 pgdata = tmp or ""
                 stop = (
-                    f"{sys.executable} -c \"import pgserver; "
+                    f'{sys.executable} -c "import pgserver; '
                     f"pgserver.get_server('{pgdata}', cleanup_mode='delete').cleanup()\""
                 )
                 say(f"Kept: the embedded PostgreSQL runs on. Stop and delete it with:\n  {escape(stop)}")
@@ -189,25 +191,36 @@ async def demo_database(server_url: str | None, keep: bool, say: Callable[[str],
 # -- the shop -----------------------------------------------------------------------
 
 
+@functools.cache
+def _shop_queries() -> dict[str, str]:
+    return parse_queries((sql_dir() / "demo_shop.sql").read_text(encoding="utf-8"))
+
+
+def shop_sql(name: str) -> str:
+    """A statement of ``sql/demo_shop.sql`` (the demo application's own SQL)."""
+    return _shop_queries()[name]
+
+
 async def run_shop(url: str, orders: int, emitted: list[tuple[int, str, str]]) -> None:
     """Orders and their events, each pair in one transaction; one order rolls back."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await db.fetch_async(conn, "demo_shop_table", {})
+        await conn.execute(shop_sql("demo_shop_table"))
         ids = [f"ord_{i:04d}" for i in range(1, orders + 1)]
         for i, order_id in enumerate(ids):
             async with conn.transaction():
                 total = 20 + 7.5 * i
                 customer = f"cus_{i % 3 + 1}"
-                await db.fetch_async(
-                    conn, "demo_shop_insert", {"id": order_id, "customer": customer, "total": total}
+                await conn.execute(
+                    shop_sql("demo_shop_insert"), {"id": order_id, "customer": customer, "total": total}
                 )
                 data = {"id": order_id, "customerId": customer, "total": total, "status": "NEW"}
                 event_id = await emit_async(conn, OWNER, "order.created", data)
                 emitted.append((event_id, "order.created", order_id))
             if i == orders // 2:  # a payment that fails half-way: order and event vanish together
                 async with conn.transaction():
-                    await db.fetch_async(
-                        conn, "demo_shop_insert", {"id": ROLLED_BACK_ORDER, "customer": "cus_x", "total": 1}
+                    await conn.execute(
+                        shop_sql("demo_shop_insert"),
+                        {"id": ROLLED_BACK_ORDER, "customer": "cus_x", "total": 1},
                     )
                     await emit_async(conn, OWNER, "order.created", {"id": ROLLED_BACK_ORDER, "status": "NEW"})
                     raise psycopg.Rollback()
@@ -215,7 +228,7 @@ async def run_shop(url: str, orders: int, emitted: list[tuple[int, str, str]]) -
         for previous, status in (("NEW", "PAID"), ("PAID", "SHIPPED")):
             for order_id in ids:
                 async with conn.transaction():
-                    await db.fetch_async(conn, "demo_shop_update", {"id": order_id, "status": status})
+                    await conn.execute(shop_sql("demo_shop_update"), {"id": order_id, "status": status})
                     data = {"id": order_id, "status": status, "previousStatus": previous}
                     event_id = await emit_async(conn, OWNER, "order.status_changed", data)
                     emitted.append((event_id, "order.status_changed", order_id))

@@ -229,21 +229,6 @@ select 1 as ok;
 -- demo_open_config: let the demo's webhooks point at its plain-http loopback receiver
 update outbox.config set allow_http = true, allow_private_networks = true;
 
--- demo_shop_table: the demo shop's own business table
-create table demo_shop_orders (
-    id text primary key,
-    customer text not null,
-    total numeric(10, 2) not null,
-    status text not null,
-    updated_at timestamptz not null default now()
-);
-
--- demo_shop_insert: the demo shop places an order
-insert into demo_shop_orders (id, customer, total, status) values (%(id)s, %(customer)s, %(total)s, 'NEW');
-
--- demo_shop_update: the demo shop moves an order on
-update demo_shop_orders set status = %(status)s, updated_at = now() where id = %(id)s;
-
 -- demo_progress: per webhook, deliveries by state and attempts so far
 select d.webhook_id,
        count(*) filter (where d.status = 'delivered') as delivered,
