@@ -410,8 +410,8 @@ def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
         code = asyncio.run(
             demo.run(server_url=server_url, keep=keep, orders=orders, console=console, as_json=ctx.as_json)
         )
-    except psycopg.OperationalError as exc:
-        raise click.ClickException(f"cannot reach PostgreSQL: {exc}") from exc
+    except psycopg.Error as exc:
+        raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc
     sys.exit(code)
 
 

@@ -136,9 +136,12 @@ class OpsServer:
         site = web.TCPSite(self._runner, self._settings.metrics_host, self._settings.metrics_port)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await self._runner.cleanup()
-            raise
+            raise RuntimeError(
+                f"cannot serve metrics on {self._settings.metrics_host}:{self._settings.metrics_port}: {exc} "
+                "(set OUTBOX_METRICS_PORT to a free port, or 0 to disable)"
+            ) from exc
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.metrics_port
         IN_FLIGHT.set_function(lambda: self._worker.sender.in_flight if self._worker.sender else 0)
