@@ -14,6 +14,12 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER 10001
+# Prometheus /metrics and the /healthz, /readyz probes (OUTBOX_METRICS_PORT).
+EXPOSE 9464
+# Liveness only: /readyz (database, LISTEN) is for orchestrators' readiness.
+# With OUTBOX_METRICS_PORT=0 there is nothing to probe: run with --no-healthcheck.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('OUTBOX_METRICS_PORT') or '9464'), timeout=4)"]
 # `docker run IMAGE migrate` runs a one-shot migration; the default is the worker.
 ENTRYPOINT ["outbox-worker"]
 CMD ["run"]

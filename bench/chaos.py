@@ -244,6 +244,7 @@ async def main(args: argparse.Namespace) -> int:
             "OUTBOX_POLL_INTERVAL": "0.2",
             "OUTBOX_SHUTDOWN_GRACE": "2",
             "OUTBOX_LOG_LEVEL": "error",
+            "OUTBOX_METRICS_PORT": "0",  # many workers on one host
         }
         workers = Workers(url, args.workers, env)
         rng = random.Random(11)

@@ -114,8 +114,14 @@ async def main(args: argparse.Namespace) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("update outbox.config set allow_http = true, allow_private_networks = true")
             webhooks.create_webhook(conn, "load", f"http://127.0.0.1:{port}/hook", ["order.created"])
-        env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_ALLOW_HTTP": "true",
-               "OUTBOX_ALLOW_PRIVATE_NETWORKS": "true", "OUTBOX_LOG_LEVEL": "error"}  # fmt: skip
+        env = {
+            **os.environ,
+            "OUTBOX_DATABASE_URL": url,
+            "OUTBOX_ALLOW_HTTP": "true",
+            "OUTBOX_ALLOW_PRIVATE_NETWORKS": "true",
+            "OUTBOX_LOG_LEVEL": "error",
+            "OUTBOX_METRICS_PORT": "0",
+        }
         worker = subprocess.Popen([sys.executable, "-m", "outbox_worker.cli", "run"], env=env)
         stop = asyncio.Event()
         emitter = asyncio.create_task(emit_steadily(url, args.rate, stop))

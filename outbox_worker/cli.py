@@ -452,5 +452,32 @@ def event_types_add(ctx: Context, name: str, description: str) -> None:
     click.echo(f"event type {name} registered")
 
 
+# -- the demo -----------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option("--keep", is_flag=True, help="Leave the database (and an embedded server) running afterwards.")
+@click.option(
+    "--orders", default=10, show_default=True, type=click.IntRange(1, 500), help="Orders the shop places."
+)
+@click.pass_context
+def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
+    """Zero-setup tour: embedded Postgres (or a throwaway database on
+    OUTBOX_DATABASE_URL's server), a shop emitting events, a verifying receiver
+    and the worker; exits 0 when every committed event arrived."""
+    from outbox_worker import demo
+
+    parent = click_ctx.parent
+    server_url = parent.params.get("database_url") if parent else None
+    ctx: Context = click_ctx.ensure_object(Context)
+    try:
+        code = asyncio.run(
+            demo.run(server_url=server_url, keep=keep, orders=orders, console=console, as_json=ctx.as_json)
+        )
+    except psycopg.Error as exc:
+        raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import db
+from outbox_worker import db, metrics
 from outbox_worker.delivery import Outcome
 from outbox_worker.settings import Settings
 
@@ -31,8 +31,13 @@ class Completer:
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._ready.set()
+        metrics.record_outcome(outcome)
         job = outcome.job
-        self._log.debug(
+        # One line per attempt with every id an operator searches by; never
+        # the secret, the request body or the response body. Successes are
+        # debug (volume), a retry is info, a final failure a warning.
+        level = {"delivered": "debug", "pending": "info"}.get(outcome.status, "warning")
+        getattr(self._log, level)(
             "attempt",
             delivery_id=job.id,
             event_id=job.event_id,
@@ -41,7 +46,9 @@ class Completer:
             outcome=outcome.status,
             status_code=outcome.status_code,
             error_class=outcome.error_class,
+            error=outcome.error,
             duration_ms=round(outcome.duration_ms, 2),
+            retry_in=round(outcome.retry_in, 3) if outcome.status == "pending" else None,
         )
 
     @property

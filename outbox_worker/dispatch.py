@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import db
+from outbox_worker import db, metrics
 from outbox_worker.delivery import Job
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
@@ -79,6 +79,7 @@ class Dispatcher:
                     },
                 )
                 jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
+            metrics.observe_dispatch(e["created_at"] for e in events)
             self._log.debug("dispatched", events=len(events), deliveries=len(rows), leased=len(jobs))
             return len(events)
         finally:

@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     )
     allow_http: bool = Field(False, description="Allow plain-http receivers (development).")
 
+    # Operations: Prometheus metrics and health probes
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of `/metrics`, `/healthz` and `/readyz`; 0 disables them."
+    )
+    metrics_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - probes and scrapers come from outside the container
+        description="Address the metrics and health server listens on.",
+    )
+    metrics_interval: float = Field(
+        15.0, gt=0, description="Seconds between the queue-depth queries behind the metrics (not per scrape)."
+    )
+
     @field_validator("retry_schedule")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:

@@ -18,7 +18,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import db
+from outbox_worker import db, metrics
 from outbox_worker.completer import Completer
 from outbox_worker.delivery import Sender
 from outbox_worker.dispatch import Dispatcher
@@ -40,6 +40,7 @@ class Worker:
         self.listener: Listener | None = None
         self.sender: Sender | None = None
         self.completer: Completer | None = None
+        self.ops: metrics.OpsServer | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -101,6 +102,7 @@ class Worker:
     async def run(self) -> int:
         settings = self.settings
         pool = self._pool()
+        self.ops = await metrics.start_server(self, pool)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
         session = self._session()
         self.completer = completer = Completer(pool, settings, self.log)
@@ -148,6 +150,8 @@ class Worker:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
         await session.close()
+        if self.ops:
+            await self.ops.stop()
         await pool.close()
         self.log.info("stopped", handed_back=len(unfinished), completed=completer.written)
         return 0

@@ -231,3 +231,31 @@ update outbox.webhooks w
  where w.id = s.id
    and w.secret = s.old
    and w.previous_secret is not distinct from s.old_previous;
+
+-- metrics_queue: queue depth and ages for the metrics endpoint (polled every metrics_interval, not per scrape)
+select coalesce(sum(q.pending), 0)::bigint as pending,
+       coalesce(sum(q.retrying), 0)::bigint as retrying,
+       coalesce(sum(q.in_flight), 0)::bigint as in_flight,
+       coalesce(sum(q.failed), 0)::bigint as failed,
+       coalesce(extract(epoch from max(q.oldest_pending_age)), 0)::float8 as oldest_pending_seconds,
+       (select undispatched from outbox.event_backlog) as undispatched,
+       coalesce((select extract(epoch from oldest_undispatched_age) from outbox.event_backlog), 0)::float8
+           as oldest_undispatched_seconds
+  from outbox.queue_stats q;
+
+-- ping: readiness probe
+select 1 as ok;
+
+-- demo_open_config: let the demo's webhooks point at its plain-http loopback receiver
+update outbox.config set allow_http = true, allow_private_networks = true;
+
+-- demo_progress: per webhook, deliveries by state and attempts so far
+select d.webhook_id,
+       count(*) filter (where d.status = 'delivered') as delivered,
+       count(*) filter (where d.status = 'pending' and d.attempts > 0) as retrying,
+       count(*) filter (where d.status = 'pending' and d.attempts = 0) as queued,
+       count(*) filter (where d.status = 'failed') as failed,
+       (select count(*) from outbox.delivery_attempts a
+          join outbox.deliveries x on x.id = a.delivery_id where x.webhook_id = d.webhook_id) as attempts
+  from outbox.deliveries d
+ group by d.webhook_id;

@@ -27,6 +27,7 @@ FAST = {
     "lease_seconds": 30.0,
     "shutdown_grace": 2.0,
     "log_format": "json",
+    "metrics_port": 0,
 }
 
 

@@ -1,0 +1,204 @@
+"""Prometheus metrics and health probes, served by the worker process.
+
+The metric objects live here and are fed by two one-line hooks:
+:func:`record_outcome` (from ``Completer.record``, once per attempt) and
+:func:`observe_dispatch` (from the dispatcher, once per batch). Queue depth
+and ages come from the database on a timer (``OUTBOX_METRICS_INTERVAL``),
+never per scrape, so any number of scrapers cost one cheap query.
+
+:class:`OpsServer` is a small aiohttp server in the worker's own loop:
+
+- ``/metrics``: Prometheus text format;
+- ``/healthz``: 200 while the process is alive (liveness);
+- ``/readyz``: 200 when the worker is started, the database answers and,
+  with ``OUTBOX_LISTEN``, the LISTEN connection is up (readiness).
+
+Queue gauges describe the whole database, so every replica reports the same
+values: aggregate them with ``max``, not ``sum``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from outbox_worker import db
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from outbox_worker.delivery import Outcome
+    from outbox_worker.worker import Worker
+
+ATTEMPTS = Counter(
+    "outbox_attempts",
+    "HTTP attempts by result: delivered, retrying (another attempt follows), failed",
+    ["outcome"],
+)
+DELIVERIES = Counter(
+    "outbox_deliveries", "Deliveries finished, by final outcome: delivered or failed", ["outcome"]
+)
+RESPONSES = Counter(
+    "outbox_attempt_results",
+    "Attempts by HTTP status class (2xx..5xx) or, without a response, error class "
+    "(timeout, connection, dns, invalid_target)",
+    ["status_class"],
+)
+ATTEMPT_DURATION = Histogram(
+    "outbox_attempt_duration_seconds",
+    "Duration of one HTTP attempt, response body included",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0),
+)
+DISPATCHED = Counter("outbox_dispatched_events", "Events fanned out into deliveries")
+DISPATCH_LAG = Histogram(
+    "outbox_dispatch_lag_seconds",
+    "Time from an event's insert (its transaction's commit, near enough) to its fan-out",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+IN_FLIGHT = Gauge("outbox_in_flight_requests", "HTTP requests in flight in this process")
+QUEUE = Gauge(
+    "outbox_queue_deliveries",
+    "Deliveries by queue state (whole database; aggregate replicas with max)",
+    ["state"],
+)
+OLDEST_PENDING = Gauge(
+    "outbox_queue_oldest_pending_age_seconds", "Age of the oldest pending delivery (whole database)"
+)
+UNDISPATCHED = Gauge("outbox_events_undispatched", "Events committed but not fanned out yet (whole database)")
+OLDEST_UNDISPATCHED = Gauge(
+    "outbox_events_oldest_undispatched_age_seconds", "Age of the oldest event not fanned out yet"
+)
+QUEUE_REFRESHED = Gauge(
+    "outbox_queue_stats_timestamp_seconds", "Unix time of the last successful queue-depth query"
+)
+LISTEN_UP = Gauge("outbox_listen_connected", "1 while the LISTEN connection is up (0 when polling only)")
+READY = Gauge("outbox_worker_ready", "1 while the worker claims and sends")
+
+
+def status_class(outcome: Outcome) -> str:
+    if outcome.status_code is not None:
+        return f"{outcome.status_code // 100}xx"
+    return outcome.error_class or "unknown"
+
+
+def record_outcome(outcome: Outcome) -> None:
+    """Count one attempt (called from ``Completer.record``)."""
+    result = "retrying" if outcome.status == "pending" else outcome.status
+    ATTEMPTS.labels(result).inc()
+    if result != "retrying":
+        DELIVERIES.labels(result).inc()
+    RESPONSES.labels(status_class(outcome)).inc()
+    ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
+
+
+def observe_dispatch(created_at: Iterable[datetime]) -> None:
+    """Count a dispatched batch and each event's commit-to-dispatch lag."""
+    now = datetime.now(UTC)
+    for moment in created_at:
+        DISPATCHED.inc()
+        DISPATCH_LAG.observe(max(0.0, (now - moment).total_seconds()))
+
+
+def _set_queue(row: db.Row) -> None:
+    for state in ("pending", "retrying", "in_flight", "failed"):
+        QUEUE.labels(state).set(float(row[state]))
+    OLDEST_PENDING.set(float(row["oldest_pending_seconds"]))
+    UNDISPATCHED.set(float(row["undispatched"]))
+    OLDEST_UNDISPATCHED.set(float(row["oldest_undispatched_seconds"]))
+    QUEUE_REFRESHED.set(datetime.now(UTC).timestamp())
+
+
+class OpsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` for one worker."""
+
+    def __init__(self, worker: Worker, pool: AsyncConnectionPool[Any]) -> None:
+        self._worker = worker
+        self._pool = pool
+        self._settings = worker.settings
+        self._log = worker.log.bind(component="metrics")
+        self._runner: web.AppRunner | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> OpsServer:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.metrics_host, self._settings.metrics_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise RuntimeError(
+                f"cannot serve metrics on {self._settings.metrics_host}:{self._settings.metrics_port}: {exc} "
+                "(set OUTBOX_METRICS_PORT to a free port, or 0 to disable)"
+            ) from exc
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._settings.metrics_port
+        IN_FLIGHT.set_function(lambda: self._worker.sender.in_flight if self._worker.sender else 0)
+        self._poller = asyncio.create_task(self._poll_queue(), name="metrics-queue")
+        self._log.info("metrics listening", host=self._settings.metrics_host, port=self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self._poller:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _poll_queue(self) -> None:
+        while True:
+            try:
+                async with self._pool.connection(timeout=5) as conn:
+                    rows = await db.fetch_async(conn, "metrics_queue", {})
+                _set_queue(rows[0])
+            except Exception as exc:  # the database may be away; the gauges keep their last values
+                self._log.warning("queue metrics query failed", error=str(exc).strip())
+            await asyncio.sleep(self._settings.metrics_interval)
+
+    def _listen_ok(self) -> bool:
+        listener = self._worker.listener
+        return not self._settings.listen or (listener is not None and listener.connected)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        READY.set(1 if self._worker.ready else 0)
+        LISTEN_UP.set(1 if self._settings.listen and self._listen_ok() else 0)
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        checks: dict[str, bool] = {
+            "worker": self._worker.ready,
+            "database": False,
+            "listen": self._listen_ok(),
+        }
+        try:
+            async with self._pool.connection(timeout=2) as conn:
+                await db.fetch_async(conn, "ping", {})
+            checks["database"] = True
+        except Exception as exc:
+            self._log.info("readiness: database unreachable", error=str(exc).strip())
+        ok = all(checks.values())
+        return web.json_response(
+            {"status": "ready" if ok else "not ready", **checks}, status=200 if ok else 503
+        )
+
+
+async def start_server(worker: Worker, pool: AsyncConnectionPool[Any]) -> OpsServer | None:
+    """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0."""
+    if worker.settings.metrics_port == 0:
+        return None
+    return await OpsServer(worker, pool).start()

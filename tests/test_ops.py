@@ -1,0 +1,194 @@
+"""Operations: the metrics and health endpoints of a running worker, and what its logs carry."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from outbox_worker import emit, logs, webhooks
+from tests.conftest import with_database
+from tests.helpers import eventually, wait_for
+from tests.receiver import Receiver
+from tests.workers import running_worker, settled, spawn_worker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+Scraped = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(text: str) -> Scraped:
+    out: Scraped = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(scraped: Scraped, name: str, **labels: str) -> float:
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_and_health_of_a_running_worker(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    ok = webhooks.create_webhook(conn, "shop", receiver.url("/ok"), ["order.*"])
+    webhooks.create_webhook(conn, "shop", receiver.script("/flaky", 500, 503), ["order.created"])
+    assert ok.secret
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ops = {"metrics_port": port, "metrics_host": "127.0.0.1", "metrics_interval": 0.1}
+    async with running_worker(database_url, **ops):
+        assert (await get(base + "/healthz"))[0] == 200
+        await eventually(
+            lambda: _status(base + "/readyz"), timeout=10, what="readyz 200 (database and LISTEN up)"
+        )
+        _, body = await get(base + "/readyz")
+        assert json.loads(body) == {"status": "ready", "worker": True, "database": True, "listen": True}
+        before = samples((await get(base + "/metrics"))[1])
+
+        with psycopg.connect(database_url) as app:
+            emit(app, "shop", "order.created", {"id": "o1"})
+            emit(app, "shop", "order.status_changed", {"id": "o1", "status": "PAID"})
+
+        async def done() -> bool:
+            return await asyncio.to_thread(settled, database_url, 3)
+
+        await eventually(done, timeout=20, what="3 settled deliveries")
+        settled_at = time.time()
+
+        async def scraped_after_refresh() -> Scraped:
+            s = samples((await get(base + "/metrics"))[1])
+            return s if value(s, "outbox_queue_stats_timestamp_seconds") > settled_at else {}
+
+        after = await eventually(scraped_after_refresh, timeout=10, what="queue gauges refreshed")
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("outbox_deliveries_total", outcome="delivered") == 3
+    assert delta("outbox_deliveries_total", outcome="failed") == 0
+    assert delta("outbox_attempts_total", outcome="retrying") == 2
+    assert delta("outbox_attempts_total", outcome="delivered") == 3
+    assert delta("outbox_attempt_results_total", status_class="2xx") == 3
+    assert delta("outbox_attempt_results_total", status_class="5xx") == 2
+    assert delta("outbox_attempt_duration_seconds_count") == 5
+    assert delta("outbox_dispatched_events_total") >= 2
+    assert delta("outbox_dispatch_lag_seconds_count") >= 2
+    assert value(after, "outbox_in_flight_requests") == 0
+    assert value(after, "outbox_queue_deliveries", state="pending") == 0
+    assert value(after, "outbox_queue_deliveries", state="failed") == 0
+    assert value(after, "outbox_worker_ready") == 1
+    assert value(after, "outbox_listen_connected") == 1
+    assert value(after, "outbox_queue_stats_timestamp_seconds") > 0
+
+
+async def _status(url: str) -> bool:
+    try:
+        return (await get(url))[0] == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def test_readyz_fails_when_the_database_is_unreachable(server_url: str) -> None:
+    # A database that does not exist: the process is alive, but not ready.
+    url = with_database(server_url, "outbox_no_such_database")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with running_worker(url, metrics_port=port, metrics_host="127.0.0.1"):
+        assert (await get(base + "/healthz"))[0] == 200
+        status, body = await get(base + "/readyz")
+        assert status == 503
+        assert json.loads(body)["database"] is False
+
+
+def test_a_worker_process_serves_probes_and_metrics(database_url: str) -> None:
+    import urllib.request
+
+    port = free_port()
+    process = spawn_worker(database_url, "ops-probe", metrics_port=port, metrics_host="127.0.0.1")
+    try:
+
+        def answers(path: str) -> int:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                    return int(resp.status)
+            except OSError:
+                return 0
+
+        wait_for(lambda: answers("/readyz") == 200, timeout=20, what="the process to become ready")
+        assert answers("/healthz") == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+        assert "outbox_in_flight_requests" in text
+        assert "outbox_attempt_duration_seconds_bucket" in text
+        assert "process_resident_memory_bytes" in text or sys.platform != "linux"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+async def test_delivery_logs_carry_ids_and_never_secrets_or_bodies(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = webhooks.create_webhook(conn, "shop", receiver.script("/hook", 500), ["order.created"])
+    marker = "body-marker-7f3a9c"
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
+    logs.configure("debug", "json")
+    try:
+        with psycopg.connect(database_url) as app:
+            event_id = emit(app, "shop", "order.created", {"id": marker, "note": marker})
+        async with running_worker(database_url, log_level="debug"):
+
+            async def done() -> bool:
+                return await asyncio.to_thread(settled, database_url, 1)
+
+            await eventually(done, timeout=20, what="the delivery to settle")
+    finally:
+        monkeypatch.undo()
+        logs.configure("info", "json")
+    output = captured.getvalue()
+    assert hook.secret not in output
+    assert hook.secret.removeprefix("whsec_") not in output
+    assert marker not in output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    attempts = [line for line in lines if line["event"] == "attempt"]
+    assert [(a["attempt"], a["outcome"], a["status_code"], a["level"]) for a in attempts] == [
+        (1, "pending", 500, "info"),
+        (2, "delivered", 200, "debug"),
+    ]
+    delivery_id = conn.execute("select id from outbox.deliveries").fetchone()[0]  # type: ignore[index]
+    for a in attempts:
+        assert a["event_id"] == event_id
+        assert a["delivery_id"] == delivery_id
+        assert a["webhook_id"] == str(hook.id)
+        assert a["duration_ms"] >= 0
