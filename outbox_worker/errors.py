@@ -66,6 +66,14 @@ class DeliveryNotFound(NotFound):
     sqlstate = "OW008"
 
 
+class ApiKeyNotFound(NotFound):
+    sqlstate = "OW020"
+
+
+class InvalidApiKeyPrefix(ValidationError):
+    sqlstate = "OW021"
+
+
 _BY_SQLSTATE: dict[str, type[OutboxError]] = {
     cls.sqlstate: cls
     for cls in (
@@ -78,6 +86,8 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         PayloadTooLarge,
         DeliveryNotFound,
         InvalidEventTypeName,
+        ApiKeyNotFound,
+        InvalidApiKeyPrefix,
     )
     if cls.sqlstate
 }

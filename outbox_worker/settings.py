@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     )
     allow_http: bool = Field(False, description="Allow plain-http receivers (development).")
 
+    # Management API
+    api_key_prefix: str = Field(
+        "brut_",
+        description="Prefix of the API keys `outbox-worker api-keys create` issues (sent as `X-Api-Key`).",
+    )
+
     @field_validator("retry_schedule")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:
