@@ -714,7 +714,7 @@ def test_unknown_paths_and_methods_answer_in_the_envelope(client: httpx.Client) 
     assert options.headers["allow"] == "GET, PATCH, DELETE"
 
 
-def test_an_unreachable_database_is_a_503(database_url: str) -> None:
+def test_an_unreachable_database_is_a_503() -> None:
     # A bound socket that never listens: connections to it are refused at once.
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))

@@ -7,9 +7,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import uuid
 from typing import Any
 
@@ -185,38 +185,38 @@ def test_cli_errors_are_one_line(database_url: str) -> None:
 
 
 def test_cli_api_serves_the_seed_request_with_a_cli_issued_key(database_url: str) -> None:
-    key = json.loads(run_cli(database_url, "--json", "api-keys", "create", "--owner", "vendor-1").output)[0][
-        "key"
+    created = run_cli(database_url, "--json", "api-keys", "create", "--owner", "vendor-1")
+    key = json.loads(created.output)[0]["key"]
+    # Port 0: the server picks a free port and logs it, so parallel workers never race for one.
+    command = [
+        sys.executable,
+        "-m",
+        "outbox_worker.cli",
+        "--database-url",
+        database_url,
+        "api",
+        "--port",
+        "0",
     ]
-    with socket.socket() as probe:  # a free port (uvicorn binds it itself)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "outbox_worker.cli",
-            "--database-url",
-            database_url,
-            "api",
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, "OUTBOX_LOG_LEVEL": "warning"},
+        command,
+        env={**os.environ, "OUTBOX_LOG_LEVEL": "info"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
-    base = f"http://127.0.0.1:{port}"
+    assert server.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout or ()), daemon=True)
+    reader.start()
 
-    def up() -> bool:
-        assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
-        try:
-            return httpx.get(f"{base}/openapi.json", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+    def address() -> str | None:
+        assert server.poll() is None, "".join(lines)
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(lines))
+        return found.group(1) if found else None
 
     try:
-        wait_for(up, timeout=20, what="outbox-worker api to answer")
+        base = wait_for(address, timeout=20, what="outbox-worker api to start")
         r = httpx.post(
             f"{base}/api/vendor/webhooks",
             headers={"X-Api-Key": key, "Content-Type": "application/json"},
@@ -229,8 +229,8 @@ def test_cli_api_serves_the_seed_request_with_a_cli_issued_key(database_url: str
         server.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it got.
         status = server.wait(timeout=20)
-        output = server.stdout.read().decode() if server.stdout else ""
-        if server.stdout:
-            server.stdout.close()
+        reader.join(timeout=5)
+        server.stdout.close()
     assert status == -signal.SIGTERM
-    assert "Traceback" not in output
+    assert "Application shutdown complete" in "".join(lines)
+    assert "Traceback" not in "".join(lines)

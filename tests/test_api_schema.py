@@ -96,7 +96,7 @@ def owned_objects(database_url: str) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_every_response_is_documented_and_none_is_a_server_error(
     case: Any, api_url: str, owned_objects: None
 ) -> None:
