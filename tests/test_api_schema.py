@@ -46,16 +46,31 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_dict(create_app("postgresql:///document-only").openapi(), config=CONFIG)
 
 
+def _well_formed(name: str, value: Any) -> bool:
+    if name == "webhook_id":
+        try:
+            return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+        except ValueError:
+            return False
+    if name == "delivery_id":
+        return isinstance(value, int) and 1 <= value < 2**63
+    return isinstance(value, str) and value != ""
+
+
 @schema.hook
 def flatmap_path_parameters(
     context: Any, path_parameters: dict[str, Any] | None
 ) -> st.SearchStrategy[dict[str, Any] | None]:
+    # Only a well-formed id is swapped (for another well-formed one): a case
+    # generated to break the schema must stay broken.
     if not path_parameters:
         return st.just(path_parameters)
     existing = {"brand_id": OWNER, "webhook_id": WEBHOOK_ID, "delivery_id": DELIVERY_ID}
     return st.fixed_dictionaries(
         {
-            name: st.sampled_from([value, existing[name]]) if name in existing else st.just(value)
+            name: st.sampled_from([value, existing[name]])
+            if name in existing and _well_formed(name, value)
+            else st.just(value)
             for name, value in path_parameters.items()
         }
     )
