@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from outbox_worker import api_keys
+from outbox_worker import api_keys, webhooks
 from outbox_worker.api import create_app
 from tests.live_server import serve
 
@@ -84,18 +84,15 @@ def api_url(migrated_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def owned_objects(database_url: str) -> None:
-    # Fixed ids and key, known before the database exists: inserted as a DBA
+    # Fixed ids and key, known before the database exists: set as a DBA
     # would, since the SQL functions only ever make random ones.
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             "insert into outbox.api_keys (owner_id, key_hash, display_prefix) values (%s, %s, %s)",
             (OWNER, api_keys.key_hash(KEY), KEY[:13]),
         )
-        conn.execute(
-            "insert into outbox.webhooks (id, owner_id, url, events, secret)"
-            " values (%s, %s, 'https://example.com/hook', '{order.created}', 'whsec_test')",
-            (WEBHOOK_ID, OWNER),
-        )
+        created = webhooks.create_webhook(conn, OWNER, "https://example.com/hook", ["order.created"])
+        conn.execute("update outbox.webhooks set id = %s where id = %s", (WEBHOOK_ID, created.id))
         delivery = conn.execute(
             "insert into outbox.deliveries (event_id, webhook_id, status, attempts, completed_at)"
             " values (outbox.emit(%s, 'order.created', '{}'), %s, 'failed', 1, now()) returning id",
