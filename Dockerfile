@@ -6,13 +6,13 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY outbox_worker ./outbox_worker
 COPY sql ./sql
 COPY migrations ./migrations
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[api]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OUTBOX_LOG_FORMAT=json
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin outbox
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'outbox-worker[api]' && rm -rf /wheels
 USER 10001
 # Prometheus /metrics and the /healthz, /readyz probes (OUTBOX_METRICS_PORT).
 EXPOSE 9464

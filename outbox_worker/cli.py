@@ -22,7 +22,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from outbox_worker import db, grants, logs, migrate, webhooks
+from outbox_worker import api_keys, db, grants, logs, migrate, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
 from outbox_worker.maintenance import sealed_params
@@ -477,6 +477,74 @@ def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
     except psycopg.Error as exc:
         raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc
     sys.exit(code)
+
+
+# -- management API -----------------------------------------------------------
+
+
+@main.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@pass_ctx
+def api_cmd(ctx: Context, host: str, port: int) -> None:
+    """Serve the management HTTP API (OpenAPI document at /openapi.json, docs at /docs)."""
+    # Imported here so the worker runs without the `api` extra installed.
+    try:
+        import uvicorn
+
+        from outbox_worker.api import create_app
+    except ImportError as exc:
+        raise click.ClickException(f"the API needs: pip install 'outbox-worker[api]' ({exc})") from exc
+    uvicorn.run(create_app(ctx.settings), host=host, port=port, log_level=ctx.settings.log_level)
+
+
+@main.group("api-keys")
+def api_keys_group() -> None:
+    """Issue, list and revoke the X-Api-Key credentials of the management API."""
+
+
+def _api_key_row(key: api_keys.ApiKey) -> dict[str, Any]:
+    return {
+        "id": str(key.id),
+        "owner": key.owner_id,
+        "prefix": key.display_prefix,
+        "created_at": key.created_at.isoformat(timespec="seconds"),
+        "revoked_at": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
+    }
+
+
+@api_keys_group.command("create")
+@click.option("--owner", required=True, help="Owner (vendor, brand, tenant) the key acts for.")
+@pass_ctx
+@handle_errors
+def api_keys_create(ctx: Context, owner: str) -> None:
+    """Issue a key and print it (shown this once; only its hash is stored)."""
+    with ctx.connection() as conn:
+        created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix)
+    row = {"id": str(created.id), "owner": owner, "key": created.key}
+    output(ctx, [row], "API key created: store it now")
+
+
+@api_keys_group.command("list")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def api_keys_list(ctx: Context, owner: str) -> None:
+    """List an owner's keys, revoked ones included (never the keys)."""
+    with ctx.connection() as conn:
+        keys = api_keys.list_api_keys(conn, owner)
+    output(ctx, [_api_key_row(k) for k in keys], f"API keys of {owner}")
+
+
+@api_keys_group.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+@handle_errors
+def api_keys_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key by its id; requests with it get 401 from now on."""
+    with ctx.connection() as conn:
+        revoked = api_keys.revoke_api_key(conn, key_id)
+    click.echo(f"revoked API key {revoked.id} ({revoked.display_prefix}...) of {revoked.owner_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

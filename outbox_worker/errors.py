@@ -74,6 +74,14 @@ class DeliveryNotFound(NotFound):
     sqlstate = "OW008"
 
 
+class ApiKeyNotFound(NotFound):
+    sqlstate = "OW020"
+
+
+class InvalidApiKeyPrefix(ValidationError):
+    sqlstate = "OW021"
+
+
 _BY_SQLSTATE: dict[str, type[OutboxError]] = {
     cls.sqlstate: cls
     for cls in (
@@ -87,6 +95,8 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         DeliveryNotFound,
         InvalidEventTypeName,
         InvalidSecret,
+        ApiKeyNotFound,
+        InvalidApiKeyPrefix,
     )
     if cls.sqlstate
 }

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         15.0, gt=0, description="Seconds between the queue-depth queries behind the metrics (not per scrape)."
     )
 
+    # Management API
+    api_key_prefix: str = Field(
+        "brut_",
+        description="Prefix of the API keys `outbox-worker api-keys create` issues (sent as `X-Api-Key`).",
+    )
+
     @field_validator("retry_schedule")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:

@@ -19,6 +19,7 @@ grant execute on all functions in schema outbox to {role};
 -- dba: reads everything but the secrets.
 grant usage on schema outbox to {role};
 grant select on outbox.delivery_log, outbox.queue_stats, outbox.event_backlog, outbox.webhook_info,
+                outbox.api_key_info, outbox.delivery_info,
                 outbox.events, outbox.deliveries, outbox.delivery_attempts, outbox.event_types,
                 outbox.config to {role};
 grant select (id, owner_id, url, events, enabled, disabled_reason, created_at, updated_at,

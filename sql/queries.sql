@@ -259,3 +259,21 @@ select d.webhook_id,
           join outbox.deliveries x on x.id = a.delivery_id where x.webhook_id = d.webhook_id) as attempts
   from outbox.deliveries d
  group by d.webhook_id;
+
+-- create_api_key: issue an API key; the only time the key is returned
+select id, key from outbox.create_api_key(%(owner_id)s, %(prefix)s);
+
+-- api_key_owner: owner of the live key with this SHA-256 (NULL when unknown or revoked)
+select outbox.api_key_owner(%(key_hash)s) as owner_id;
+
+-- list_api_keys: an owner's keys, revoked ones included, never their hashes
+select * from outbox.list_api_keys(%(owner_id)s);
+
+-- revoke_api_key: revoke a key (owner NULL = any owner, for operators)
+select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
+
+-- list_deliveries: a page of a webhook's deliveries with attempts, newest first
+select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s);
+
+-- get_delivery: one delivery of an owner's webhook, with attempts
+select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);

@@ -95,8 +95,8 @@ def database_url(migrated_url: str) -> str:
     """The worker's migrated database, emptied for this test."""
     with psycopg.connect(migrated_url, autocommit=True) as conn:
         conn.execute(
-            "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks "
-            "restart identity cascade"
+            "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks, "
+            "outbox.api_keys restart identity cascade"
         )
         conn.execute(TEST_CONFIG)
     return migrated_url

@@ -22,6 +22,9 @@ EXPECTED_RELATIONS = {
     ("delivery_log", "v"),
     ("queue_stats", "v"),
     ("event_backlog", "v"),
+    ("api_keys", "r"),
+    ("api_key_info", "v"),
+    ("delivery_info", "v"),
 }
 
 EXPECTED_PUBLIC_FUNCTIONS = {
@@ -35,6 +38,12 @@ EXPECTED_PUBLIC_FUNCTIONS = {
     "rotate_webhook_secret",
     "redeliver",
     "replay_failed",
+    "create_api_key",
+    "api_key_owner",
+    "list_api_keys",
+    "revoke_api_key",
+    "list_deliveries",
+    "get_delivery",
 }
 
 
@@ -88,6 +97,9 @@ def test_upgrade_from_empty_builds_the_expected_schema(make_database: Any) -> No
             "appointment.confirmed",
             "appointment.cancelled",
             "customer.created",
+            "Deals",
+            "Showings",
+            "Contacts",
         } <= seeded
 
 
@@ -127,7 +139,8 @@ def test_version_table_does_not_collide_with_the_apps_alembic(make_database: Any
     migrate.upgrade(url)
     with psycopg.connect(url) as conn:
         assert conn.execute("select version_num from public.alembic_version").fetchall() == [("app_rev_42",)]
-        assert conn.execute("select version_num from public.outbox_alembic_version").fetchall() == [("0001",)]
+        versions = conn.execute("select version_num from public.outbox_alembic_version").fetchall()
+        assert versions == [(migrate.head_revision(),)]
 
 
 def test_a_failed_migration_leaves_nothing_behind(make_database: Any) -> None:
@@ -140,3 +153,26 @@ def test_a_failed_migration_leaves_nothing_behind(make_database: Any) -> None:
     assert migrate.current_revision(url) is None
     with psycopg.connect(url) as conn:
         assert conn.execute("select count(*) from pg_tables where schemaname = 'outbox'").fetchone() == (0,)
+
+
+def test_downgrade_of_0002_removes_only_the_api_objects(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select outbox.create_webhook('o', 'https://example.com/h', '{order.created}')")
+        conn.execute("select outbox.create_api_key('o')")
+        conn.execute("update outbox.event_types set description = 'adopted' where name = 'Deals'")
+    migrate.downgrade(url, "0001")
+    with psycopg.connect(url) as conn:
+        assert relations(conn) == EXPECTED_RELATIONS - {
+            ("api_keys", "r"),
+            ("api_key_info", "v"),
+            ("delivery_info", "v"),
+        }
+        assert conn.execute("select count(*) from outbox.webhooks").fetchone() == (1,)
+        topics = {r[0] for r in conn.execute("select name from outbox.event_types where name ~ '^[A-Z]'")}
+        assert topics == {"Deals"}  # adopted by an operator, so kept
+    migrate.upgrade(url)
+    with psycopg.connect(url) as conn:
+        assert relations(conn) == EXPECTED_RELATIONS
+        assert prepare_all(conn) == {}
