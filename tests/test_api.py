@@ -760,3 +760,25 @@ def test_the_app_mounts_into_an_existing_app(conn: psycopg.Connection[Any], data
         assert c.get(f"/lazy{HOOKS}", headers=auth(key)).json()["data"][0]["id"] == created.json()["id"]
         assert c.get("/outbox/openapi.json").json()["info"]["title"] == "outbox_worker management API"
         assert c.get(f"/outbox{HOOKS}").json() == UNAUTHORIZED
+
+
+def test_secrets_are_sealed_at_rest_when_a_key_is_configured(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    from outbox_worker.secretbox import PREFIX, SecretBox, generate_key
+    from outbox_worker.settings import Settings
+
+    key = generate_key()
+    app = create_app(Settings(database_url=database_url, secret_keys=[key]))
+    api_key = issue_key(conn, "sealed-vendor")
+    with serve(app) as url, httpx.Client(base_url=url) as sealed_client:
+        created = sealed_client.post(
+            HOOKS, headers=auth(api_key), json={"url": "https://example.com/h", "events": ["order.created"]}
+        )
+        assert created.status_code == 201
+        body = created.json()
+        rotated = sealed_client.post(f"{HOOKS}/{body['id']}/rotate-secret", headers=auth(api_key)).json()
+    secret, previous = stored_secrets(conn, body["id"])
+    assert secret.startswith(PREFIX) and previous is not None and previous.startswith(PREFIX)
+    box = SecretBox([key])
+    assert box.open(secret) == rotated["secret"] and box.open(previous) == body["secret"]
