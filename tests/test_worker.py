@@ -428,3 +428,29 @@ async def test_send_time_guard_refuses_private_targets(
     rows = conn.execute("select error_class, error from outbox.delivery_log order by url").fetchall()
     assert [r[0] for r in rows] == ["invalid_target", "invalid_target"]
     assert "127.0.0.1 is a loopback" in rows[0][1] and "localhost resolves only to private" in rows[1][1]
+
+
+async def test_a_pinned_vacuum_horizon_slows_nothing_to_a_stop(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # bench/vacuum_horizon.py measures the cost; here: deliveries keep flowing
+    # while old snapshots keep every dead row version alive.
+    webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
+    with (
+        psycopg.connect(database_url) as reader,
+        psycopg.connect(database_url) as idle_writer,
+    ):
+        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        reader.execute("select count(*) from outbox.deliveries")  # snapshot taken, held
+        idle_writer.execute("create temp table pin (x int)")
+        idle_writer.execute("insert into pin values (1)")  # an xid, then idle in transaction
+        async with running_worker(database_url):
+            for round_ in range(3):
+                with psycopg.connect(database_url) as app:
+                    for i in range(100):
+                        emit(app, "v", "order.created", {"round": round_, "i": i})
+                    app.commit()
+                await until_settled(database_url, 100 * (round_ + 1))
+        held = reader.execute("select count(*) from outbox.deliveries").fetchone()
+        assert held == (0,)  # the snapshot really was pinned the whole time
+    assert len(receiver.requests) == 300
