@@ -25,12 +25,15 @@ _T_KEY = b'"t":'
 
 
 class _Stats:
-    def __init__(self, count: Synchronized[int], first: Synchronized[float], last: Synchronized[float]) -> None:
+    def __init__(
+        self, count: Synchronized[int], first: Synchronized[float], last: Synchronized[float]
+    ) -> None:
         self.count = count
         self.first = first
         self.last = last
         self.latencies: list[float] = []
         self.record_latency = False
+        self.connections = 0
 
 
 def _emit_time(body: bytes) -> float | None:
@@ -60,6 +63,7 @@ class _Http(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.stats.connections += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -106,9 +110,7 @@ class _Http(asyncio.Protocol):
             self.transport.write(_OK)
 
 
-def _serve(
-    sock: socket.socket, control: Connection, stats: _Stats, delay: float, hang: bool
-) -> None:
+def _serve(sock: socket.socket, control: Connection, stats: _Stats, delay: float, hang: bool) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -125,7 +127,9 @@ def _serve(
             except EOFError:
                 done.set()
                 return
-            if command == "latencies":
+            if command == "connections":
+                control.send(stats.connections)
+            elif command == "latencies":
                 control.send(stats.latencies)
                 stats.latencies = []
             elif command == "record":
@@ -189,6 +193,12 @@ class Receiver:
         result: list[float] = self.control.recv()
         return result
 
+    def connections(self) -> int:
+        """Connections accepted so far (keep-alive check)."""
+        self.control.send("connections")
+        result: int = self.control.recv()
+        return result
+
     def stop(self) -> None:
         with contextlib.suppress(OSError, BrokenPipeError):
             self.control.send("stop")
@@ -221,4 +231,4 @@ def start(delay: float = 0.0, hang: bool = False) -> Receiver:
     )
     process.start()
     sock.close()
-    return Receiver(f"http://127.0.0.1:{port}", process, parent, count, first, last)  # type: ignore[arg-type]
+    return Receiver(f"http://127.0.0.1:{port}", process, parent, count, first, last)

@@ -99,7 +99,7 @@ class BenchDatabase:
 
     def execute(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(statement, params)  # type: ignore[arg-type]
+            cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 
     def reset(self, webhook_urls: list[str]) -> None:
@@ -219,12 +219,17 @@ class Workers:
                 p.wait()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.01) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.01, raises: bool = True
+) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
+            if not raises:
+                return False
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+    return True
 
 
 # ------------------------------------------------------------------ baseline
@@ -249,7 +254,11 @@ def _baseline_child(url: str, count: int, limit: int, per_host: int, result: Any
         data = load_payload(json.dumps({"id": f"ord_{i}", "total": i % 1000, "currency": "EUR"}))
         body = encode_body(EVENT, data, created)
         headers = sign_headers(
-            event_id=i, body=body, secrets=(secret,), timestamp=int(now), signature_header="X-Brutlers-Signature"
+            event_id=i,
+            body=body,
+            secrets=(secret,),
+            timestamp=int(now),
+            signature_header="X-Brutlers-Signature",
         )
         headers["Content-Type"] = "application/json"
         requests.append((body, headers))
@@ -388,7 +397,7 @@ def scenario_latency(opts: Options, table: Table) -> None:
                     deadline = time.monotonic() + 60
                     while recv.count == 0:
                         conn.execute(emit, (OWNER, EVENT, json.dumps({"t": 0})))
-                        wait_until(lambda: recv.count > 0 or time.monotonic() > deadline, 1, "warm-up")
+                        wait_until(lambda: recv.count > 0, 1, "warm-up", raises=False)
                         if time.monotonic() > deadline:
                             raise TimeoutError("worker never delivered")
                     time.sleep(0.5)
@@ -404,7 +413,7 @@ def scenario_latency(opts: Options, table: Table) -> None:
                             time.sleep(pause)
                         payload = json.dumps({"id": f"ord_{i}", "t": time.time()})
                         conn.execute(emit, (OWNER, EVENT, payload))
-                    wait_until(lambda: recv.count >= total, 60, "latency deliveries")
+                    wait_until(lambda n=total: recv.count >= n, 60, "latency deliveries")  # type: ignore[misc]
                     cpu = pool.cpu() - cpu0
                     latencies = [x * 1000 for x in recv.latencies()]
             finally:
@@ -496,7 +505,9 @@ def scenario_emit(opts: Options, table: Table) -> None:
                             db.execute("checkpoint")
                             tps = pgbench(db, script, clients, seconds)
                             results.setdefault(f"{clients}-{notify}-{label}", []).append(tps)
-                        ratio = results[f"{clients}-{notify}-emit"][-1] / results[f"{clients}-{notify}-plain"][-1]
+                        ratio = (
+                            results[f"{clients}-{notify}-emit"][-1] / results[f"{clients}-{notify}-plain"][-1]
+                        )
                         results.setdefault(f"{clients}-{notify}-ratio", []).append(ratio)
         finally:
             drainer.close()
@@ -535,7 +546,9 @@ def scenario_slow(opts: Options, table: Table) -> float:
     return peak
 
 
-def scenario_memory(opts: Options, table: Table, throughput_rss: float | None, slow_rss: float | None) -> None:
+def scenario_memory(
+    opts: Options, table: Table, throughput_rss: float | None, slow_rss: float | None
+) -> None:
     if throughput_rss is not None:
         table.add("memory", "worker peak RSS, throughput run (MB)", f"{throughput_rss:.1f}", "< 100")
     if slow_rss is not None:
@@ -550,12 +563,14 @@ def scenario_memory(opts: Options, table: Table, throughput_rss: float | None, s
             pool = Workers(db.url, 1, concurrency=concurrency, per_host_concurrency=concurrency,
                            shutdown_grace=0.5)  # fmt: skip
             try:
-                wait_until(lambda: recv.count >= concurrency or not pool.alive(), 60, "hung requests")
+                wait_until(lambda p=pool: recv.count >= concurrency or not p.alive(), 60, "hung requests")  # type: ignore[misc]
                 time.sleep(2)  # steady state with every slot hung
                 peaks.append(pool.peak_rss() / 2**20)
             finally:
                 pool.stop()
-    table.add("memory", f"worker peak RSS, receiver hangs, {concurrency} hung (MB)", f"{median(peaks):.1f}", "< 100")
+    table.add(
+        "memory", f"worker peak RSS, receiver hangs, {concurrency} hung (MB)", f"{median(peaks):.1f}", "< 100"
+    )
 
 
 def scenario_growth(opts: Options, table: Table) -> None:
@@ -616,7 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count()
     print(
         f"\noutbox_worker bench: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpus} cores, "
-        f"median of {opts.runs} run(s){' (quick)' if opts.quick else ''}, {time.monotonic() - started:.0f} s\n"
+        f"median of {opts.runs} run(s){' (quick)' if opts.quick else ''}, "
+        f"{time.monotonic() - started:.0f} s\n"
     )
     print(table.render())
     return 0

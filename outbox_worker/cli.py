@@ -7,7 +7,6 @@ exits 2.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,18 +17,15 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
-from rich.console import Console
-from rich.table import Table
 
-from outbox_worker import db, logs, migrate, webhooks
+from outbox_worker import db, logs, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
 from outbox_worker.settings import Settings
 from outbox_worker.sql import query
-from outbox_worker.worker import serve
+from outbox_worker.worker import run_forever
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
 
 
 class Context:
@@ -65,6 +61,12 @@ def output(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = Non
     if ctx.as_json:
         click.echo(json.dumps(_jsonable(list(rows)), ensure_ascii=False, indent=2))
         return
+    # Imported here, not at the top: `outbox-worker run` never prints a
+    # table and rich costs it RSS.
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
     if len(rows) == 1:  # one record: vertical, so a secret or URL is never truncated
         table = Table(title=title, show_header=False)
         table.add_column("field", style="bold")
@@ -130,6 +132,8 @@ def main(click_ctx: click.Context, database_url: str | None, as_json: bool) -> N
 @pass_ctx
 def migrate_cmd(ctx: Context, revision: str, downgrade: bool) -> None:
     """Create or upgrade the `outbox` schema (alembic)."""
+    from outbox_worker import migrate  # alembic and SQLAlchemy: only this command needs them
+
     url = db.libpq_url(ctx.settings.database_url)
     try:
         if downgrade:
@@ -246,7 +250,7 @@ def run_cmd(
     }
     settings = ctx.settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     settings = Settings.model_validate(settings.model_dump())  # re-validate the overrides
-    sys.exit(asyncio.run(serve(settings)))
+    sys.exit(run_forever(settings))
 
 
 @main.command("redeliver")
