@@ -2,7 +2,9 @@
 
 Claims a batch of undispatched events (``FOR UPDATE SKIP LOCKED``), fixes
 each event's body bytes, inserts one delivery per matching enabled webhook
-and marks the events dispatched, in one transaction of two statements, pipelined into two round trips.
+and marks the events dispatched, in one transaction of two statements.
+(psycopg pipeline mode, saving the BEGIN and COMMIT round trips, was
+measured: no better latency and ~10% more CPU per event.)
 Deliveries for which this process has free send slots are inserted already
 leased to it and handed straight to the sender: no second claim, no wait.
 """
@@ -43,33 +45,26 @@ class Dispatcher:
         jobs: list[Job] = []
         self.unleased = 0
         try:
-            async with self._pool.connection() as conn:
-                # Pipeline mode: BEGIN travels with the claim and COMMIT with
-                # the write, two round trips per batch instead of four (the
-                # dispatch round trips are most of commit-to-receipt latency).
-                async with conn.pipeline(), conn.transaction():
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(query("dispatch_claim"), {"limit": self._settings.batch_size})
-                    events = await cur.fetchall()
-                    if not events:
-                        return 0
-                    bodies = {
-                        e["id"]: encode_body(e["event_type"], e["data"], e["created_at"]) for e in events
-                    }
-                    await cur.execute(
-                        query("dispatch_write"),
-                        {
-                            "ids": list(bodies),
-                            "bodies": list(bodies.values()),
-                            "lease_limit": reserved,
-                            "lease_seconds": self._settings.lease_seconds,
-                            "worker_id": self._settings.worker_id,
-                        },
-                    )
-                # Committed: the pipeline has synced, the write's rows are here.
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(query("dispatch_claim"), {"limit": self._settings.batch_size})
+                events = await cur.fetchall()
+                if not events:
+                    return 0
+                bodies = {e["id"]: encode_body(e["event_type"], e["data"], e["created_at"]) for e in events}
+                await cur.execute(
+                    query("dispatch_write"),
+                    {
+                        "ids": list(bodies),
+                        "bodies": list(bodies.values()),
+                        "lease_limit": reserved,
+                        "lease_seconds": self._settings.lease_seconds,
+                        "worker_id": self._settings.worker_id,
+                    },
+                )
                 rows = await cur.fetchall()
-                jobs = [Job.from_row(r, bodies[r["event_id"]]) for r in rows if r["leased"]]
-                self.unleased = len(rows) - len(jobs)
+            jobs = [Job.from_row(r, bodies[r["event_id"]]) for r in rows if r["leased"]]
+            self.unleased = len(rows) - len(jobs)
             self._log.debug("dispatched", events=len(events), deliveries=len(rows), leased=len(jobs))
             return len(events)
         finally:
