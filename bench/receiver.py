@@ -5,7 +5,7 @@ protocol, on uvloop when installed. It answers every request ``200 OK``
 (after ``delay`` seconds, or never when ``hang``), counts requests and the
 first/last arrival in shared memory, and, for the latency scenario, reads the
 emit wall time the payload carries (``"t":<seconds>``) to record
-commit-to-receipt latency. The parent asks for the latencies over a pipe.
+receipt times against it. The parent asks for them over a pipe.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class _Stats:
         self.count = count
         self.first = first
         self.last = last
-        self.latencies: list[float] = []
+        self.latencies: list[tuple[float, float]] = []
         self.record_latency = False
         self.connections = 0
 
@@ -93,7 +93,7 @@ class _Http(asyncio.Protocol):
         if stats.record_latency:
             emitted = _emit_time(body)
             if emitted is not None:
-                stats.latencies.append(now - emitted)
+                stats.latencies.append((emitted, now))
         if stats.count.value == 0:
             stats.first.value = now
         stats.count.value += 1
@@ -188,9 +188,10 @@ class Receiver:
     def record_latencies(self) -> None:
         self.control.send("record")
 
-    def latencies(self) -> list[float]:
+    def latencies(self) -> list[tuple[float, float]]:
+        """(emit time the payload carried, receipt time) of each request since ``record_latencies``."""
         self.control.send("latencies")
-        result: list[float] = self.control.recv()
+        result: list[tuple[float, float]] = self.control.recv()
         return result
 
     def connections(self) -> int:
