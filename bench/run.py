@@ -1,0 +1,648 @@
+"""outbox_worker benchmarks: ``python -m bench [--quick] [--only NAME ...]``.
+
+Every figure is the median of ``--runs`` runs (3; 1 with ``--quick``, which
+also shrinks the sizes). Each run measures, in the same run, the **baseline**:
+the raw aiohttp client POSTing the same signed bodies to the same receiver,
+with no database. Ratios to it are what to compare across machines.
+
+Scenarios (``--only``): throughput, latency, emit, slow, memory, growth.
+Needs a PostgreSQL it may create databases on (``--server``, default
+``postgresql://postgres@127.0.0.1:5432/postgres``) and ``pgbench`` on PATH for
+``emit``. Workers are real ``outbox-worker run`` processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+from psycopg import sql
+
+from bench import receiver as receiver_mod
+from outbox_worker import migrate
+from outbox_worker.db import as_url
+from outbox_worker.signing import encode_body, sign_headers
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+SCENARIOS = ("throughput", "latency", "emit", "slow", "memory", "growth")
+OWNER = "bench"
+EVENT = "order.created"
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class Table:
+    """Rows of (scenario, metric, value, unit, target, verdict); values are medians."""
+
+    rows: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+
+    def add(self, scenario: str, metric: str, value: str, target: str = "") -> None:
+        self.rows.append((scenario, metric, value, target, ""))
+        print(f"  {scenario} | {metric} | {value} | {target}", file=sys.stderr, flush=True)
+
+    def render(self) -> str:
+        header = ("scenario", "metric", "median", "target")
+        widths = [max(len(r[i]) for r in [header, *self.rows]) for i in range(4)]
+        lines = [
+            "| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+            "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        ]
+        for row in self.rows:
+            lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + " |")
+        return "\n".join(lines)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+# ------------------------------------------------------------------ database
+
+
+class BenchDatabase:
+    """A migrated database of its own, dropped at exit."""
+
+    def __init__(self, server: str, tag: str) -> None:
+        self.server = server
+        self.name = f"outbox_bench_{tag}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(self.name)))
+        self.url = as_url(server, dbname=self.name)
+        migrate.upgrade(self.url)
+        self.execute("update outbox.config set allow_http = true, allow_private_networks = true")
+
+    def execute(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def reset(self, webhook_urls: list[str]) -> None:
+        self.execute(
+            "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks "
+            "restart identity cascade"
+        )
+        for url in webhook_urls:
+            self.execute("select outbox.create_webhook(%s, %s, array[%s])", (OWNER, url, EVENT))
+
+    def emit_bulk(self, count: int) -> None:
+        """Pre-emit ``count`` events (in chunks, so the validate trigger runs as for an app)."""
+        done = 0
+        while done < count:
+            chunk = min(10_000, count - done)
+            self.execute(
+                "insert into outbox.events (owner_id, event_type, data) "
+                "select %s, %s, jsonb_build_object('id', 'ord_' || g, 'total', g %% 1000, 'currency', 'EUR') "
+                "from generate_series(1, %s) g",
+                (OWNER, EVENT, chunk),
+            )
+            done += chunk
+        self.execute("analyze outbox.events")
+
+    def outstanding(self) -> int:
+        """Events not fanned out plus deliveries not finished."""
+        rows = self.execute(
+            "select (select count(*) from outbox.events where dispatched_at is null)"
+            " + (select count(*) from outbox.deliveries where status = 'pending')"
+        )
+        return int(rows[0][0])
+
+    def sizes(self) -> dict[str, int]:
+        rows = self.execute(
+            "select c.relname, pg_total_relation_size(c.oid) from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname = 'outbox' and c.relname in ('events', 'deliveries', 'delivery_attempts')"
+        )
+        return {name: int(size) for name, size in rows}
+
+    def drop(self) -> None:
+        with psycopg.connect(self.server, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.name)))
+
+
+@contextlib.contextmanager
+def bench_database(server: str, tag: str) -> Iterator[BenchDatabase]:
+    database = BenchDatabase(server, tag)
+    try:
+        yield database
+    finally:
+        database.drop()
+
+
+# ------------------------------------------------------------------ workers
+
+
+WORKER_ENV = {
+    "OUTBOX_ALLOW_HTTP": "true",
+    "OUTBOX_ALLOW_PRIVATE_NETWORKS": "true",
+    "OUTBOX_LOG_FORMAT": "json",
+    "OUTBOX_LOG_LEVEL": "warning",
+    "OUTBOX_METRICS_PORT": "0",  # several workers on one host
+}
+
+
+class Workers:
+    """``outbox-worker run`` processes, with their CPU time and peak RSS."""
+
+    def __init__(self, url: str, count: int, **settings: Any) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        for i in range(count):
+            env = {**os.environ, **WORKER_ENV, "OUTBOX_DATABASE_URL": url, "OUTBOX_WORKER_ID": f"bench-{i}"}
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            for key, value in settings.items():
+                env[f"OUTBOX_{key.upper()}"] = str(value)
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "outbox_worker.cli", "run"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        self.ps = [psutil.Process(p.pid) for p in self.processes]
+
+    def cpu(self) -> float:
+        """User + system CPU seconds of all workers so far."""
+        total = 0.0
+        for proc in self.ps:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def peak_rss(self) -> int:
+        """Largest peak RSS (VmHWM) among the workers, in bytes."""
+        peak = 0
+        for proc in self.processes:
+            with contextlib.suppress(OSError), open(f"/proc/{proc.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+        return peak
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.processes)
+
+    def stop(self, hard: bool = False) -> None:
+        for p in self.processes:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+        for p in self.processes:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.01, raises: bool = True
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            if not raises:
+                return False
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return True
+
+
+# ------------------------------------------------------------------ baseline
+
+
+def _baseline_child(url: str, count: int, limit: int, per_host: int, result: Any) -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    import aiohttp
+
+    from outbox_worker.signing import load_payload
+
+    secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo3ODkwMTI="
+    now = time.time()
+    from datetime import UTC, datetime
+
+    created = datetime.now(UTC)
+    requests = []
+    for i in range(count):
+        data = load_payload(json.dumps({"id": f"ord_{i}", "total": i % 1000, "currency": "EUR"}))
+        body = encode_body(EVENT, data, created)
+        headers = sign_headers(
+            event_id=i,
+            body=body,
+            secrets=(secret,),
+            timestamp=int(now),
+            signature_header="X-Brutlers-Signature",
+        )
+        headers["Content-Type"] = "application/json"
+        requests.append((body, headers))
+
+    async def main() -> tuple[float, float]:
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=per_host)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            queue = iter(requests)
+
+            async def lane() -> None:
+                for body, headers in queue:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+
+            proc = psutil.Process()
+            cpu0 = sum(proc.cpu_times()[:2])
+            started = time.perf_counter()
+            await asyncio.gather(*(lane() for _ in range(limit)))
+            elapsed = time.perf_counter() - started
+            return elapsed, sum(proc.cpu_times()[:2]) - cpu0
+
+    elapsed, cpu = asyncio.run(main())
+    result.put((count / elapsed, cpu / count * 1000))
+
+
+def baseline(url: str, count: int, limit: int = 256, per_host: int = 32) -> tuple[float, float]:
+    """Raw aiohttp client, pre-signed bodies, no database: (requests/s, CPU ms/request)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_baseline_child, args=(url, count, limit, per_host, queue))
+    proc.start()
+    rate, cpu_ms = queue.get(timeout=600)
+    proc.join()
+    return float(rate), float(cpu_ms)
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+@dataclass
+class Options:
+    server: str
+    runs: int
+    quick: bool
+
+    def size(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+def drain(
+    db: BenchDatabase,
+    recv: receiver_mod.Receiver,
+    events: int,
+    webhooks: int,
+    workers: int,
+    timeout: float = 300,
+    **settings: Any,
+) -> dict[str, float]:
+    """Pre-emit, then let ``workers`` processes drain: rate, CPU ms/delivery, peak RSS."""
+    db.reset([f"{recv.url}/hook/{i}" for i in range(webhooks)])
+    db.emit_bulk(events)
+    expected = events * webhooks
+    recv.reset()
+    pool = Workers(db.url, workers, **settings)
+    try:
+        wait_until(lambda: recv.count > 0 or not pool.alive(), 60, "the first delivery")
+        cpu_start = pool.cpu()
+        wait_until(lambda: recv.count >= expected or not pool.alive(), timeout, "all deliveries", 0.005)
+        wait_until(lambda: db.outstanding() == 0, timeout, "outcomes written", 0.02)
+        cpu = pool.cpu() - cpu_start
+        rss = pool.peak_rss()
+        if not pool.alive():
+            raise RuntimeError("a worker died")
+    finally:
+        pool.stop()
+    return {
+        "rate": expected / max(recv.last - recv.first, 1e-9),
+        "cpu_ms": cpu / expected * 1000,
+        "rss_mb": rss / 2**20,
+    }
+
+
+def scenario_throughput(opts: Options, table: Table) -> float:
+    peak_rss = 0.0
+    with bench_database(opts.server, "tp") as db, receiver_mod.start() as recv:
+        cases = [(opts.size(20_000, 2_000), 1), (opts.size(5_000, 500), 5)]
+        for events, webhooks in cases:
+            total = events * webhooks
+            results: dict[str, list[float]] = {}
+            for _ in range(opts.runs):
+                base_rate, base_cpu = baseline(recv.url + "/baseline", total)
+                results.setdefault("base", []).append(base_rate)
+                results.setdefault("base_cpu", []).append(base_cpu)
+                for workers in (1, 2):
+                    out = drain(db, recv, events, webhooks, workers)
+                    results.setdefault(f"rate{workers}", []).append(out["rate"])
+                    results.setdefault(f"ratio{workers}", []).append(out["rate"] / base_rate)
+                    results.setdefault(f"cpu{workers}", []).append(out["cpu_ms"])
+                    peak_rss = max(peak_rss, out["rss_mb"])
+            name = f"throughput {events:,} ev x {webhooks} wh"
+            r = {k: median(v) for k, v in results.items()}
+            table.add(name, "baseline raw aiohttp (deliveries/s)", f"{r['base']:,.0f}")
+            table.add(name, "baseline client CPU ms/request", f"{r['base_cpu']:.3f}")
+            for workers in (1, 2):
+                target = ">= 50% of baseline" if workers == 1 else "> 1 worker"
+                table.add(
+                    name,
+                    f"{workers} worker{'s' if workers > 1 else ''}: deliveries/s (ratio to baseline)",
+                    f"{r[f'rate{workers}']:,.0f} ({r[f'ratio{workers}']:.0%})",
+                    target,
+                )
+                table.add(name, f"{workers} worker{'s' if workers > 1 else ''}: worker CPU ms/delivery",
+                          f"{r[f'cpu{workers}']:.3f}", "< 0.15")  # fmt: skip
+    return peak_rss
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def scenario_latency(opts: Options, table: Table) -> None:
+    rate = 200
+    seconds = opts.size(20, 5)
+    results: dict[str, list[float]] = {}
+    with bench_database(opts.server, "lat") as db, receiver_mod.start() as recv:
+        for _ in range(opts.runs):
+            db.reset([f"{recv.url}/hook/0"])
+            pool = Workers(db.url, 1)
+            try:
+                with psycopg.connect(db.url, autocommit=True, prepare_threshold=0) as conn:
+                    emit = "select outbox.emit(%s, %s, %s::jsonb)"
+                    # Warm-up: the worker is up and listening once this arrives.
+                    recv.reset()
+                    deadline = time.monotonic() + 60
+                    while recv.count == 0:
+                        conn.execute(emit, (OWNER, EVENT, json.dumps({"t": 0})))
+                        wait_until(lambda: recv.count > 0, 1, "warm-up", raises=False)
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("worker never delivered")
+                    time.sleep(0.5)
+                    recv.reset()
+                    recv.record_latencies()
+                    cpu0 = pool.cpu()
+                    total = rate * seconds
+                    start = time.perf_counter()
+                    committed: dict[float, float] = {}
+                    for i in range(total):
+                        slot = start + i / rate
+                        pause = slot - time.perf_counter()
+                        if pause > 0:
+                            time.sleep(pause)
+                        sent = time.time()
+                        payload = json.dumps({"id": f"ord_{i}", "t": sent})
+                        conn.execute(emit, (OWNER, EVENT, payload))  # autocommit: returns after COMMIT
+                        committed[sent] = time.time()  # floats survive the JSON round trip exactly
+                    wait_until(lambda n=total: recv.count >= n, 60, "latency deliveries")  # type: ignore[misc]
+                    cpu = pool.cpu() - cpu0
+                    pairs = recv.latencies()
+                    # From the moment the emitting statement (which commits)
+                    # returned to the client; "from emit" adds the emit itself.
+                    latencies = [(got - committed[t]) * 1000 for t, got in pairs if t in committed]
+                    from_emit = [(got - t) * 1000 for t, got in pairs]
+            finally:
+                pool.stop()
+            for pct in (50, 95, 99):
+                results.setdefault(f"p{pct}", []).append(_percentile(latencies, pct))
+            results.setdefault("max", []).append(max(latencies))
+            results.setdefault("emit_p50", []).append(_percentile(from_emit, 50))
+            results.setdefault("cpu", []).append(cpu / total * 1000)
+    r = {k: median(v) for k, v in results.items()}
+    name = f"latency {rate} ev/s x {seconds} s"
+    table.add(name, "commit-to-receipt p50 (ms)", f"{r['p50']:.2f}", "< 1.5")
+    table.add(name, "commit-to-receipt p95 (ms)", f"{r['p95']:.2f}")
+    table.add(name, "commit-to-receipt p99 (ms)", f"{r['p99']:.2f}", "< 10")
+    table.add(name, "commit-to-receipt max (ms)", f"{r['max']:.2f}")
+    table.add(name, "emit-start-to-receipt p50 (ms, includes the emit+commit)", f"{r['emit_p50']:.2f}")
+    table.add(name, "worker CPU ms/delivery (idle-ish load)", f"{r['cpu']:.3f}")
+
+
+PGBENCH_PLAIN = """\\set total random(1, 100000)
+begin;
+insert into bench_orders (owner_id, total) values ('bench', :total);
+commit;
+"""
+PGBENCH_EMIT = """\\set total random(1, 100000)
+begin;
+insert into bench_orders (owner_id, total) values ('bench', :total);
+select outbox.emit('bench', 'order.created', ('{"id": "ord", "total": ' || :total || '}')::jsonb);
+commit;
+"""
+
+
+class _Drainer:
+    """A LISTENing connection that consumes notifications, as a worker would."""
+
+    def __init__(self, url: str) -> None:
+        self.stop = threading.Event()
+        self.count = 0
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.conn.execute("listen outbox_events")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for _ in self.conn.notifies(timeout=0.2):
+                self.count += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.conn.close()
+
+
+def pgbench(db: BenchDatabase, script: str, clients: int, seconds: int) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script)
+        path = f.name
+    try:
+        out = subprocess.run(
+            ["pgbench", "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients), "-T", str(seconds),
+             "-f", path, db.url],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(path)
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if not match:
+        raise RuntimeError(f"cannot read pgbench output:\n{out}")
+    return float(match.group(1))
+
+
+def scenario_emit(opts: Options, table: Table) -> None:
+    seconds = opts.size(5, 2)
+    results: dict[str, list[float]] = {}
+    with bench_database(opts.server, "emit") as db:
+        db.execute(
+            "create table bench_orders (id bigint generated always as identity primary key, "
+            "owner_id text not null, total int not null, created_at timestamptz not null default now())"
+        )
+        db.execute("select outbox.create_webhook(%s, %s, array[%s])", (OWNER, "http://127.0.0.1:9/x", EVENT))
+        drainer = _Drainer(db.url)
+        try:
+            for _ in range(opts.runs):
+                for clients in (1, 8):
+                    for notify in (True, False):
+                        action = "enable" if notify else "disable"
+                        db.execute(f"alter table outbox.events {action} trigger events_notify")
+                        for label, script in (("plain", PGBENCH_PLAIN), ("emit", PGBENCH_EMIT)):
+                            db.execute("truncate bench_orders, outbox.events cascade")
+                            db.execute("checkpoint")
+                            tps = pgbench(db, script, clients, seconds)
+                            results.setdefault(f"{clients}-{notify}-{label}", []).append(tps)
+                        ratio = (
+                            results[f"{clients}-{notify}-emit"][-1] / results[f"{clients}-{notify}-plain"][-1]
+                        )
+                        results.setdefault(f"{clients}-{notify}-ratio", []).append(ratio)
+        finally:
+            drainer.close()
+            db.execute("alter table outbox.events enable trigger events_notify")
+    r = {k: median(v) for k, v in results.items()}
+    for clients in (1, 8):
+        for notify in (True, False):
+            key = f"{clients}-{notify}"
+            table.add(
+                f"emit overhead, {clients} client{'s' if clients > 1 else ''}",
+                f"notify {'on ' if notify else 'off'}: tx/s without / with emit (ratio)",
+                f"{r[key + '-plain']:,.0f} / {r[key + '-emit']:,.0f} ({r[key + '-ratio']:.0%})",
+                ">= 80%" if clients == 8 else "",
+            )
+
+
+def scenario_slow(opts: Options, table: Table) -> float:
+    delay = 0.1
+    concurrency = 1000
+    events = opts.size(20_000, 3_000)
+    ideal = concurrency / delay
+    rates: list[float] = []
+    peak = 0.0
+    with bench_database(opts.server, "slow") as db, receiver_mod.start(delay=delay) as recv:
+        for _ in range(opts.runs):
+            out = drain(db, recv, events, 1, 1, concurrency=concurrency, per_host_concurrency=concurrency)
+            rates.append(out["rate"])
+            peak = max(peak, out["rss_mb"])
+    rate = median(rates)
+    table.add(
+        f"slow endpoint ({delay * 1000:.0f} ms), {concurrency} in flight",
+        f"deliveries/s (ratio to ideal {ideal:,.0f}/s)",
+        f"{rate:,.0f} ({rate / ideal:.0%})",
+        ">= 80%",
+    )
+    return peak
+
+
+def scenario_memory(
+    opts: Options, table: Table, throughput_rss: float | None, slow_rss: float | None
+) -> None:
+    if throughput_rss is not None:
+        table.add("memory", "worker peak RSS, throughput run (MB)", f"{throughput_rss:.1f}", "< 100")
+    if slow_rss is not None:
+        table.add("memory", "worker peak RSS, 1,000 slow in flight (MB)", f"{slow_rss:.1f}", "< 100")
+    concurrency = 1000
+    peaks: list[float] = []
+    with bench_database(opts.server, "mem") as db, receiver_mod.start(hang=True) as recv:
+        for _ in range(opts.runs):
+            db.reset([f"{recv.url}/hook/{i}" for i in range(5)])
+            db.emit_bulk(opts.size(2_000, 400))
+            recv.reset()
+            pool = Workers(db.url, 1, concurrency=concurrency, per_host_concurrency=concurrency,
+                           shutdown_grace=0.5)  # fmt: skip
+            try:
+                wait_until(lambda p=pool: recv.count >= concurrency or not p.alive(), 60, "hung requests")  # type: ignore[misc]
+                time.sleep(2)  # steady state with every slot hung
+                peaks.append(pool.peak_rss() / 2**20)
+            finally:
+                pool.stop()
+    table.add(
+        "memory", f"worker peak RSS, receiver hangs, {concurrency} hung (MB)", f"{median(peaks):.1f}", "< 100"
+    )
+
+
+def scenario_growth(opts: Options, table: Table) -> None:
+    """Sustained load with a purge after each round: table sizes stay flat."""
+    rounds = opts.size(5, 3)
+    per_round = opts.size(10_000, 2_000)
+    with bench_database(opts.server, "growth") as db, receiver_mod.start() as recv:
+        db.reset([f"{recv.url}/hook/{i}" for i in range(2)])
+        pool = Workers(db.url, 1)
+        env = {**os.environ, "OUTBOX_DATABASE_URL": db.url}
+        sizes: list[int] = []
+        try:
+            for _ in range(rounds):
+                db.emit_bulk(per_round)
+                wait_until(lambda: db.outstanding() == 0, 300, "round delivered", 0.05)
+                subprocess.run(
+                    [sys.executable, "-m", "outbox_worker.cli", "purge", "--older-than", "0s"],
+                    env=env, check=True, capture_output=True,
+                )  # fmt: skip
+                # What autovacuum does on its own schedule, done now so the run is short.
+                for relation in ("events", "deliveries", "delivery_attempts"):
+                    db.execute(f"vacuum outbox.{relation}")
+                sizes.append(sum(db.sizes().values()))
+        finally:
+            pool.stop()
+    table.add(
+        f"growth: {rounds} rounds x {per_round:,} ev x 2 wh, purge + vacuum each",
+        "outbox tables size after each round (MB)",
+        " / ".join(f"{s / 2**20:.1f}" for s in sizes),
+        "flat",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 run, small sizes (smoke test)")
+    parser.add_argument("--runs", type=int, help="runs per figure (median); default 3, 1 with --quick")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    parser.add_argument("--server", default=os.environ.get("OUTBOX_BENCH_SERVER", DEFAULT_SERVER))
+    args = parser.parse_args(argv)
+    opts = Options(server=args.server, runs=args.runs or (1 if args.quick else 3), quick=args.quick)
+    chosen = args.only or list(SCENARIOS)
+    table = Table()
+    throughput_rss = slow_rss = None
+    started = time.monotonic()
+    if "throughput" in chosen:
+        throughput_rss = scenario_throughput(opts, table)
+    if "latency" in chosen:
+        scenario_latency(opts, table)
+    if "emit" in chosen:
+        scenario_emit(opts, table)
+    if "slow" in chosen:
+        slow_rss = scenario_slow(opts, table)
+    if "memory" in chosen:
+        scenario_memory(opts, table, throughput_rss, slow_rss)
+    if "growth" in chosen:
+        scenario_growth(opts, table)
+    cpus = os.cpu_count()
+    print(
+        f"\noutbox_worker bench: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpus} cores, "
+        f"median of {opts.runs} run(s){' (quick)' if opts.quick else ''}, "
+        f"{time.monotonic() - started:.0f} s\n"
+    )
+    print(table.render())
+    return 0

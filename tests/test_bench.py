@@ -1,0 +1,31 @@
+"""Smoke test of the benchmark suite: its smallest mode produces a table of
+numbers. No timing is asserted; figures belong to the benchmark, not CI."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "throughput", "--server", server_url],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| throughput")]
+    assert len(rows) == 12, result.stdout
+    for row in rows:
+        value = row.split("|")[3]
+        assert re.search(r"\d", value), row
