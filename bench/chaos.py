@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from outbox_worker import embedded, migrate, webhooks
+from outbox_worker.demo import serve_on_loopback
 
 console = Console(stderr=True)
 REQUEST_TIMEOUT = 1.0
@@ -226,14 +227,10 @@ async def main(args: argparse.Namespace) -> int:
         faults = Faults(rate=args.fail_rate)
         app = web.Application()
         app.router.add_post("/{tail:.*}", faults.handle)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, base_url = await serve_on_loopback(app, handler_cancellation=True)
         with psycopg.connect(url, autocommit=True) as conn:
             for i in range(args.webhooks):
-                webhooks.create_webhook(conn, "chaos", f"http://127.0.0.1:{port}/w{i}", ["order.created"])
+                webhooks.create_webhook(conn, "chaos", f"{base_url}/w{i}", ["order.created"])
         env = {
             "OUTBOX_ALLOW_HTTP": "true",
             "OUTBOX_ALLOW_PRIVATE_NETWORKS": "true",

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from outbox_worker import embedded, migrate, webhooks
+from outbox_worker.demo import serve_on_loopback
 
 
 class Receiver:
@@ -106,14 +107,10 @@ async def main(args: argparse.Namespace) -> int:
         receiver = Receiver()
         app = web.Application()
         app.router.add_post("/hook", receiver.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, base_url = await serve_on_loopback(app)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("update outbox.config set allow_http = true, allow_private_networks = true")
-            webhooks.create_webhook(conn, "load", f"http://127.0.0.1:{port}/hook", ["order.created"])
+            webhooks.create_webhook(conn, "load", f"{base_url}/hook", ["order.created"])
         env = {
             **os.environ,
             "OUTBOX_DATABASE_URL": url,

@@ -52,6 +52,19 @@ from outbox_worker.settings import Settings
 from outbox_worker.sql import parse_queries, sql_dir
 from outbox_worker.worker import Worker
 
+
+async def serve_on_loopback(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on a free port of 127.0.0.1; returns its runner (to clean
+    up) and base URL. The demo's receiver, the test receiver and the bench
+    scripts all listen this way."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
 OWNER = "demo-vendor"
 ROLLED_BACK_ORDER = "ord_rolled_back"
 TIMEOUT = 25.0
@@ -98,12 +111,7 @@ class DemoReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/hooks/{name}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, self.base_url = await serve_on_loopback(app, shutdown_timeout=0.1)
 
     async def stop(self) -> None:
         if self._runner:

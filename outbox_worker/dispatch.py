@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
@@ -23,7 +22,6 @@ from outbox_worker.delivery import Job
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import encode_body, format_timestamp
-from outbox_worker.sql import query
 
 
 class Dispatcher:
@@ -69,14 +67,13 @@ class Dispatcher:
         self.unleased = 0
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(query("dispatch_claim"), {"limit": self._settings.batch_size})
-                events = await cur.fetchall()
+                events = await db.fetch_async(conn, "dispatch_claim", {"limit": self._settings.batch_size})
                 if not events:
                     return 0
                 bodies = {e["id"]: self._body(e) for e in events}
-                await cur.execute(
-                    query("dispatch_write"),
+                rows = await db.fetch_async(
+                    conn,
+                    "dispatch_write",
                     {
                         "ids": list(bodies),
                         "bodies": list(bodies.values()),
@@ -85,7 +82,6 @@ class Dispatcher:
                         "worker_id": self._settings.worker_id,
                     },
                 )
-                rows = await cur.fetchall()
             jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
             self.unleased = len(rows) - len(jobs)
             metrics.observe_dispatch(e["created_at"] for e in events)

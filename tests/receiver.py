@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from outbox_worker.demo import serve_on_loopback
+
 Behaviour = int | str | Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -77,12 +79,7 @@ class Receiver:
     async def start(self) -> Receiver:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, self.base_url = await serve_on_loopback(app, shutdown_timeout=0.1)
         return self
 
     async def stop(self) -> None:
