@@ -1,6 +1,8 @@
 """The wake-up hint: one dedicated LISTEN connection, outside the pool.
 
-A notification carries no data; it only wakes the dispatcher. The
+A notification only wakes: an empty payload (from an emitting transaction)
+the dispatcher, ``deliveries`` (from a busy peer with more than it has room
+for) the sender. The
 connection is re-established (and re-LISTENed) with backoff whenever it
 drops, e.g. across a Postgres restart or ``pg_terminate_backend``; while it
 is down the worker keeps going on its poll interval.
@@ -9,18 +11,21 @@ is down the worker keeps going on its poll interval.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
+from outbox_worker import db
 from outbox_worker.sql import query
 
 CHANNEL = "outbox_events"
+NUDGE_EVERY = 0.1
 
 
 class Listener:
-    def __init__(self, conninfo: str, on_notify: Callable[[], None], log: Any) -> None:
+    def __init__(self, conninfo: str, on_notify: Callable[[str], None], log: Any) -> None:
         self._conninfo = conninfo
         self._on_notify = on_notify
         self._log = log.bind(component="listener")
@@ -38,9 +43,9 @@ class Listener:
                     self.connected = True
                     delay = 0.1
                     self._log.info("listening", channel=CHANNEL)
-                    self._on_notify()  # anything committed while we were away
-                    async for _ in conn.notifies():
-                        self._on_notify()
+                    self._on_notify("")  # anything committed while we were away
+                    async for note in conn.notifies():
+                        self._on_notify(note.payload)
             except psycopg.Error as exc:
                 self._log.warning("listen connection lost", error=str(exc).strip(), retry_in=delay)
             finally:
@@ -49,3 +54,68 @@ class Listener:
                 self.connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+class BusyFlag:
+    """Quiet NOTIFY, the worker's side (``sql/migrations/0003_quiet_notify.up.sql``).
+
+    While a worker holds "busy", emitting transactions skip their NOTIFY, so
+    under load they no longer commit one at a time behind PostgreSQL's notify
+    lock. The holder must then find every event itself: it polls on a short
+    interval and lets go only when ``outbox.release_busy()`` says no emitter
+    that skipped its NOTIFY is still uncommitted; one more claim after that
+    sees all their events, and the next emitter notifies again.
+
+    The lock is session-level, on a connection of its own (not the pool's,
+    whose connections change hands), so a worker that dies or loses that
+    connection lets go with it.
+    """
+
+    def __init__(self, conninfo: str, log: Any) -> None:
+        self._conninfo = conninfo
+        self._log = log.bind(component="busy-flag")
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.held = False
+        self._nudged = 0.0
+
+    async def _run(self, name: str) -> Any:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            rows = await db.fetch_async(self._conn, name, {})
+            return next(iter(rows[0].values())) if rows else None
+        except Exception as exc:
+            # Whatever happened, the lock must not outlive our knowledge of
+            # it: closing the session drops it on the server.
+            self._log.warning("busy flag connection lost", error=str(exc).strip())
+            await self.close()
+            return None
+
+    async def acquire(self) -> bool:
+        """Try to become the busy worker (another one may already be)."""
+        if not self.held:
+            self.held = bool(await self._run("busy_acquire"))
+        return self.held
+
+    async def release(self) -> bool:
+        """Let go once it is safe; False while an emitter that skipped NOTIFY is in flight."""
+        if self.held:
+            released = await self._run("busy_release")
+            # None: the connection is gone, and the lock with it.
+            self.held = released is False
+        return not self.held
+
+    async def nudge_peers(self) -> None:
+        """Wake the other workers' senders: while we hold "busy", nobody else
+        notifies them, and we are leaving deliveries we have no room for.
+        At most every NUDGE_EVERY seconds: one wake-up keeps a sender
+        claiming until the backlog is gone."""
+        now = time.monotonic()
+        if self.held and now - self._nudged >= NUDGE_EVERY:
+            self._nudged = now
+            await self._run("nudge_peers")
+
+    async def close(self) -> None:
+        conn, self._conn, self.held = self._conn, None, False
+        if conn is not None:
+            await conn.close()

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         True, description="LISTEN for new events; off = poll only (transaction-mode PgBouncer)."
     )
     poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no notification arrives.")
+    quiet_notify: bool = Field(
+        True,
+        description="While a worker drains, emitting transactions skip NOTIFY (and its commit lock); "
+        "it polls every few ms instead.",
+    )
     prepare_statements: bool = Field(
         True, description="Let psycopg prepare hot queries; turn off behind transaction-mode PgBouncer."
     )

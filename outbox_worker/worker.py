@@ -23,12 +23,18 @@ from outbox_worker import db, metrics
 from outbox_worker.completer import Completer
 from outbox_worker.delivery import Sender
 from outbox_worker.dispatch import Dispatcher
-from outbox_worker.listener import Listener
+from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
 from outbox_worker.maintenance import FailingWebhookDisabler, SecretSealer
 from outbox_worker.netpolicy import GuardedResolver
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
+
+# While "busy" (quiet NOTIFY), the dispatcher polls instead of waiting for
+# notifications: soon after a round that found events, backing off to at most
+# SETTLE_MAX while the outbox is empty but an emitting transaction is in flight.
+SETTLE_MIN = 0.001
+SETTLE_MAX = 0.02
 
 
 class Worker:
@@ -83,19 +89,38 @@ class Worker:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
-    async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender) -> None:
+    async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender, busy: BusyFlag | None) -> None:
         delay = 0.1
+        settle = SETTLE_MIN
         while not self.stopping.is_set():
             # Cleared before dispatching, not after: a notification arriving
             # during a batch must start another one, not be swallowed.
             self.dispatch_wake.clear()
+            timeout = self.settings.poll_interval
             try:
+                taken = 0
                 while True:
-                    taken = await dispatcher.dispatch_batch()
+                    batch = await dispatcher.dispatch_batch()
+                    taken += batch
                     if dispatcher.unleased:
                         sender.note_backlog()  # rows we had no room for: the sender claims them
-                    if taken < self.settings.batch_size:
+                        if busy is not None:
+                            await busy.nudge_peers()  # nobody else wakes them while we are busy
+                    if batch < self.settings.batch_size:
                         break
+                if busy is not None:
+                    if not busy.held and self.dispatch_wake.is_set():
+                        # Woken again while dispatching: events arrive back to
+                        # back, so spare the emitters their NOTIFY.
+                        await busy.acquire()
+                    if busy.held:
+                        if taken:
+                            settle = SETTLE_MIN
+                        elif await busy.release():
+                            continue  # no skipped NOTIFY in flight: one more claim sees them all
+                        else:
+                            settle = min(settle * 2, SETTLE_MAX)
+                        timeout = settle
                 delay = 0.1
             except Exception as exc:
                 self.log.warning("dispatch failed", error=str(exc).strip(), retry_in=delay)
@@ -104,7 +129,7 @@ class Worker:
                 self.dispatch_wake.set()
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dispatch_wake.wait(), self.settings.poll_interval)
+                await asyncio.wait_for(self.dispatch_wake.wait(), timeout)
 
     async def run(self) -> int:
         settings = self.settings
@@ -122,12 +147,19 @@ class Worker:
         if sender.box is not None:
             sealer = SecretSealer(pool, sender.box, self.log)
             background.append(asyncio.create_task(sealer.run(), name="secret-sealer"))
+        busy = BusyFlag(db.libpq_url(settings.database_url), self.log) if settings.quiet_notify else None
         producers = [
-            asyncio.create_task(self._dispatch_loop(dispatcher, sender), name="dispatcher"),
+            asyncio.create_task(self._dispatch_loop(dispatcher, sender, busy), name="dispatcher"),
             asyncio.create_task(sender.run(), name="sender"),
         ]
         if settings.listen:
-            self.listener = Listener(db.libpq_url(settings.database_url), self.dispatch_wake.set, self.log)
+            def on_notify(payload: str) -> None:
+                if payload == "deliveries":
+                    sender.note_backlog()
+                else:
+                    self.dispatch_wake.set()
+
+            self.listener = Listener(db.libpq_url(settings.database_url), on_notify, self.log)
             background.append(asyncio.create_task(self.listener.run(), name="listener"))
         self.ready = True
         self.log.info(
@@ -143,6 +175,8 @@ class Worker:
         for task in producers:
             task.cancel()
         await asyncio.gather(*producers, return_exceptions=True)
+        if busy is not None:
+            await busy.close()  # emitters notify again, for whoever keeps running
         unfinished = await sender.drain(settings.shutdown_grace)
         try:
             await completer.flush()

@@ -277,3 +277,14 @@ select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s
 
 -- get_delivery: one delivery of an owner's webhook, with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
+
+-- ============================================================ quiet NOTIFY (migration 0003)
+
+-- busy_acquire: hold "busy" (session-level) so emitting transactions skip NOTIFY while this worker drains
+select pg_try_advisory_lock(1869968482, 2) as held;
+
+-- busy_release: let go of "busy" once no emitter that skipped NOTIFY is uncommitted
+select outbox.release_busy() as released;
+
+-- nudge_peers: wake the other workers' senders: deliveries are waiting that this worker had no room for
+select pg_notify('outbox_events', 'deliveries');
