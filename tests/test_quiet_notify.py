@@ -28,7 +28,7 @@ BUSY = "select pg_try_advisory_lock(1869968482, 2)"
 def drain(listener: psycopg.Connection[Any]) -> list[str]:
     """Everything delivered to ``listener`` so far, up to a marker it sends itself."""
     listener.execute("notify outbox_marker")
-    received = []
+    received: list[str] = []
     for note in listener.notifies(timeout=5):
         if note.channel == "outbox_marker":
             return received
