@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no notification arrives.")
     quiet_notify: bool = Field(
         True,
-        description="While a worker drains, emitting transactions skip NOTIFY (and its commit lock); "
-        "it polls every few ms instead.",
+        description="While a worker drains, emitting transactions skip NOTIFY (and its commit lock) "
+        "and it polls every 1-20 ms instead; needs `OUTBOX_LISTEN`.",
     )
     prepare_statements: bool = Field(
         True, description="Let psycopg prepare hot queries; turn off behind transaction-mode PgBouncer."

@@ -147,7 +147,10 @@ class Worker:
         if sender.box is not None:
             sealer = SecretSealer(pool, sender.box, self.log)
             background.append(asyncio.create_task(sealer.run(), name="secret-sealer"))
-        busy = BusyFlag(db.libpq_url(settings.database_url), self.log) if settings.quiet_notify else None
+        # "busy" is a session-level lock: only where LISTEN works (no
+        # transaction-mode pooler) can it be held, and only then is it useful.
+        quiet = settings.quiet_notify and settings.listen
+        busy = BusyFlag(db.libpq_url(settings.database_url), self.log) if quiet else None
         producers = [
             asyncio.create_task(self._dispatch_loop(dispatcher, sender, busy), name="dispatcher"),
             asyncio.create_task(sender.run(), name="sender"),
