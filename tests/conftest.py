@@ -20,6 +20,7 @@ from psycopg import sql
 
 from outbox_worker import migrate
 from outbox_worker.db import as_url, libpq_url
+from tests.receiver import Receiver
 
 # Tests reach receivers on loopback over plain http.
 TEST_CONFIG = (
@@ -118,3 +119,11 @@ async def aconn(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP receiver on a free loopback port, recording every request."""
+    r = await Receiver().start()
+    yield r
+    await r.stop()

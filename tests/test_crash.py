@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,6 @@ from tests.conftest import TEST_CONFIG
 from tests.helpers import eventually
 from tests.receiver import Receiver
 from tests.workers import delivery_states, kill, running_worker, settled, spawn_worker
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 async def until(condition: Any, timeout: float = 60, what: str = "") -> None:

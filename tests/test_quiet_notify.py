@@ -121,13 +121,6 @@ def test_an_emitter_is_never_blocked_by_a_worker_that_fails_to_release(database_
         app.commit()
 
 
-@pytest.fixture
-async def receiver() -> Any:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
 async def test_a_busy_worker_delivers_a_stream_without_notifications_and_wakes_for_the_next(
     database_url: str, conn: psycopg.Connection[Any], listener: psycopg.Connection[Any], receiver: Receiver
 ) -> None:

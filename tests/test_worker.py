@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -22,13 +21,6 @@ from outbox_worker import emit, webhooks
 from tests.helpers import eventually, wait_for
 from tests.receiver import Receiver
 from tests.workers import delivery_states, running_worker, settled
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 async def until_settled(database_url: str, expected: int, timeout: float = 20) -> None:
