@@ -10,7 +10,9 @@ duplicate, never a loss.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -18,6 +20,29 @@ from psycopg_pool import AsyncConnectionPool
 from outbox_worker import db, metrics
 from outbox_worker.delivery import Outcome
 from outbox_worker.settings import Settings
+
+
+def outcomes_param(batch: Iterable[Outcome]) -> str:
+    """``complete_deliveries``' one parameter: the batch as a JSON array.
+    psycopg dumps ten array parameters in Python at ~14 us per row; this is
+    one C call at ~2 us."""
+    return json.dumps(
+        [
+            {
+                "id": o.job.id,
+                "attempt": o.job.attempt,
+                "status": o.status,
+                "retry_in": o.retry_in,
+                "attempted_at": o.attempted_at.isoformat(),
+                "duration_ms": o.duration_ms,
+                "status_code": o.status_code,
+                "error_class": o.error_class,
+                "error": o.error,
+                "response_body": o.response_body,
+            }
+            for o in batch
+        ]
+    )
 
 
 class Completer:
@@ -81,19 +106,7 @@ class Completer:
 
     async def flush_once(self) -> None:
         batch = self._pending[: self._settings.batch_size]
-        params = {
-            "ids": [o.job.id for o in batch],
-            "attempts": [o.job.attempt for o in batch],
-            "statuses": [o.status for o in batch],
-            "retry_in": [o.retry_in for o in batch],
-            "attempted_at": [o.attempted_at for o in batch],
-            "duration_ms": [o.duration_ms for o in batch],
-            "status_codes": [o.status_code for o in batch],
-            "error_classes": [o.error_class for o in batch],
-            "errors": [o.error for o in batch],
-            "response_bodies": [o.response_body for o in batch],
-            "worker_id": self._settings.worker_id,
-        }
+        params = {"outcomes": outcomes_param(batch), "worker_id": self._settings.worker_id}
         disable = {o.job.webhook_id: o.disable_reason for o in batch if o.disable_reason}
         async with self._pool.connection() as conn:
             if not disable:

@@ -10,10 +10,12 @@ held by a dead worker is claimed again by any replica.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,7 +30,7 @@ from outbox_worker.netpolicy import BlockedTarget, check_url
 from outbox_worker.retry import next_delay, parse_retry_after
 from outbox_worker.secretbox import SecretBox, open_secret
 from outbox_worker.settings import Settings
-from outbox_worker.signing import sign_headers
+from outbox_worker.signing import event_body, sign_headers
 
 Status = Literal["delivered", "pending", "failed"]
 
@@ -82,6 +84,13 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     disable_reason: str | None = None
+
+
+def bodies_param(bodies: Mapping[int, bytes]) -> str:
+    """``store_bodies``' one parameter: event ids and body bytes as JSON
+    (base64, so the bytes survive any database encoding). psycopg's array
+    dumpers, in Python, cost ~10 us per row; this is one C call."""
+    return json.dumps([{"id": i, "body": base64.b64encode(b).decode()} for i, b in bodies.items()])
 
 
 def _text(raw: bytes | str) -> str:
@@ -191,11 +200,22 @@ class Sender:
                         "worker_id": self._settings.worker_id,
                     },
                 )
-            jobs = [Job.from_row(r, self.box) for r in rows]
-            self.backlog = len(jobs) >= reserved or bool(busy)
+                # Events whose dispatcher died before storing their bytes.
+                bodies = {
+                    r["event_id"]: event_body(r["event_type"], r["data"], r["created_at"], self._log)
+                    for r in rows
+                    if r["body"] is None
+                }
+                jobs = [Job.from_row(r, self.box, bodies.get(r["event_id"])) for r in rows]
+                self.backlog = len(jobs) >= reserved or bool(busy)
+                self.hand_over(jobs, reserved)
+                reserved = 0
+                if bodies:
+                    await db.fetch_async(conn, "store_bodies", {"batch": bodies_param(bodies)})
             return len(jobs)
         finally:
-            self.hand_over(jobs, reserved)
+            if reserved:
+                self.hand_over(jobs, reserved)
 
     async def run(self) -> None:
         """Claim whenever there is work and room: on a wake-up, a freed slot

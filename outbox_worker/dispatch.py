@@ -1,27 +1,32 @@
 """Dispatcher: outbox events -> delivery rows.
 
-Claims a batch of undispatched events (``FOR UPDATE SKIP LOCKED``), fixes
-each event's body bytes, inserts one delivery per matching enabled webhook
-and marks the events dispatched, in one transaction of two statements.
-(psycopg pipeline mode, saving the BEGIN and COMMIT round trips, was
-measured: no better latency and ~10% more CPU per event.)
-Deliveries for which this process has free send slots are inserted already
-leased to it and handed straight to the sender: no second claim, no wait.
+One statement (``dispatch``) claims a batch of undispatched events
+(``FOR UPDATE SKIP LOCKED``), marks them dispatched and inserts one delivery
+per matching enabled webhook: one round trip, where a transaction of two
+statements took four (BEGIN, claim, write, COMMIT), and the commit-to-send
+latency is mostly round trips. Deliveries for which this process has free
+send slots are inserted already leased to it and handed straight to the
+sender: no second claim, no wait.
+
+Each event's body bytes are encoded here, once, and stored by a second
+statement (``store_bodies``) while the first requests are already on the
+wire. If the worker dies in between, the body stays NULL and whoever claims
+the delivery encodes it from the event; the encoding is deterministic, so
+the bytes are the same, and that claimer stores them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Job
+from outbox_worker.delivery import Job, bodies_param
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
-from outbox_worker.signing import encode_body, format_timestamp
+from outbox_worker.signing import event_body
 
 
 class Dispatcher:
@@ -42,52 +47,45 @@ class Dispatcher:
         self._log = log.bind(component="dispatcher")
         self.unleased = 0  # deliveries of the last batch left for the sender to claim
 
-    def _body(self, event: db.Row) -> bytes:
-        try:
-            return encode_body(event["event_type"], event["data"], event["created_at"])
-        except Exception:
-            # Never let one event block the outbox: its bytes are still exact
-            # and signed, only the JavaScript re-serialisation nicety is lost.
-            self._log.exception("body encoding fell back to plain JSON", event_id=event["id"])
-            data = json.loads(json.dumps(event["data"], default=str))
-            return json.dumps(
-                {
-                    "event": event["event_type"],
-                    "data": data,
-                    "timestamp": format_timestamp(event["created_at"]),
-                },
-                ensure_ascii=False,
-                separators=(",", ":"),
-            ).encode()
-
     async def dispatch_batch(self) -> int:
         """Dispatch one batch; returns how many events it took."""
         reserved = self._reserve(self._settings.batch_size)
-        jobs: list[Job] = []
+        settings = self._settings
+        handed = False
         self.unleased = 0
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                events = await db.fetch_async(conn, "dispatch_claim", {"limit": self._settings.batch_size})
-                if not events:
-                    return 0
-                bodies = {e["id"]: self._body(e) for e in events}
+            async with self._pool.connection() as conn:
                 rows = await db.fetch_async(
                     conn,
-                    "dispatch_write",
+                    "dispatch",
                     {
-                        "ids": list(bodies),
-                        "bodies": list(bodies.values()),
+                        "limit": settings.batch_size,
                         "lease_limit": reserved,
-                        "lease_seconds": self._settings.lease_seconds,
-                        "worker_id": self._settings.worker_id,
+                        "lease_seconds": settings.lease_seconds,
+                        "worker_id": settings.worker_id,
                     },
                 )
-            jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
-            self.unleased = len(rows) - len(jobs)
+                if not rows:
+                    return 0
+                events = [r for r in rows if r["first"]]
+                bodies = {
+                    e["event_id"]: event_body(e["event_type"], e["data"], e["created_at"], self._log)
+                    for e in events
+                }
+                jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
+                self.unleased = sum(1 for r in rows if r["id"] is not None and not r["leased"])
+                # The statement has committed: the leased rows may be sent now,
+                # while the bodies are being stored.
+                self._hand_over(jobs, reserved)
+                handed = True
+                await db.fetch_async(conn, "store_bodies", {"batch": bodies_param(bodies)})
             metrics.observe_dispatch(e["created_at"] for e in events)
-            self._log.debug("dispatched", events=len(events), deliveries=len(rows), leased=len(jobs))
+            deliveries = sum(1 for r in rows if r["id"] is not None)
+            self._log.debug("dispatched", events=len(events), deliveries=deliveries, leased=len(jobs))
             return len(events)
         finally:
-            # Only after commit may the leased rows be sent; an error above
-            # rolled them back and the reservation is simply returned.
-            self._hand_over(jobs, reserved)
+            if not handed:
+                # An empty batch, or an error: if the statement failed it
+                # rolled back; if it committed, its leased rows are sent by
+                # whoever claims them once the lease expires.
+                self._hand_over([], reserved)

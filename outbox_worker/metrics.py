@@ -87,22 +87,35 @@ def status_class(outcome: Outcome) -> str:
     return outcome.error_class or "unknown"
 
 
+# labels() takes a lock and a dict lookup; these run once per attempt, so
+# the children are looked up once.
+_ATTEMPTS = {r: ATTEMPTS.labels(r) for r in ("delivered", "retrying", "failed")}
+_DELIVERIES = {r: DELIVERIES.labels(r) for r in ("delivered", "failed")}
+_RESPONSES: dict[str, Any] = {}
+
+
 def record_outcome(outcome: Outcome) -> None:
     """Count one attempt (called from ``Completer.record``)."""
     result = "retrying" if outcome.status == "pending" else outcome.status
-    ATTEMPTS.labels(result).inc()
+    _ATTEMPTS[result].inc()
     if result != "retrying":
-        DELIVERIES.labels(result).inc()
-    RESPONSES.labels(status_class(outcome)).inc()
+        _DELIVERIES[result].inc()
+    cls = status_class(outcome)
+    child = _RESPONSES.get(cls)
+    if child is None:
+        child = _RESPONSES[cls] = RESPONSES.labels(cls)
+    child.inc()
     ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
 
 
 def observe_dispatch(created_at: Iterable[datetime]) -> None:
     """Count a dispatched batch and each event's commit-to-dispatch lag."""
     now = datetime.now(UTC)
+    count = 0
     for moment in created_at:
-        DISPATCHED.inc()
+        count += 1
         DISPATCH_LAG.observe(max(0.0, (now - moment).total_seconds()))
+    DISPATCHED.inc(count)
 
 
 def _set_queue(row: db.Row) -> None:

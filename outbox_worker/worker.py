@@ -156,6 +156,7 @@ class Worker:
             asyncio.create_task(sender.run(), name="sender"),
         ]
         if settings.listen:
+
             def on_notify(payload: str) -> None:
                 if payload == "deliveries":
                     sender.note_backlog()

@@ -37,24 +37,20 @@ select outbox.replay_failed(%(owner_id)s, %(webhook_id)s, %(since)s) as count;
 
 -- ============================================================ worker hot path
 
--- dispatch_claim: lock a batch of undispatched events, oldest first
-select id, event_type, data, created_at
-  from outbox.events
- where dispatched_at is null
- order by id
- limit %(limit)s
-   for update skip locked;
-
--- dispatch_write: fix each event's body, fan out one delivery per matching enabled webhook (the first lease_limit leased to this worker), mark the events dispatched
-with batch as (
-    select b.id, b.body
-      from unnest(cast(%(ids)s as bigint[]), cast(%(bodies)s as bytea[])) as b(id, body)
+-- dispatch: claim a batch of undispatched events, mark them dispatched and fan each out into one delivery per matching enabled webhook (the first lease_limit leased to this worker); one row per delivery, one per event without any
+with claimed as materialized (
+    select e.id
+      from outbox.events e
+     where e.dispatched_at is null
+     order by e.id
+     limit %(limit)s
+       for update skip locked
 ), marked as (
     update outbox.events e
-       set dispatched_at = now(), body = b.body
-      from batch b
-     where e.id = b.id
-    returning e.id, e.owner_id, e.event_type
+       set dispatched_at = now()
+      from claimed c
+     where e.id = c.id
+    returning e.id, e.owner_id, e.event_type, e.data, e.created_at
 ), targets as (
     select m.id as event_id, w.id as webhook_id,
            row_number() over (order by m.id, w.id) <= %(lease_limit)s as leased
@@ -71,10 +67,23 @@ with batch as (
     on conflict on constraint deliveries_webhook_event_key do nothing
     returning d.id, d.event_id, d.webhook_id, d.attempts, d.leased_by is not null as leased
 )
-select i.id, i.event_id, i.webhook_id, i.attempts, i.leased, w.url, w.secret,
+-- The event's payload rides on its first row only: the worker parses it once.
+select m.id as event_id, m.event_type, m.created_at,
+       row_number() over (partition by m.id order by i.id) = 1 as first,
+       case when row_number() over (partition by m.id order by i.id) = 1 then m.data end as data,
+       i.id, i.webhook_id, i.attempts, coalesce(i.leased, false) as leased, w.url, w.secret,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
-  from inserted i
-  join outbox.webhooks w on w.id = i.webhook_id;
+  from marked m
+  left join inserted i on i.event_id = m.id
+  left join outbox.webhooks w on w.id = i.webhook_id
+ order by m.id, i.id;
+
+-- store_bodies: fix dispatched events' body bytes (base64 in one JSON array), unless a claimer fixed them first
+update outbox.events e
+   set body = decode(b.body, 'base64')
+  from json_to_recordset(cast(%(batch)s as json)) as b(id bigint, body text)
+ where e.id = b.id
+   and e.body is null;
 
 -- claim_deliveries: lease due deliveries (skipping saturated webhooks) with everything sending needs
 with due as materialized (
@@ -96,6 +105,11 @@ with due as materialized (
     returning d.id, d.event_id, d.webhook_id, d.attempts
 )
 select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e.body,
+       -- Without bytes (a worker died between dispatch and store_bodies) the
+       -- claimer encodes them from the event: the encoding is deterministic.
+       case when e.body is null then e.event_type end as event_type,
+       case when e.body is null then e.data end as data,
+       e.created_at,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
@@ -103,12 +117,12 @@ select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e
 
 -- complete_deliveries: log a batch of attempts and move each delivery on (delivered, retry later, failed)
 with outcome as (
+    -- The batch arrives as one JSON array of objects: encoding it is one C
+    -- call in the worker, where ten array parameters cost ~14 us per row.
     select *
-      from unnest(cast(%(ids)s as bigint[]), cast(%(attempts)s as int[]), cast(%(statuses)s as outbox.delivery_status[]),
-                  cast(%(retry_in)s as float8[]), cast(%(attempted_at)s as timestamptz[]),
-                  cast(%(duration_ms)s as float8[]), cast(%(status_codes)s as int[]),
-                  cast(%(error_classes)s as text[]), cast(%(errors)s as text[]), cast(%(response_bodies)s as text[]))
-        as o(id, attempt, status, retry_in, attempted_at, duration_ms, status_code, error_class, error, response_body)
+      from json_to_recordset(cast(%(outcomes)s as json))
+        as o(id bigint, attempt int, status outbox.delivery_status, retry_in float8, attempted_at timestamptz,
+             duration_ms float8, status_code int, error_class text, error text, response_body text)
 ), moved as (
     -- A delivery already delivered (by a duplicate) stays delivered; a
     -- failure only moves a delivery this worker still holds.

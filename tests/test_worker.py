@@ -296,16 +296,63 @@ async def test_an_expired_lease_is_claimed_again(
     )
 
 
+async def test_dispatch_stores_the_bytes_it_sends(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    webhooks.create_webhook(conn, "v", receiver.url("/a"), ["order.created"])
+    webhooks.create_webhook(conn, "v", receiver.url("/b"), ["order.created"])
+    event_id = emit(conn, "v", "order.created", {"id": "ord_1", "total": 20.0, "10": "x", "2": "y"})
+    async with running_worker(database_url):
+        await until_settled(database_url, 2)
+    (stored,) = conn.execute("select body from outbox.events where id = %s", (event_id,)).fetchone() or (
+        None,
+    )
+    assert stored is not None
+    assert [r.body for r in receiver.requests] == [bytes(stored)] * 2
+    assert json.loads(stored)["data"] == {"2": "y", "10": "x", "id": "ord_1", "total": 20}
+    assert bytes(stored).startswith(
+        b'{"event":"order.created","data":{"2":"y","10":"x","id":"ord_1","total":20}'
+    )
+
+
+async def test_a_dispatcher_that_died_before_storing_bodies_loses_nothing(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """dispatch commits the deliveries, store_bodies follows: a worker killed
+    in between leaves body NULL; the next claimer encodes the same bytes."""
+    from outbox_worker.signing import encode_body, load_payload
+
+    hook = webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
+    event_id = emit(conn, "v", "order.created", {"n": 1.5, "1": True})
+    conn.execute("update outbox.events set dispatched_at = now() where id = %s", (event_id,))
+    conn.execute(
+        "insert into outbox.deliveries (event_id, webhook_id, next_attempt_at, leased_until, leased_by) "
+        "values (%s, %s, now() + interval '0.3 s', now() + interval '0.3 s', 'dead-worker')",
+        (event_id, hook.id),
+    )
+    async with running_worker(database_url):
+        await until_settled(database_url, 1)
+    row = conn.execute(
+        "select event_type, data::text, created_at, body from outbox.events where id = %s", (event_id,)
+    ).fetchone()
+    assert row is not None
+    expected = encode_body(row[0], load_payload(row[1]), row[2])
+    assert receiver.requests[0].body == expected
+    assert bytes(row[3]) == expected  # the claimer fixed the bytes for later retries
+
+
 def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any]) -> None:
     from outbox_worker.sql import query
 
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["*"])
     webhooks.create_webhook(conn, "v", "https://example.com/b", ["order.*"])
     event_id = emit(conn, "v", "order.created", {})
-    params = {"ids": [event_id], "bodies": [b"{}"], "lease_limit": 0, "lease_seconds": 30, "worker_id": "w"}
-    first = conn.execute(query("dispatch_write"), params).fetchall()
-    again = conn.execute(query("dispatch_write"), params).fetchall()  # a re-run of the same dispatch
-    assert len(first) == 2 and again == []
+    params = {"limit": 10, "lease_limit": 0, "lease_seconds": 30, "worker_id": "w"}
+    first = conn.execute(query("dispatch"), params).fetchall()
+    conn.execute("update outbox.events set dispatched_at = null where id = %s", (event_id,))
+    again = conn.execute(query("dispatch"), params).fetchall()  # a re-run of the same dispatch
+    assert len(first) == 2
+    assert len(again) == 1  # the event, with no new delivery
     assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (2,)
 
 
