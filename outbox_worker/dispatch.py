@@ -17,6 +17,7 @@ the bytes are the same, and that claimer stores them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,8 @@ class Dispatcher:
                 # while the bodies are being stored.
                 self._hand_over(jobs, reserved)
                 handed = True
+                if jobs:
+                    await asyncio.sleep(0)  # let the requests reach the wire first
                 await db.fetch_async(conn, "store_bodies", {"batch": bodies_param(bodies)})
             metrics.observe_dispatch(e["created_at"] for e in events)
             deliveries = sum(1 for r in rows if r["id"] is not None)

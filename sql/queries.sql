@@ -50,13 +50,14 @@ with claimed as materialized (
        set dispatched_at = now()
       from claimed c
      where e.id = c.id
-    returning e.id, e.owner_id, e.event_type, e.data, e.created_at
+    -- Patterns once per event here, not once per (event, webhook) pair in the join.
+    returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
 ), targets as (
     select m.id as event_id, w.id as webhook_id,
            row_number() over (order by m.id, w.id) <= %(lease_limit)s as leased
       from marked m
       join outbox.webhooks w
-        on w.owner_id = m.owner_id and w.enabled and w.events && outbox.event_patterns(m.event_type)
+        on w.owner_id = m.owner_id and w.enabled and w.events && m.patterns
 ), inserted as (
     insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by)
     select t.event_id, t.webhook_id,
