@@ -39,6 +39,17 @@ def attempts_of(conn: psycopg.Connection[Any], url: str) -> list[tuple[Any, ...]
     ).fetchall()
 
 
+def leased_by_a_dead_worker(
+    conn: psycopg.Connection[Any], event_id: int, webhook_id: Any, seconds: float
+) -> None:
+    """A delivery whose lease, held by a worker that died, expires in ``seconds``."""
+    conn.execute(
+        "insert into outbox.deliveries (event_id, webhook_id, next_attempt_at, leased_until, leased_by) "
+        "select %s, %s, t, t, 'dead-worker' from (select now() + make_interval(secs => %s) as t) x",
+        (event_id, webhook_id, seconds),
+    )
+
+
 NODE_CHECK = """
 const { createHmac } = require("crypto");
 let input = ""; process.stdin.on("data", d => input += d).on("end", () => {
@@ -283,11 +294,7 @@ async def test_an_expired_lease_is_claimed_again(
         "where id = %s",
         (event_id,),
     )
-    conn.execute(
-        "insert into outbox.deliveries (event_id, webhook_id, next_attempt_at, leased_until, leased_by) "
-        "values (%s, %s, now() + interval '0.5 s', now() + interval '0.5 s', 'dead-worker')",
-        (event_id, hook.id),
-    )
+    leased_by_a_dead_worker(conn, event_id, hook.id, 0.5)
     async with running_worker(database_url):
         await until_settled(database_url, 1)
     assert receiver.requests[0].body == b'{"orphan":true}'
@@ -326,11 +333,7 @@ async def test_a_dispatcher_that_died_before_storing_bodies_loses_nothing(
     hook = webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
     event_id = emit(conn, "v", "order.created", {"n": 1.5, "1": True})
     conn.execute("update outbox.events set dispatched_at = now() where id = %s", (event_id,))
-    conn.execute(
-        "insert into outbox.deliveries (event_id, webhook_id, next_attempt_at, leased_until, leased_by) "
-        "values (%s, %s, now() + interval '0.3 s', now() + interval '0.3 s', 'dead-worker')",
-        (event_id, hook.id),
-    )
+    leased_by_a_dead_worker(conn, event_id, hook.id, 0.3)
     async with running_worker(database_url):
         await until_settled(database_url, 1)
     row = conn.execute(
