@@ -5,6 +5,13 @@ commits the lease, and only then sends, with no transaction open. Each
 request is one task; its outcome goes to the completer, which writes
 outcomes in batches. Leases expire on the database clock, so a delivery
 held by a dead worker is claimed again by any replica.
+
+At most ``per_host_concurrency`` (the cap) requests per webhook run at
+once. A claim or a fan-out leases a webhook at most twice its cap, and
+nothing while it holds its cap, so a slow receiver holds at most 3 x cap - 1
+slots (5 x cap - 1 when a claim and a fan-out overlap), never all of them.
+Those beyond the cap wait here, not in aiohttp's connection pool: a
+request's timeouts start when it is sent, never while it queues.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import base64
 import json
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,9 +139,14 @@ class Sender:
         self._record = record
         self._log = log.bind(component="sender")
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        # Leased deliveries per webhook: running (in _tasks) plus queued.
         self._per_webhook: Counter[uuid.UUID] = Counter()
+        self._queued: dict[uuid.UUID, deque[Job]] = {}
+        self._queued_count = 0
         self._urls: dict[str, URL] = {}
         self._reserved = 0
+        self._skipped: list[uuid.UUID] = []  # saturated webhooks the last claim left out
+        self._claim_was_full = False
         self._slot_freed = asyncio.Event()
         # Refill in batches: waking on every freed slot would claim one row
         # per round trip.
@@ -154,7 +166,7 @@ class Sender:
         return len(self._tasks)
 
     def free_slots(self) -> int:
-        return self._settings.concurrency - len(self._tasks) - self._reserved
+        return self._settings.concurrency - len(self._tasks) - self._queued_count - self._reserved
 
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` send slots (for a claim or a dispatch)."""
@@ -165,9 +177,17 @@ class Sender:
     def hand_over(self, jobs: list[Job], reserved: int) -> None:
         """Start the leased ``jobs`` and return the rest of a reservation."""
         self._reserved -= reserved
+        cap = self._settings.per_host_concurrency
         for job in jobs:
-            self._per_webhook[job.webhook_id] += 1
-            self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"delivery-{job.id}")
+            webhook = job.webhook_id
+            queue = self._queued.get(webhook)
+            running = self._per_webhook[webhook] - (len(queue) if queue else 0)
+            self._per_webhook[webhook] += 1
+            if running < cap:
+                self._start(job)
+            else:
+                self._queued.setdefault(webhook, deque()).append(job)
+                self._queued_count += 1
         if reserved > len(jobs):
             self._slot_freed.set()
 
@@ -180,15 +200,20 @@ class Sender:
         cap = self._settings.per_host_concurrency
         return [w for w, n in self._per_webhook.items() if n >= cap]
 
+    def _unsaturated_since_claim(self) -> bool:
+        cap = self._settings.per_host_concurrency
+        return any(self._per_webhook[w] < cap for w in self._skipped)
+
     # -- claiming ---------------------------------------------------------
 
     async def claim_batch(self) -> int:
         reserved = self.reserve(self._settings.batch_size)
         if not reserved:
+            self._claim_was_full = False
             return 0
         jobs: list[Job] = []
         try:
-            busy = self.busy_webhooks()
+            busy = self._skipped = self.busy_webhooks()
             async with self._pool.connection() as conn:
                 rows = await db.fetch_async(
                     conn,
@@ -196,6 +221,7 @@ class Sender:
                     {
                         "limit": reserved,
                         "busy_webhooks": busy,
+                        "per_webhook": 2 * self._settings.per_host_concurrency,
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
                     },
@@ -207,8 +233,13 @@ class Sender:
                     if r["body"] is None
                 }
                 jobs = [Job.from_row(r, self.box, bodies.get(r["event_id"])) for r in rows]
-                self.backlog = len(jobs) >= reserved or bool(busy)
+                # A claim short of its room took every due row it could: claiming
+                # again at once would only come back empty.
+                self._claim_was_full = len(jobs) >= reserved
                 self.hand_over(jobs, reserved)
+                # Rows may remain for webhooks skipped as saturated, or capped
+                # at their limit by this claim (saturated now).
+                self.backlog = self._claim_was_full or bool(busy) or bool(self.busy_webhooks())
                 reserved = 0
                 if bodies:
                     await db.fetch_async(conn, "store_bodies", {"batch": bodies_param(bodies)})
@@ -222,19 +253,24 @@ class Sender:
         after a full claim, or the poll interval."""
         delay = 0.1
         while self.claiming:
+            # Cleared before claiming, not after: a wake-up arriving while the
+            # claim is in flight (rows the dispatcher could not lease) must
+            # lead to another claim, not be lost until the poll interval.
+            self.wake.clear()
             try:
-                claimed = await self.claim_batch()
+                await self.claim_batch()
                 delay = 0.1
             except Exception as exc:  # database down: keep sending what we hold, retry
                 self._log.warning("claim failed", error=str(exc).strip(), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if claimed and self.free_slots() >= self._refill_at:
+            if self._claim_was_full and self.free_slots() >= self._refill_at:
                 continue  # more may be due right now
             full = self.backlog
-            self.wake.clear()
             self._slot_freed.clear()
+            if full and self.free_slots() >= self._refill_at and self._unsaturated_since_claim():
+                continue  # a webhook the claim skipped has room again: that wake-up was just cleared
             waiters = [asyncio.ensure_future(self.wake.wait())]
             if full:
                 # The queue may hold more than we had room for (including rows
@@ -248,6 +284,9 @@ class Sender:
                 waiter.cancel()
 
     # -- sending ----------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"delivery-{job.id}")
 
     def _checked_url(self, raw: str) -> URL:
         """The parsed, policy-checked URL; a webhook's URL is parsed once,
@@ -279,6 +318,12 @@ class Sender:
                 del self._per_webhook[job.webhook_id]
             else:
                 self._per_webhook[job.webhook_id] = left
+                queue = self._queued.get(job.webhook_id)
+                if queue and self.claiming:
+                    self._queued_count -= 1
+                    self._start(queue.popleft())
+                    if not queue:
+                        del self._queued[job.webhook_id]
             # Claim again when there is room for a batch and this webhook is
             # no longer saturated (a claim would skip a saturated one).
             if (
@@ -395,6 +440,10 @@ class Sender:
         the rest; returns the ids whose leases must be handed back."""
         self.claiming = False
         self.wake.set()
+        # Queued deliveries were never sent: straight back to the queue.
+        queued = [job.id for queue in self._queued.values() for job in queue]
+        self._queued.clear()
+        self._queued_count = 0
         tasks = dict(self._tasks)
         if tasks:
             await asyncio.wait(tasks.values(), timeout=grace)
@@ -403,4 +452,4 @@ class Sender:
             tasks[delivery_id].cancel()
         if unfinished:
             await asyncio.gather(*(tasks[i] for i in unfinished), return_exceptions=True)
-        return unfinished
+        return queued + unfinished

@@ -18,6 +18,7 @@ the bytes are the same, and that claimer stores them.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ class Dispatcher:
         box: SecretBox | None,
         reserve_slots: Callable[[int], int],
         hand_over: Callable[[list[Job], int], None],
+        busy_webhooks: Callable[[], list[uuid.UUID]],
         log: Any,
     ) -> None:
         self._pool = pool
@@ -45,6 +47,7 @@ class Dispatcher:
         self._box = box
         self._reserve = reserve_slots
         self._hand_over = hand_over
+        self._busy_webhooks = busy_webhooks
         self._log = log.bind(component="dispatcher")
         self.unleased = 0  # deliveries of the last batch left for the sender to claim
 
@@ -62,6 +65,8 @@ class Dispatcher:
                     {
                         "limit": settings.batch_size,
                         "lease_limit": reserved,
+                        "busy_webhooks": self._busy_webhooks(),
+                        "per_webhook": 2 * settings.per_host_concurrency,
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
                     },

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     # Worker: capacity
     concurrency: int = Field(256, ge=1, description="Requests in flight per worker process.")
     per_host_concurrency: int = Field(
-        32, ge=1, description="Requests in flight per webhook host and process."
+        32,
+        ge=1,
+        description="Requests in flight per webhook and process; a webhook holds at most 3x this many "
+        "of the process's slots (running plus queued; 5x while a claim and a fan-out overlap).",
     )
     batch_size: int = Field(
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."

@@ -89,7 +89,11 @@ class Worker:
         )
         return aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=settings.request_timeout, connect=settings.connect_timeout),
+            # sock_connect, not connect: it times opening a connection only, not
+            # a wait for a pooled one, and costs no timer per request.
+            timeout=aiohttp.ClientTimeout(
+                total=settings.request_timeout, sock_connect=settings.connect_timeout
+            ),
             headers={"User-Agent": settings.user_agent},
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -145,7 +149,9 @@ class Worker:
         session = self._session()
         self.completer = completer = Completer(pool, settings, self.log)
         self.sender = sender = Sender(pool, session, settings, completer.record, self.log)
-        dispatcher = Dispatcher(pool, settings, sender.box, sender.reserve, sender.hand_over, self.log)
+        dispatcher = Dispatcher(
+            pool, settings, sender.box, sender.reserve, sender.hand_over, sender.busy_webhooks, self.log
+        )
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),

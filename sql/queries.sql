@@ -37,7 +37,7 @@ select outbox.replay_failed(%(owner_id)s, %(webhook_id)s, %(since)s) as count;
 
 -- ============================================================ worker hot path
 
--- dispatch: claim a batch of undispatched events, mark them dispatched and fan each out into one delivery per matching enabled webhook (the first lease_limit leased to this worker); one row per delivery, one per event without any
+-- dispatch: claim a batch of undispatched events, mark them dispatched and fan each out into one delivery per matching enabled webhook (up to lease_limit leased to this worker, at most per_webhook per webhook and none for its busy ones); one row per delivery, one per event without any
 with claimed as materialized (
     select e.id
       from outbox.events e
@@ -54,12 +54,21 @@ with claimed as materialized (
      where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
     returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
-), targets as (
+), matched as (
+    -- A webhook gets no more leases than it may have requests running: the
+    -- rest wait unleased for whichever worker has room, instead of holding
+    -- this worker's send slots behind a slow receiver.
     select m.id as event_id, w.id as webhook_id,
-           row_number() over (order by m.id, w.id) <= %(lease_limit)s as leased
+           w.id <> all (cast(%(busy_webhooks)s as uuid[]))
+           and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s as eligible
       from marked m
       join outbox.webhooks w
         on w.owner_id = m.owner_id and w.enabled and w.events && m.patterns
+), targets as (
+    select t.event_id, t.webhook_id,
+           t.eligible and count(*) filter (where t.eligible) over (order by t.event_id, t.webhook_id)
+                          <= %(lease_limit)s as leased
+      from matched t
 ), inserted as (
     insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by)
     select t.event_id, t.webhook_id,
@@ -92,9 +101,9 @@ update outbox.events e
    and e.id = b.id
    and e.body is null;
 
--- claim_deliveries: lease due deliveries (skipping saturated webhooks) with everything sending needs
+-- claim_deliveries: lease due deliveries (skipping saturated webhooks, at most per_webhook per webhook) with everything sending needs
 with due as materialized (
-    select d.id
+    select d.id, d.webhook_id, d.next_attempt_at
       from outbox.deliveries d
      where d.status = 'pending'
        and d.next_attempt_at <= now()
@@ -102,12 +111,19 @@ with due as materialized (
      order by d.next_attempt_at
      limit %(limit)s
        for update skip locked
+), picked as (
+    -- Window functions cannot sit beside FOR UPDATE: rank what was locked.
+    -- The rows not picked stay due; their locks end with the statement.
+    select r.id
+      from (select id, row_number() over (partition by webhook_id order by next_attempt_at, id) as nth
+              from due) r
+     where r.nth <= %(per_webhook)s
 ), leased as (
     update outbox.deliveries d
        set next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
            leased_until = now() + make_interval(secs => %(lease_seconds)s),
            leased_by = %(worker_id)s
-     where d.id = any (array(select id from due))
+     where d.id = any (array(select id from picked))
     returning d.id, d.event_id, d.webhook_id, d.attempts
 )
 select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e.body,

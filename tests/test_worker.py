@@ -351,7 +351,14 @@ def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any])
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["*"])
     webhooks.create_webhook(conn, "v", "https://example.com/b", ["order.*"])
     event_id = emit(conn, "v", "order.created", {})
-    params = {"limit": 10, "lease_limit": 0, "lease_seconds": 30, "worker_id": "w"}
+    params = {
+        "limit": 10,
+        "lease_limit": 0,
+        "busy_webhooks": [],
+        "per_webhook": 64,
+        "lease_seconds": 30,
+        "worker_id": "w",
+    }
     first = conn.execute(query("dispatch"), params).fetchall()
     conn.execute("update outbox.events set dispatched_at = null where id = %s", (event_id,))
     again = conn.execute(query("dispatch"), params).fetchall()  # a re-run of the same dispatch
@@ -511,3 +518,81 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
                 assert row is not None and row[0] == expected
         finally:
             await pool.close()
+
+
+async def test_a_sender_saturated_by_one_webhook_never_waits_for_the_poll_interval(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # One webhook, 2 requests at a time, far more leased than it can run: its
+    # claims skip it as saturated, and slots it frees during such a claim must
+    # still lead to the next claim. A lost wake-up shows as a 10 s poll wait.
+    webhooks.create_webhook(conn, "flood", receiver.url("/f"), ["order.created"])
+    with psycopg.connect(database_url) as app:
+        for i in range(400):
+            emit(app, "flood", "order.created", {"i": i})
+        app.commit()
+    started = time.monotonic()
+    async with running_worker(
+        database_url, concurrency=8, per_host_concurrency=2, batch_size=8, poll_interval=10.0
+    ):
+        await until_settled(database_url, 400, timeout=60)
+    assert time.monotonic() - started < 9, "a claim waited for the poll interval"
+    assert len(receiver.on("/f")) == 400
+
+
+async def test_a_burst_for_one_webhook_queues_in_the_worker_not_in_the_connection_pool(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # 8 deliveries, 2 at a time, each answered after 0.6 s: the last ones wait
+    # ~1.8 s to be sent, longer than the connect timeout (0.5 s). Waiting in
+    # aiohttp's pool they failed as timeouts (20 attempts for 8 deliveries)
+    # against a receiver they never reached; now all succeed at once.
+    running = 0
+    peak = 0
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.6)
+        running -= 1
+        return web.Response(text="ok")
+
+    url = receiver.script("/slow", *[answer] * 8)
+    webhooks.create_webhook(conn, "burst", url, ["order.created"])
+    for i in range(8):
+        emit(conn, "burst", "order.created", {"i": i})
+    async with running_worker(
+        database_url, concurrency=16, per_host_concurrency=2, connect_timeout=0.5, request_timeout=1.5
+    ):
+        await until_settled(database_url, 8)
+    assert len(receiver.on("/slow")) == 8
+    assert peak == 2
+    assert conn.execute(
+        "select count(*), count(*) filter (where status_code = 200) from outbox.delivery_attempts"
+    ).fetchone() == (8, 8)
+
+
+async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # 100 events for a hanging receiver: it runs 2 requests and may hold 3 x 2
+    # - 1 = 5 leases of the worker's 32 slots (9 if a claim and a fan-out
+    # overlap); the rest stay in the table, unleased, for whoever has room.
+    webhooks.create_webhook(conn, "stuck", receiver.script("/hang", *["hang"] * 100), ["order.created"])
+    with psycopg.connect(database_url) as app:
+        for i in range(100):
+            emit(app, "stuck", "order.created", {"i": i})
+        app.commit()
+    async with running_worker(
+        database_url, concurrency=32, per_host_concurrency=2, batch_size=50, request_timeout=20.0
+    ) as worker:
+        await eventually(lambda: len(receiver.on("/hang")) >= 2, what="two hung requests")
+        await asyncio.sleep(0.5)  # dispatch and claims have run meanwhile
+        assert worker.sender is not None
+        assert worker.sender.in_flight == 2
+        leased = conn.execute(
+            "select count(*) from outbox.deliveries where leased_by is not null and status = 'pending'"
+        ).fetchone()
+        assert leased is not None and 2 <= leased[0] <= 9
+        assert len(receiver.on("/hang")) == 2
