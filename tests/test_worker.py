@@ -50,6 +50,14 @@ def leased_by_a_dead_worker(
     )
 
 
+def emit_orders(database_url: str, owner: str, count: int) -> None:
+    """``count`` order.created events for ``owner``, committed together."""
+    with psycopg.connect(database_url) as app:
+        for i in range(count):
+            emit(app, owner, "order.created", {"i": i})
+        app.commit()
+
+
 NODE_CHECK = """
 const { createHmac } = require("crypto");
 let input = ""; process.stdin.on("data", d => input += d).on("end", () => {
@@ -438,10 +446,7 @@ async def test_a_hanging_endpoint_does_not_starve_the_others(
             conn, "slowpoke", receiver.script("/hang", *["hang"] * 100), ["order.created"]
         )
         webhooks.create_webhook(conn, "fine", other.url("/ok"), ["order.created"])
-        with psycopg.connect(database_url) as app:
-            for i in range(40):
-                emit(app, "slowpoke", "order.created", {"i": i})
-            app.commit()
+        emit_orders(database_url, "slowpoke", 40)
         async with running_worker(
             database_url, concurrency=8, per_host_concurrency=2, batch_size=8, request_timeout=20.0
         ) as worker:
@@ -527,10 +532,7 @@ async def test_a_sender_saturated_by_one_webhook_never_waits_for_the_poll_interv
     # claims skip it as saturated, and slots it frees during such a claim must
     # still lead to the next claim. A lost wake-up shows as a 10 s poll wait.
     webhooks.create_webhook(conn, "flood", receiver.url("/f"), ["order.created"])
-    with psycopg.connect(database_url) as app:
-        for i in range(400):
-            emit(app, "flood", "order.created", {"i": i})
-        app.commit()
+    emit_orders(database_url, "flood", 400)
     started = time.monotonic()
     async with running_worker(
         database_url, concurrency=8, per_host_concurrency=2, batch_size=8, poll_interval=10.0
@@ -580,10 +582,7 @@ async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
     # - 1 = 5 leases of the worker's 32 slots (9 if a claim and a fan-out
     # overlap); the rest stay in the table, unleased, for whoever has room.
     webhooks.create_webhook(conn, "stuck", receiver.script("/hang", *["hang"] * 100), ["order.created"])
-    with psycopg.connect(database_url) as app:
-        for i in range(100):
-            emit(app, "stuck", "order.created", {"i": i})
-        app.commit()
+    emit_orders(database_url, "stuck", 100)
     async with running_worker(
         database_url, concurrency=32, per_host_concurrency=2, batch_size=50, request_timeout=20.0
     ) as worker:
