@@ -6,6 +6,9 @@ the raw aiohttp client POSTing the same signed bodies to the same receiver,
 with no database. Ratios to it are what to compare across machines.
 
 Scenarios (``--only``): throughput, latency, emit, slow, memory, growth.
+``--compare REF`` instead measures throughput and latency of this checkout
+against a git ref, in pairs that alternate within the same run (the
+machine's speed drifts more between runs than most changes move it).
 Needs a PostgreSQL it may create databases on (``--server``, default
 ``postgresql://postgres@127.0.0.1:5432/postgres``) and ``pgbench`` on PATH for
 ``emit``. Workers are real ``outbox-worker run`` processes.
@@ -167,13 +170,13 @@ WORKER_ENV = {
 
 
 class Workers:
-    """``outbox-worker run`` processes, with their CPU time and peak RSS."""
+    """``outbox-worker run`` processes (of the code in ``repo``), with their CPU time and peak RSS."""
 
-    def __init__(self, url: str, count: int, **settings: Any) -> None:
+    def __init__(self, url: str, count: int, repo: Path = REPO, **settings: Any) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         for i in range(count):
             env = {**os.environ, **WORKER_ENV, "OUTBOX_DATABASE_URL": url, "OUTBOX_WORKER_ID": f"bench-{i}"}
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
             for key, value in settings.items():
                 env[f"OUTBOX_{key.upper()}"] = str(value)
             self.processes.append(
@@ -316,14 +319,17 @@ def drain(
     webhooks: int,
     workers: int,
     timeout: float = 300,
+    repo: Path = REPO,
     **settings: Any,
 ) -> dict[str, float]:
-    """Pre-emit, then let ``workers`` processes drain: rate, CPU ms/delivery, peak RSS."""
+    """Pre-emit, then let ``workers`` processes drain: rate, CPU ms/delivery
+    of the workers and (when the server is local) of PostgreSQL, peak RSS."""
     db.reset([f"{recv.url}/hook/{i}" for i in range(webhooks)])
     db.emit_bulk(events)
     expected = events * webhooks
     recv.reset()
-    pool = Workers(db.url, workers, **settings)
+    pg_start = postgres_cpu()
+    pool = Workers(db.url, workers, repo, **settings)
     try:
         wait_until(lambda: recv.count > 0 or not pool.alive(), 60, "the first delivery")
         cpu_start = pool.cpu()
@@ -335,11 +341,33 @@ def drain(
             raise RuntimeError("a worker died")
     finally:
         pool.stop()
+    pg_end = postgres_cpu()
     return {
         "rate": expected / max(recv.last - recv.first, 1e-9),
         "cpu_ms": cpu / expected * 1000,
+        "pg_cpu_ms": (pg_end - pg_start) / expected * 1000 if pg_start and pg_end else float("nan"),
         "rss_mb": rss / 2**20,
     }
+
+
+def postgres_cpu() -> float | None:
+    """CPU seconds of the local PostgreSQL server so far (backends that have
+    exited count through the postmaster's children times); None when no
+    PostgreSQL process is visible (a remote server). Includes the bench's own
+    emit and polling queries, which are small next to a drain."""
+    total = 0.0
+    found = False
+    for proc in psutil.process_iter(["name", "ppid"]):
+        if proc.info["name"] != "postgres":
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+            found = True
+            parent = psutil.Process(proc.info["ppid"]) if proc.info["ppid"] else None
+            if parent is None or parent.name() != "postgres":  # the postmaster
+                total += times.children_user + times.children_system
+    return total if found else None
 
 
 def scenario_throughput(opts: Options, table: Table) -> float:
@@ -382,55 +410,62 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
+def measure_latency(db: BenchDatabase, recv: receiver_mod.Receiver, rate: int, seconds: int,
+                    repo: Path = REPO) -> dict[str, float]:  # fmt: skip
+    """One run of ``rate`` events/s for ``seconds`` against one listening worker."""
+    db.reset([f"{recv.url}/hook/0"])
+    pool = Workers(db.url, 1, repo)
+    try:
+        with psycopg.connect(db.url, autocommit=True, prepare_threshold=0) as conn:
+            emit = "select outbox.emit(%s, %s, %s::jsonb)"
+            # Warm-up: the worker is up and listening once this arrives.
+            recv.reset()
+            deadline = time.monotonic() + 60
+            while recv.count == 0:
+                conn.execute(emit, (OWNER, EVENT, json.dumps({"t": 0})))
+                wait_until(lambda: recv.count > 0, 1, "warm-up", raises=False)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("worker never delivered")
+            time.sleep(0.5)
+            recv.reset()
+            recv.record_latencies()
+            cpu0 = pool.cpu()
+            total = rate * seconds
+            start = time.perf_counter()
+            committed: dict[float, float] = {}
+            for i in range(total):
+                slot = start + i / rate
+                pause = slot - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                sent = time.time()
+                payload = json.dumps({"id": f"ord_{i}", "t": sent})
+                conn.execute(emit, (OWNER, EVENT, payload))  # autocommit: returns after COMMIT
+                committed[sent] = time.time()  # floats survive the JSON round trip exactly
+            wait_until(lambda n=total: recv.count >= n, 60, "latency deliveries")  # type: ignore[misc]
+            cpu = pool.cpu() - cpu0
+            pairs = recv.latencies()
+            # From the moment the emitting statement (which commits)
+            # returned to the client; "from emit" adds the emit itself.
+            latencies = [(got - committed[t]) * 1000 for t, got in pairs if t in committed]
+            from_emit = [(got - t) * 1000 for t, got in pairs]
+    finally:
+        pool.stop()
+    result = {f"p{pct}": _percentile(latencies, pct) for pct in (50, 95, 99)}
+    result["max"] = max(latencies)
+    result["emit_p50"] = _percentile(from_emit, 50)
+    result["cpu"] = cpu / total * 1000
+    return result
+
+
 def scenario_latency(opts: Options, table: Table) -> None:
     rate = 200
     seconds = opts.size(20, 5)
     results: dict[str, list[float]] = {}
     with bench_database(opts.server, "lat") as db, receiver_mod.start() as recv:
         for _ in range(opts.runs):
-            db.reset([f"{recv.url}/hook/0"])
-            pool = Workers(db.url, 1)
-            try:
-                with psycopg.connect(db.url, autocommit=True, prepare_threshold=0) as conn:
-                    emit = "select outbox.emit(%s, %s, %s::jsonb)"
-                    # Warm-up: the worker is up and listening once this arrives.
-                    recv.reset()
-                    deadline = time.monotonic() + 60
-                    while recv.count == 0:
-                        conn.execute(emit, (OWNER, EVENT, json.dumps({"t": 0})))
-                        wait_until(lambda: recv.count > 0, 1, "warm-up", raises=False)
-                        if time.monotonic() > deadline:
-                            raise TimeoutError("worker never delivered")
-                    time.sleep(0.5)
-                    recv.reset()
-                    recv.record_latencies()
-                    cpu0 = pool.cpu()
-                    total = rate * seconds
-                    start = time.perf_counter()
-                    committed: dict[float, float] = {}
-                    for i in range(total):
-                        slot = start + i / rate
-                        pause = slot - time.perf_counter()
-                        if pause > 0:
-                            time.sleep(pause)
-                        sent = time.time()
-                        payload = json.dumps({"id": f"ord_{i}", "t": sent})
-                        conn.execute(emit, (OWNER, EVENT, payload))  # autocommit: returns after COMMIT
-                        committed[sent] = time.time()  # floats survive the JSON round trip exactly
-                    wait_until(lambda n=total: recv.count >= n, 60, "latency deliveries")  # type: ignore[misc]
-                    cpu = pool.cpu() - cpu0
-                    pairs = recv.latencies()
-                    # From the moment the emitting statement (which commits)
-                    # returned to the client; "from emit" adds the emit itself.
-                    latencies = [(got - committed[t]) * 1000 for t, got in pairs if t in committed]
-                    from_emit = [(got - t) * 1000 for t, got in pairs]
-            finally:
-                pool.stop()
-            for pct in (50, 95, 99):
-                results.setdefault(f"p{pct}", []).append(_percentile(latencies, pct))
-            results.setdefault("max", []).append(max(latencies))
-            results.setdefault("emit_p50", []).append(_percentile(from_emit, 50))
-            results.setdefault("cpu", []).append(cpu / total * 1000)
+            for key, value in measure_latency(db, recv, rate, seconds).items():
+                results.setdefault(key, []).append(value)
     r = {k: median(v) for k, v in results.items()}
     name = f"latency {rate} ev/s x {seconds} s"
     table.add(name, "commit-to-receipt p50 (ms)", f"{r['p50']:.2f}", "< 1.5")
@@ -439,6 +474,49 @@ def scenario_latency(opts: Options, table: Table) -> None:
     table.add(name, "commit-to-receipt max (ms)", f"{r['max']:.2f}")
     table.add(name, "emit-start-to-receipt p50 (ms, includes the emit+commit)", f"{r['emit_p50']:.2f}")
     table.add(name, "worker CPU ms/delivery (idle-ish load)", f"{r['cpu']:.3f}")
+
+
+def compare(opts: Options, ref: str, table: Table) -> None:
+    """Paired runs of this checkout and ``ref`` (a git worktree, removed after):
+    throughput 20,000 x 1 and 5,000 x 5 (1 worker) and latency, alternating
+    which goes first, medians of ``opts.runs`` pairs."""
+    sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
+        other = Path(tmp) / "ref"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(other), ref], cwd=REPO, check=True)
+        try:
+            sides = {f"{ref} ({sha})": other, "this checkout": REPO}
+            with bench_database(opts.server, "cmp") as db, receiver_mod.start() as recv:
+                for events, webhooks in ((opts.size(20_000, 2_000), 1), (opts.size(5_000, 500), 5)):
+                    got: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
+                    for run in range(opts.runs):
+                        base, _ = baseline(recv.url + "/baseline", events * webhooks)
+                        for name, repo in sorted(sides.items(), reverse=run % 2 == 1):
+                            out = drain(db, recv, events, webhooks, 1, repo=repo)
+                            out["ratio"] = out["rate"] / base
+                            for key, value in out.items():
+                                got[name].setdefault(key, []).append(value)
+                    for name, values in got.items():
+                        r = {k: median(v) for k, v in values.items()}
+                        scenario = f"throughput {events:,} ev x {webhooks} wh, 1 worker"
+                        table.add(scenario, f"{name}: deliveries/s (ratio to baseline)",
+                                  f"{r['rate']:,.0f} ({r['ratio']:.0%})")  # fmt: skip
+                        table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
+                                  f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
+            with bench_database(opts.server, "cmplat") as db, receiver_mod.start() as recv:
+                lat: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
+                for run in range(opts.runs):
+                    for name, repo in sorted(sides.items(), reverse=run % 2 == 1):
+                        for key, value in measure_latency(db, recv, 200, opts.size(10, 5), repo).items():
+                            lat[name].setdefault(key, []).append(value)
+                for name, values in lat.items():
+                    r = {k: median(v) for k, v in values.items()}
+                    scenario = f"latency 200 ev/s x {opts.size(10, 5)} s"
+                    table.add(scenario, f"{name}: commit-to-receipt p50 / p99 (ms)",
+                              f"{r['p50']:.2f} / {r['p99']:.2f}")  # fmt: skip
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
 
 
 PGBENCH_PLAIN = """\\set total random(1, 100000)
@@ -681,8 +759,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3, 1 with --quick")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
     parser.add_argument("--server", default=os.environ.get("OUTBOX_BENCH_SERVER", DEFAULT_SERVER))
+    parser.add_argument(
+        "--compare", metavar="REF", help="paired throughput and latency runs against a git ref"
+    )
     args = parser.parse_args(argv)
     opts = Options(server=args.server, runs=args.runs or (1 if args.quick else 3), quick=args.quick)
+    if args.compare:
+        table = Table()
+        started = time.monotonic()
+        compare(opts, args.compare, table)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        print(f"\noutbox_worker bench --compare {args.compare}: {when}, "
+              f"median of {opts.runs} pair(s), {time.monotonic() - started:.0f} s\n")  # fmt: skip
+        print(table.render())
+        return 0
     chosen = args.only or list(SCENARIOS)
     table = Table()
     throughput_rss = slow_rss = None

@@ -29,3 +29,26 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
     for row in rows:
         value = row.split("|")[3]
         assert re.search(r"\d", value), row
+
+
+def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--compare", "HEAD", "--server", server_url],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| throughput", "| latency"))]
+    assert len(rows) == 10, result.stdout
+    assert sum("this checkout" in row for row in rows) == 5
+    for row in rows:
+        assert re.search(r"\d", row.split("|")[3]), row
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo_root, capture_output=True, text=True)
+    assert "outbox-bench-" not in worktrees.stdout  # the ref's worktree is removed
