@@ -476,6 +476,24 @@ def scenario_latency(opts: Options, table: Table) -> None:
     table.add(name, "worker CPU ms/delivery (idle-ish load)", f"{r['cpu']:.3f}")
 
 
+def paired(
+    sides: dict[str, Path],
+    runs: int,
+    measure: Callable[[Path, float], dict[str, float]],
+    before_pair: Callable[[], float],
+) -> list[tuple[str, dict[str, float]]]:
+    """``runs`` pairs of ``measure`` over ``sides``, the order alternating
+    from one pair to the next; each pair first runs ``before_pair`` (a
+    baseline) and passes its result. Medians per side."""
+    got: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
+    for run in range(runs):
+        base = before_pair()
+        for name, repo in sorted(sides.items(), reverse=run % 2 == 1):
+            for key, value in measure(repo, base).items():
+                got[name].setdefault(key, []).append(value)
+    return [(name, {k: median(v) for k, v in values.items()}) for name, values in got.items()]
+
+
 def compare(opts: Options, ref: str, table: Table) -> None:
     """Paired runs of this checkout and ``ref`` (a git worktree, removed after):
     throughput 20,000 x 1 and 5,000 x 5 (1 worker) and latency, alternating
@@ -488,32 +506,32 @@ def compare(opts: Options, ref: str, table: Table) -> None:
         try:
             sides = {f"{ref} ({sha})": other, "this checkout": REPO}
             with bench_database(opts.server, "cmp") as db, receiver_mod.start() as recv:
+                base_url = recv.url + "/baseline"
                 for events, webhooks in ((opts.size(20_000, 2_000), 1), (opts.size(5_000, 500), 5)):
-                    got: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
-                    for run in range(opts.runs):
-                        base, _ = baseline(recv.url + "/baseline", events * webhooks)
-                        for name, repo in sorted(sides.items(), reverse=run % 2 == 1):
-                            out = drain(db, recv, events, webhooks, 1, repo=repo)
-                            out["ratio"] = out["rate"] / base
-                            for key, value in out.items():
-                                got[name].setdefault(key, []).append(value)
-                    for name, values in got.items():
-                        r = {k: median(v) for k, v in values.items()}
-                        scenario = f"throughput {events:,} ev x {webhooks} wh, 1 worker"
+
+                    def throughput(
+                        repo: Path, base: float, ev: int = events, wh: int = webhooks
+                    ) -> dict[str, float]:
+                        out = drain(db, recv, ev, wh, 1, repo=repo)
+                        return {**out, "ratio": out["rate"] / base}
+
+                    def base_rate(n: int = events * webhooks) -> float:
+                        return baseline(base_url, n)[0]
+
+                    scenario = f"throughput {events:,} ev x {webhooks} wh, 1 worker"
+                    for name, r in paired(sides, opts.runs, throughput, base_rate):
                         table.add(scenario, f"{name}: deliveries/s (ratio to baseline)",
                                   f"{r['rate']:,.0f} ({r['ratio']:.0%})")  # fmt: skip
                         table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                                   f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
             with bench_database(opts.server, "cmplat") as db, receiver_mod.start() as recv:
-                lat: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
-                for run in range(opts.runs):
-                    for name, repo in sorted(sides.items(), reverse=run % 2 == 1):
-                        for key, value in measure_latency(db, recv, 200, opts.size(10, 5), repo).items():
-                            lat[name].setdefault(key, []).append(value)
-                for name, values in lat.items():
-                    r = {k: median(v) for k, v in values.items()}
-                    scenario = f"latency 200 ev/s x {opts.size(10, 5)} s"
-                    table.add(scenario, f"{name}: commit-to-receipt p50 / p99 (ms)",
+                seconds = opts.size(10, 5)
+
+                def latency(repo: Path, _: float) -> dict[str, float]:
+                    return measure_latency(db, recv, 200, seconds, repo)
+
+                for name, r in paired(sides, opts.runs, latency, lambda: 0.0):
+                    table.add(f"latency 200 ev/s x {seconds} s", f"{name}: commit-to-receipt p50 / p99 (ms)",
                               f"{r['p50']:.2f} / {r['p99']:.2f}")  # fmt: skip
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)

@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 
-def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
+def run_bench(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "throughput", "--server", server_url],
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", *args],
         cwd=repo_root,
         env=env,
         capture_output=True,
@@ -24,6 +24,10 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
         timeout=600,
         check=True,
     )
+
+
+def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
+    result = run_bench(repo_root, "--only", "throughput", "--server", server_url)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| throughput")]
     assert len(rows) == 12, result.stdout
     for row in rows:
@@ -32,19 +36,7 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
 
 
 def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--compare", "HEAD", "--server", server_url],
-        cwd=repo_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
+    result = run_bench(repo_root, "--compare", "HEAD", "--server", server_url)
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| throughput", "| latency"))]
     assert len(rows) == 10, result.stdout
     assert sum("this checkout" in row for row in rows) == 5
