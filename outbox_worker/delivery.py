@@ -93,6 +93,12 @@ class Outcome:
     disable_reason: str | None = None
 
 
+def lease_limit_per_webhook(settings: Settings) -> int:
+    """Most deliveries one claim or fan-out leases to a single webhook: twice
+    its per-host limit (the bound in the module docstring rests on it)."""
+    return 2 * settings.per_host_concurrency
+
+
 def bodies_param(bodies: Mapping[int, bytes]) -> str:
     """``store_bodies``' one parameter: event ids and body bytes as JSON
     (base64, so the bytes survive any database encoding). psycopg's array
@@ -221,7 +227,7 @@ class Sender:
                     {
                         "limit": reserved,
                         "busy_webhooks": busy,
-                        "per_webhook": 2 * self._settings.per_host_concurrency,
+                        "per_webhook": lease_limit_per_webhook(self._settings),
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
                     },

@@ -25,7 +25,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Job, bodies_param
+from outbox_worker.delivery import Job, bodies_param, lease_limit_per_webhook
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
@@ -66,7 +66,7 @@ class Dispatcher:
                         "limit": settings.batch_size,
                         "lease_limit": reserved,
                         "busy_webhooks": self._busy_webhooks(),
-                        "per_webhook": 2 * settings.per_host_concurrency,
+                        "per_webhook": lease_limit_per_webhook(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
                     },
