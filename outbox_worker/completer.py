@@ -18,7 +18,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Outcome
+from outbox_worker.delivery import Outcome, bodies_param
 from outbox_worker.settings import Settings
 
 # Outcomes that trickle in wait this long for company before a write: each
@@ -115,7 +115,11 @@ class Completer:
 
     async def flush_once(self) -> None:
         batch = self._pending[: self._settings.batch_size]
-        params = {"outcomes": outcomes_param(batch), "worker_id": self._settings.worker_id}
+        params = {
+            "outcomes": outcomes_param(batch),
+            "bodies": bodies_param({o.job.event_id: o.job.body for o in batch if o.job.store_body}),
+            "worker_id": self._settings.worker_id,
+        }
         disable = {o.job.webhook_id: o.disable_reason for o in batch if o.disable_reason}
         async with self._pool.connection() as conn:
             if not disable:

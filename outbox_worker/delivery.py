@@ -55,9 +55,14 @@ class Job:
     body: bytes
     enabled: bool = True
     secret_error: str | None = None
+    # The database does not hold ``body`` yet: the completer stores it with
+    # this job's outcome (set on one job per event).
+    store_body: bool = False
 
     @classmethod
-    def from_row(cls, row: db.Row, box: SecretBox | None, body: bytes | None = None) -> Job:
+    def from_row(
+        cls, row: db.Row, box: SecretBox | None, body: bytes | None = None, store_body: bool = False
+    ) -> Job:
         stored = (row["secret"], row["previous_secret"]) if row["previous_secret"] else (row["secret"],)
         try:
             secrets = tuple(open_secret(s, box) for s in stored)
@@ -74,6 +79,7 @@ class Job:
             body=body if body is not None else bytes(row["body"]),
             enabled=row.get("enabled", True),
             secret_error=secret_error,
+            store_body=store_body,
         )
 
 
@@ -100,7 +106,8 @@ def lease_limit_per_webhook(settings: Settings) -> int:
 
 
 def bodies_param(bodies: Mapping[int, bytes]) -> str:
-    """``store_bodies``' one parameter: event ids and body bytes as JSON
+    """Event ids and body bytes as one JSON parameter (``store_bodies``,
+    ``complete_deliveries``)
     (base64, so the bytes survive any database encoding). psycopg's array
     dumpers, in Python, cost ~10 us per row; this is one C call."""
     return json.dumps([{"id": i, "body": base64.b64encode(b).decode()} for i, b in bodies.items()])

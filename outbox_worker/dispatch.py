@@ -8,11 +8,15 @@ latency is mostly round trips. Deliveries for which this process has free
 send slots are inserted already leased to it and handed straight to the
 sender: no second claim, no wait.
 
-Each event's body bytes are encoded here, once, and stored by a second
-statement (``store_bodies``) while the first requests are already on the
-wire. If the worker dies in between, the body stays NULL and whoever claims
-the delivery encodes it from the event; the encoding is deterministic, so
-the bytes are the same, and that claimer stores them.
+Each event's body bytes are encoded here, once. They reach the database
+with the first outcome of the event's deliveries (the completer's
+statement), so a dispatch costs one round trip before its requests go out.
+Only an event with deliveries this process did not lease, which another
+worker may claim at once, gets its bytes stored right after the hand-over
+(``store_bodies``). Until its bytes are stored an event's body is NULL; if
+the worker dies first, whoever claims the delivery encodes it from the
+event. The encoding is deterministic, so the bytes are the same, and that
+claimer stores them.
 """
 
 from __future__ import annotations
@@ -78,15 +82,26 @@ class Dispatcher:
                     e["event_id"]: event_body(e["event_type"], e["data"], e["created_at"], self._log)
                     for e in events
                 }
-                jobs = [Job.from_row(r, self._box, bodies[r["event_id"]]) for r in rows if r["leased"]]
-                self.unleased = sum(1 for r in rows if r["id"] is not None and not r["leased"])
-                # The statement has committed: the leased rows may be sent now,
-                # while the bodies are being stored.
+                unleased = [r["event_id"] for r in rows if r["id"] is not None and not r["leased"]]
+                for_others = set(unleased)  # another worker may claim these at once
+                jobs = []
+                carried: set[int] = set()
+                for r in rows:
+                    if r["leased"]:
+                        event_id = r["event_id"]
+                        # One job per event carries its bytes to the completer.
+                        store = event_id not in for_others and event_id not in carried
+                        carried.add(event_id)
+                        jobs.append(Job.from_row(r, self._box, bodies[event_id], store_body=store))
+                self.unleased = len(unleased)
+                # The statement has committed: the leased rows may be sent now.
                 self._hand_over(jobs, reserved)
                 handed = True
-                if jobs:
-                    await asyncio.sleep(0)  # let the requests reach the wire first
-                await db.fetch_async(conn, "store_bodies", {"batch": bodies_param(bodies)})
+                if for_others:
+                    if jobs:
+                        await asyncio.sleep(0)  # let the requests reach the wire first
+                    batch = bodies_param({i: bodies[i] for i in for_others})
+                    await db.fetch_async(conn, "store_bodies", {"batch": batch})
             metrics.observe_dispatch(e["created_at"] for e in events)
             deliveries = sum(1 for r in rows if r["id"] is not None)
             self._log.debug("dispatched", events=len(events), deliveries=deliveries, leased=len(jobs))

@@ -176,3 +176,37 @@ def test_downgrade_of_0002_removes_only_the_api_objects(make_database: Any) -> N
     with psycopg.connect(url) as conn:
         assert relations(conn) == EXPECTED_RELATIONS
         assert prepare_all(conn) == {}
+
+
+EVENT_TYPES = ["order.created", "a.b.c.d", "single", "", "a..b", ".lead", "trail.", "Deals", "été.créé"]
+
+
+def test_0004_event_patterns_match_what_0001_returned(make_database: Any) -> None:
+    """0004 rewrites event_patterns for speed (plpgsql, no SET clause);
+    fan-out must match exactly the webhooks it matched before, under any
+    search_path of the caller."""
+    url = make_database("outbox_migr")
+    migrate.upgrade(url, "0003")
+    with psycopg.connect(url, autocommit=True) as conn:
+        before = [conn.execute("select outbox.event_patterns(%s)", (t,)).fetchone() for t in EVENT_TYPES]
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute(
+            "select l.lanname, p.proconfig from pg_proc p join pg_language l on l.oid = p.prolang "
+            "where p.oid = 'outbox.event_patterns(text)'::regprocedure"
+        ).fetchone() == ("plpgsql", None)
+        # A caller whose search_path puts a schema with a hostile || first.
+        conn.execute("create schema hostile")
+        conn.execute(
+            "create function hostile.cat(text[], text) returns text[] language sql as $$select '{x}'::text[]$$"
+        )
+        conn.execute("create operator hostile.|| (leftarg = text[], rightarg = text, function = hostile.cat)")
+        conn.execute("set search_path = hostile, pg_catalog, public")
+        after = [conn.execute("select outbox.event_patterns(%s)", (t,)).fetchone() for t in EVENT_TYPES]
+        assert after == before
+        assert conn.execute("select outbox.event_patterns(null)").fetchone() == (["*", None],)
+    assert before[1] == (["*", "a.b.c.d", "a.*", "a.b.*", "a.b.c.*"],)
+    migrate.downgrade(url, "0003")
+    with psycopg.connect(url, autocommit=True) as conn:
+        again = [conn.execute("select outbox.event_patterns(%s)", (t,)).fetchone() for t in EVENT_TYPES]
+        assert again == before

@@ -1,0 +1,20 @@
+"""event_patterns in plpgsql without a SET clause: dispatch calls it per event.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from outbox_worker.migrate import run_sql_file
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql_file("0004_fast_event_patterns.up.sql")
+
+
+def downgrade() -> None:
+    run_sql_file("0004_fast_event_patterns.down.sql")
