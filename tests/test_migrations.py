@@ -198,7 +198,8 @@ def test_0004_event_patterns_match_what_0001_returned(make_database: Any) -> Non
         # A caller whose search_path puts a schema with a hostile || first.
         conn.execute("create schema hostile")
         conn.execute(
-            "create function hostile.cat(text[], text) returns text[] language sql as $$select '{x}'::text[]$$"
+            "create function hostile.cat(text[], text) returns text[] "
+            "language sql as $$select '{x}'::text[]$$"
         )
         conn.execute("create operator hostile.|| (leftarg = text[], rightarg = text, function = hostile.cat)")
         conn.execute("set search_path = hostile, pg_catalog, public")
