@@ -109,7 +109,16 @@ with due as materialized (
        and d.next_attempt_at <= now()
        and d.webhook_id <> all (cast(%(busy_webhooks)s as uuid[]))
      order by d.next_attempt_at
-     limit %(limit)s
+     -- No more rows than "picked" can keep: with fewer webhooks than
+     -- limit / per_webhook (say one), locking the full limit would lock rows
+     -- only to drop them, and hide them from other workers meanwhile. The
+     -- count stops at the number of webhooks that would lift the cap.
+     limit least(cast(%(limit)s as integer), cast(%(per_webhook)s as integer) * (
+               select count(*)
+                 from (select
+                         from outbox.webhooks w
+                        where w.id <> all (cast(%(busy_webhooks)s as uuid[]))
+                        limit ceil(cast(%(limit)s as numeric) / cast(%(per_webhook)s as integer))) enough))
        for update skip locked
 ), picked as (
     -- Window functions cannot sit beside FOR UPDATE: rank what was locked.

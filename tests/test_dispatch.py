@@ -80,3 +80,27 @@ async def test_bytes_of_an_event_left_for_other_workers_are_stored_at_once(
     assert len(handed) == 1
     assert not handed[0].store_body
     assert stored_body(conn, event_id) == handed[0].body
+
+
+def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    """One webhook, a cap of 2 per webhook, room for 10: the claim keeps 2,
+    and must not hold the other 8 locked (hidden from other workers) while
+    its statement runs."""
+    from outbox_worker.sql import query
+
+    webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
+    for n in range(10):
+        emit(conn, "v", "order.created", {"n": n})
+    params = {"limit": 200, "lease_limit": 0, "busy_webhooks": [], "per_webhook": 64}
+    conn.execute(query("dispatch"), {**params, "lease_seconds": 30, "worker_id": "d"})  # all unleased
+    with psycopg.connect(database_url) as claimer:  # a transaction: its locks stay until rollback
+        claimed = claimer.execute(
+            query("claim_deliveries"),
+            {"limit": 10, "busy_webhooks": [], "per_webhook": 2, "lease_seconds": 30, "worker_id": "w"},
+        ).fetchall()
+        assert len(claimed) == 2
+        free = conn.execute(
+            "select count(*) from (select id from outbox.deliveries for update skip locked) s"
+        ).fetchone()
+        claimer.rollback()
+    assert free == (8,)
