@@ -316,58 +316,35 @@ class Sender:
         return url
 
     async def _run(self, job: Job) -> None:
-        """Send ``job``, then whatever its webhook has queued, in this one
-        task: a task per request showed in the profile."""
-        task = asyncio.current_task()
-        assert task is not None
-        while True:
-            # Cancellation (shutdown) skips the record: the worker hands the lease back.
+        # Cancellation (shutdown) skips the record: the worker hands the lease back.
+        try:
             try:
-                try:
-                    outcome = await self.attempt(job)
-                except Exception as exc:  # a bug must cost one attempt, never the delivery
-                    self._log.exception("attempt crashed", delivery_id=job.id)
-                    outcome = self._failure(
-                        job, datetime.now(UTC), 0.0, "connection", f"internal error: {exc!r}"
-                    )
-                self._record(outcome)
-            except BaseException:
-                following = self._finished(job)
-                if following is not None:
-                    self._start(following)  # this task is ending
-                raise
-            following = self._finished(job)
-            if following is None:
-                return
-            self._tasks[following.id] = task
-            job = following
-
-    def _finished(self, job: Job) -> Job | None:
-        """Account for a finished request; the webhook's next queued job, to
-        be started by the caller, if any."""
-        self._tasks.pop(job.id, None)
-        following = None
-        left = self._per_webhook[job.webhook_id] - 1
-        if left <= 0:
-            del self._per_webhook[job.webhook_id]
-        else:
-            self._per_webhook[job.webhook_id] = left
-            queue = self._queued.get(job.webhook_id)
-            if queue and self.claiming:
-                self._queued_count -= 1
-                following = queue.popleft()
-                if not queue:
-                    del self._queued[job.webhook_id]
-        # Claim again when there is room for a batch and this webhook is
-        # no longer saturated (a claim would skip a saturated one). The
-        # following job is counted in neither _tasks nor the queue here.
-        if (
-            self.backlog
-            and self.free_slots() - (following is not None) >= self._refill_at
-            and left < self._settings.per_host_concurrency
-        ):
-            self._slot_freed.set()
-        return following
+                outcome = await self.attempt(job)
+            except Exception as exc:  # a bug must cost one attempt, never the delivery
+                self._log.exception("attempt crashed", delivery_id=job.id)
+                outcome = self._failure(job, datetime.now(UTC), 0.0, "connection", f"internal error: {exc!r}")
+            self._record(outcome)
+        finally:
+            self._tasks.pop(job.id, None)
+            left = self._per_webhook[job.webhook_id] - 1
+            if left <= 0:
+                del self._per_webhook[job.webhook_id]
+            else:
+                self._per_webhook[job.webhook_id] = left
+                queue = self._queued.get(job.webhook_id)
+                if queue and self.claiming:
+                    self._queued_count -= 1
+                    self._start(queue.popleft())
+                    if not queue:
+                        del self._queued[job.webhook_id]
+            # Claim again when there is room for a batch and this webhook is
+            # no longer saturated (a claim would skip a saturated one).
+            if (
+                self.backlog
+                and self.free_slots() >= self._refill_at
+                and left < self._settings.per_host_concurrency
+            ):
+                self._slot_freed.set()
 
     def _failure(
         self,
