@@ -22,6 +22,12 @@ def stored_body(conn: psycopg.Connection[Any], event_id: int) -> bytes | None:
     return None if row[0] is None else bytes(row[0])
 
 
+def an_event_for_two_webhooks(conn: psycopg.Connection[Any]) -> int:
+    for path in ("a", "b"):
+        webhooks.create_webhook(conn, "v", f"https://example.com/{path}", ["order.created"])
+    return emit(conn, "v", "order.created", {"id": "ord_1"})
+
+
 async def dispatch_once(database_url: str, slots: int) -> tuple[list[Job], AsyncConnectionPool[Any]]:
     handed: list[Job] = []
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -44,9 +50,7 @@ async def dispatch_once(database_url: str, slots: int) -> tuple[list[Job], Async
 async def test_bytes_of_a_fully_leased_event_ride_with_its_first_outcome(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    for path in ("a", "b"):
-        webhooks.create_webhook(conn, "v", f"https://example.com/{path}", ["order.created"])
-    event_id = emit(conn, "v", "order.created", {"id": "ord_1"})
+    event_id = an_event_for_two_webhooks(conn)
     handed, pool = await dispatch_once(database_url, slots=10)
     try:
         # Both deliveries leased to us: nothing else was written before the sends.
@@ -70,9 +74,7 @@ async def test_bytes_of_a_fully_leased_event_ride_with_its_first_outcome(
 async def test_bytes_of_an_event_left_for_other_workers_are_stored_at_once(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    for path in ("a", "b"):
-        webhooks.create_webhook(conn, "v", f"https://example.com/{path}", ["order.created"])
-    event_id = emit(conn, "v", "order.created", {"id": "ord_1"})
+    event_id = an_event_for_two_webhooks(conn)
     handed, pool = await dispatch_once(database_url, slots=1)
     await pool.close()
     # One delivery is ours, the other any worker may claim now: it must find
