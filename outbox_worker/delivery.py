@@ -106,10 +106,10 @@ def lease_limit_per_webhook(settings: Settings) -> int:
 
 
 def bodies_param(bodies: Mapping[int, bytes]) -> str:
-    """Event ids and body bytes as one JSON parameter (``store_bodies``,
-    ``complete_deliveries``)
-    (base64, so the bytes survive any database encoding). psycopg's array
-    dumpers, in Python, cost ~10 us per row; this is one C call."""
+    """Event ids and body bytes as one JSON parameter of ``store_bodies``
+    and ``complete_deliveries`` (base64, so the bytes survive any database
+    encoding). psycopg's array dumpers, in Python, cost ~10 us per row; this
+    is one C call."""
     return json.dumps([{"id": i, "body": base64.b64encode(b).decode()} for i, b in bodies.items()])
 
 
