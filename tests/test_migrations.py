@@ -184,7 +184,7 @@ EVENT_TYPES = ["order.created", "a.b.c.d", "single", "", "a..b", ".lead", "trail
 def test_0004_event_patterns_match_what_0001_returned(make_database: Any) -> None:
     """0004 rewrites event_patterns for speed (plpgsql, no SET clause);
     fan-out must match exactly the webhooks it matched before, under any
-    search_path of the caller."""
+    search_path of the caller. It also re-describes events.body."""
     url = make_database("outbox_migr")
     migrate.upgrade(url, "0003")
     with psycopg.connect(url, autocommit=True) as conn:
@@ -206,8 +206,19 @@ def test_0004_event_patterns_match_what_0001_returned(make_database: Any) -> Non
         after = [conn.execute("select outbox.event_patterns(%s)", (t,)).fetchone() for t in EVENT_TYPES]
         assert after == before
         assert conn.execute("select outbox.event_patterns(null)").fetchone() == (["*", None],)
+        assert "first recorded attempt" in body_comment(conn)
     assert before[1] == (["*", "a.b.c.d", "a.*", "a.b.*", "a.b.c.*"],)
     migrate.downgrade(url, "0003")
     with psycopg.connect(url, autocommit=True) as conn:
         again = [conn.execute("select outbox.event_patterns(%s)", (t,)).fetchone() for t in EVENT_TYPES]
         assert again == before
+        assert "fixed at dispatch" in body_comment(conn)
+
+
+def body_comment(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute(
+        "select col_description('outbox.events'::regclass, "
+        "(select attnum from pg_attribute where attrelid = 'outbox.events'::regclass and attname = 'body'))"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])

@@ -7,3 +7,5 @@ as $$
       from (select string_to_array(p_event_type, '.') as parts) p,
            generate_series(1, cardinality(parts) - 1) as n
 $$;
+
+comment on column outbox.events.body is 'Exact bytes POSTed for this event, fixed at dispatch, identical for every webhook and retry';

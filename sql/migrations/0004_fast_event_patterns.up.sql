@@ -1,4 +1,4 @@
--- event_patterns in plpgsql, without a SET clause.
+-- event_patterns in plpgsql, without a SET clause; when events.body is written.
 --
 -- Why: dispatch calls it once per claimed event. As a SQL function with
 -- "set search_path" it could not be inlined, paid a GUC save/restore per
@@ -22,3 +22,8 @@ begin
     end loop;
     return patterns;
 end $$;
+
+-- Since this revision the dispatcher no longer writes the bytes before its
+-- first POST (see outbox_worker/dispatch.py); the column says when they are.
+comment on column outbox.events.body is
+    'Exact bytes POSTed for this event, identical for every webhook and retry; written with the first recorded attempt (NULL while the first requests are in flight)';
