@@ -85,13 +85,13 @@ class Dispatcher:
                 unleased = [r["event_id"] for r in rows if r["id"] is not None and not r["leased"]]
                 for_others = set(unleased)  # another worker may claim these at once
                 jobs = []
-                carried: set[int] = set()
+                covered = set(for_others)  # events whose bytes are taken care of
                 for r in rows:
                     if r["leased"]:
                         event_id = r["event_id"]
                         # One job per event carries its bytes to the completer.
-                        store = event_id not in for_others and event_id not in carried
-                        carried.add(event_id)
+                        store = event_id not in covered
+                        covered.add(event_id)
                         jobs.append(Job.from_row(r, self._box, bodies[event_id], store_body=store))
                 self.unleased = len(unleased)
                 # The statement has committed: the leased rows may be sent now.
