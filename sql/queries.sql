@@ -183,7 +183,11 @@ with outcome as (
       from outcome o
      where d.id = any (array(select id from outcome))
        and d.id = o.id
-       and d.status = 'pending'
+       -- coalesce (status is never NULL) so that this cannot match the due
+       -- index's predicate: with the pending share analyzed small (a table
+       -- of mostly delivered rows, then a burst) the planner scanned every
+       -- pending row and filtered it by id, O(backlog) per batch.
+       and coalesce(d.status = 'pending', false)
        and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
     returning d.id, d.webhook_id, d.status
 ), logged as (
@@ -217,7 +221,7 @@ update outbox.deliveries
    set next_attempt_at = now(), leased_until = null, leased_by = null
  where id = any (cast(%(ids)s as bigint[]))
    and leased_by = %(worker_id)s
-   and status = 'pending';
+   and coalesce(status = 'pending', false);  -- by id, never the due index (see complete_deliveries)
 
 -- failing_webhooks: enabled webhooks that have failed without a success for too long
 select id

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import psycopg.sql
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import emit, webhooks
@@ -13,6 +17,7 @@ from outbox_worker.completer import Completer
 from outbox_worker.delivery import Job, Outcome
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.logs import get_logger
+from outbox_worker.sql import query
 from tests.workers import settings
 
 
@@ -88,8 +93,6 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
     """One webhook, a cap of 2 per webhook, room for 10: the claim keeps 2,
     and must not hold the other 8 locked (hidden from other workers) while
     its statement runs."""
-    from outbox_worker.sql import query
-
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
     for n in range(10):
         emit(conn, "v", "order.created", {"n": n})
@@ -106,3 +109,73 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
         ).fetchone()
         claimer.rollback()
     assert free == (8,)
+
+
+def _deliveries_rows_read(node: dict[str, Any]) -> int:
+    """Rows the plan read from outbox.deliveries: kept plus filtered out."""
+    own = 0
+    if node.get("Relation Name") == "deliveries" and node.get("Node Type") != "ModifyTable":
+        own = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+    return own + sum(_deliveries_rows_read(child) for child in node.get("Plans", []))
+
+
+def _generic_plan(conn: psycopg.Connection[Any], name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run query ``name`` under the generic plan a long-lived worker reuses; its executed plan."""
+    order: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    conn.execute(f"prepare check_{name} as " + re.sub(r"%\((\w+)\)s", number, query(name)))
+    conn.execute("set plan_cache_mode = force_generic_plan")
+    literals = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(args[n]) for n in order)
+    statement = psycopg.sql.SQL("explain (analyze, format json) execute {}({})")
+    row = conn.execute(statement.format(psycopg.sql.Identifier(f"check_{name}"), literals)).fetchone()
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
+
+
+@pytest.mark.parametrize("statement", ["complete_deliveries", "release_leases"])
+def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[Any], statement: str) -> None:
+    """Two deliveries completed (or handed back) must be looked up by id
+    whatever the statistics say. With the pending share analyzed while it
+    was small, the plan scanned the whole pending set (the due index) and
+    filtered it by id: every batch cost O(backlog)."""
+    webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
+    dispatch = {"limit": 5000, "lease_limit": 0, "busy_webhooks": [], "per_webhook": 64}
+    dispatch |= {"lease_seconds": 30, "worker_id": "d"}
+
+    def backlog(events: int) -> None:
+        conn.execute(
+            "insert into outbox.events (owner_id, event_type, data) "
+            "select 'v', 'order.created', jsonb_build_object('n', g) from generate_series(1, %s) g",
+            (events,),
+        )
+        conn.execute(query("dispatch"), dispatch)  # unleased, pending
+
+    # The usual state of a table with retention: nearly every row delivered
+    # when it was last analyzed. Then a burst queues a backlog.
+    backlog(500)
+    conn.execute("update outbox.deliveries set status = 'delivered', completed_at = now()")
+    conn.execute("analyze outbox.deliveries")
+    backlog(3000)
+    ids = [r[0] for r in conn.execute("select id from outbox.deliveries order by id desc limit 2")]
+    conn.execute("update outbox.deliveries set leased_by = 'w' where id = any(%s)", (ids,))
+    if statement == "complete_deliveries":
+        outcomes = [
+            {"id": i, "attempt": 1, "status": "delivered", "retry_in": 0,
+             "attempted_at": "2026-12-01T00:00:00Z", "duration_ms": 1.0, "status_code": 200,
+             "error_class": None, "error": None, "response_body": ""}
+            for i in ids
+        ]  # fmt: skip
+        args: dict[str, Any] = {"outcomes": json.dumps(outcomes), "bodies": "[]", "worker_id": "w"}
+        effect = "select count(*) from outbox.deliveries where id = any(%s) and status = 'delivered'"
+    else:
+        args = {"ids": ids, "worker_id": "w"}
+        effect = "select count(*) from outbox.deliveries where id = any(%s) and leased_by is null"
+    plan = _generic_plan(conn, statement, args)
+    assert conn.execute(effect, (ids,)).fetchone() == (2,)
+    assert _deliveries_rows_read(plan) <= 4 * len(ids), json.dumps(plan, indent=1)
