@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,3 +38,16 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}")
         await asyncio.sleep(interval)
+
+
+def positional(statement: str) -> tuple[str, list[str]]:
+    """A queries.sql statement with ``$1, $2 ...`` for its ``%(name)s``
+    placeholders (for PREPARE), and the names in parameter order."""
+    order: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, statement), order

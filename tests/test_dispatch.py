@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ from outbox_worker.delivery import Job, Outcome
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.logs import get_logger
 from outbox_worker.sql import query
+from tests.helpers import positional
 from tests.workers import settings
 
 
@@ -121,18 +121,12 @@ def _deliveries_rows_read(node: dict[str, Any]) -> int:
 
 def _generic_plan(conn: psycopg.Connection[Any], name: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run query ``name`` under the generic plan a long-lived worker reuses; its executed plan."""
-    order: list[str] = []
-
-    def number(m: re.Match[str]) -> str:
-        if m.group(1) not in order:
-            order.append(m.group(1))
-        return f"${order.index(m.group(1)) + 1}"
-
-    conn.execute(f"prepare check_{name} as " + re.sub(r"%\((\w+)\)s", number, query(name)))
+    statement, order = positional(query(name))
+    conn.execute(f"prepare check_{name} as " + statement)
     conn.execute("set plan_cache_mode = force_generic_plan")
     literals = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(args[n]) for n in order)
-    statement = psycopg.sql.SQL("explain (analyze, format json) execute {}({})")
-    row = conn.execute(statement.format(psycopg.sql.Identifier(f"check_{name}"), literals)).fetchone()
+    explain = psycopg.sql.SQL("explain (analyze, format json) execute {}({})")
+    row = conn.execute(explain.format(psycopg.sql.Identifier(f"check_{name}"), literals)).fetchone()
     assert row is not None
     plan: dict[str, Any] = row[0][0]["Plan"]
     return plan
@@ -145,8 +139,8 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     was small, the plan scanned the whole pending set (the due index) and
     filtered it by id: every batch cost O(backlog)."""
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
-    dispatch = {"limit": 5000, "lease_limit": 0, "busy_webhooks": [], "per_webhook": 64}
-    dispatch |= {"lease_seconds": 30, "worker_id": "d"}
+    dispatch = {"limit": 5000, "lease_limit": 0, "busy_webhooks": [], "per_webhook": 64,
+                "lease_seconds": 30, "worker_id": "d"}  # fmt: skip
 
     def backlog(events: int) -> None:
         conn.execute(

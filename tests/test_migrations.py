@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import psycopg
@@ -10,6 +9,7 @@ import pytest
 
 from outbox_worker import migrate
 from outbox_worker.sql import queries
+from tests.helpers import positional
 
 EXPECTED_RELATIONS = {
     ("config", "r"),
@@ -67,14 +67,7 @@ def prepare_all(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Ask the server to parse and plan every named query; name -> error for the failures."""
     failures: dict[str, str] = {}
     for name, text in queries().items():
-        order: list[str] = []
-
-        def number(m: re.Match[str], order: list[str] = order) -> str:
-            if m.group(1) not in order:
-                order.append(m.group(1))
-            return f"${order.index(m.group(1)) + 1}"
-
-        statement = re.sub(r"%\((\w+)\)s", number, text)
+        statement, _ = positional(text)
         result = conn.pgconn.prepare(f"check_{name}".encode(), statement.encode())
         if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
             failures[name] = (result.error_message or b"").decode()
