@@ -65,7 +65,7 @@ class Worker:
                 # flush bought nothing but ~0.4 ms per batch on the hot path.
                 await conn.execute("set synchronous_commit = off")
 
-        return AsyncConnectionPool(
+        return db.LifoConnectionPool(
             db.libpq_url(settings.database_url),
             min_size=settings.pool_size,
             max_size=settings.pool_size,
