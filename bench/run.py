@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,18 @@ WORKER_ENV = {
 }
 
 
+def run_from(repo: Path, args: list[str], env: Mapping[str, str], **popen: Any) -> subprocess.Popen[bytes]:
+    """``python *args`` importing ``outbox_worker`` from ``repo``.
+
+    It runs in ``repo``: ``python -m`` and ``-c`` put the working directory
+    first on ``sys.path``, ahead of ``PYTHONPATH``, so a process started from
+    this checkout ran this checkout's code whatever ``PYTHONPATH`` said. Until
+    2026-12-02 that made ``--compare`` pair this checkout with itself.
+    """
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=repo, **popen)
+
+
 class Workers:
     """``outbox-worker run`` processes (of the code in ``repo``), with their CPU time and peak RSS."""
 
@@ -176,13 +188,13 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
         for i in range(count):
             env = {**os.environ, **WORKER_ENV, "OUTBOX_DATABASE_URL": url, "OUTBOX_WORKER_ID": f"bench-{i}"}
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
             for key, value in settings.items():
                 env[f"OUTBOX_{key.upper()}"] = str(value)
             self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "outbox_worker.cli", "run"],
-                    env=env,
+                run_from(
+                    repo,
+                    ["-m", "outbox_worker.cli", "run"],
+                    env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

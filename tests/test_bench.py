@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run_bench(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
@@ -44,3 +46,20 @@ def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root
         assert re.search(r"\d", row.split("|")[3]), row
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo_root, capture_output=True, text=True)
     assert "outbox-bench-" not in worktrees.stdout  # the ref's worktree is removed
+
+
+def test_bench_workers_run_the_code_of_the_repo_they_are_given(
+    tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--compare` hands Workers a worktree of the ref; started from this
+    # checkout, `python -m` used to import this checkout's package instead.
+    from bench.run import run_from
+
+    other = tmp_path / "ref"
+    (other / "outbox_worker").mkdir(parents=True)
+    (other / "outbox_worker" / "__init__.py").write_text("")
+    monkeypatch.chdir(repo_root)
+    probe = ["-c", "import outbox_worker; print(outbox_worker.__file__)"]
+    proc = run_from(other, probe, os.environ, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=60)
+    assert Path(out.decode().strip()).resolve() == (other / "outbox_worker" / "__init__.py").resolve()
