@@ -11,7 +11,10 @@ once. A claim or a fan-out leases a webhook at most twice its cap, and
 nothing while it holds its cap, so a slow receiver holds at most 3 x cap - 1
 slots (5 x cap - 1 when a claim and a fan-out overlap), never all of them.
 Those beyond the cap wait here, not in aiohttp's connection pool: a
-request's timeouts start when it is sent, never while it queues.
+request's timeouts start when it is sent, never while it queues. One whose
+lease would end before a whole request could is not sent at all: behind a
+slow receiver, sent that late it could run beside another replica's claim of
+the same delivery; its row is due again when the lease ends.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import time
 import uuid
 from collections import Counter, deque
@@ -58,10 +62,18 @@ class Job:
     # The database does not hold ``body`` yet: the completer stores it with
     # this job's outcome (set on one job per event).
     store_body: bool = False
+    # When the lease ends at the latest, on this process's monotonic clock
+    # (measured from before the leasing statement was sent, so never late).
+    lease_ends: float = math.inf
 
     @classmethod
     def from_row(
-        cls, row: db.Row, box: SecretBox | None, body: bytes | None = None, store_body: bool = False
+        cls,
+        row: db.Row,
+        box: SecretBox | None,
+        body: bytes | None = None,
+        store_body: bool = False,
+        lease_ends: float = math.inf,
     ) -> Job:
         stored = (row["secret"], row["previous_secret"]) if row["previous_secret"] else (row["secret"],)
         try:
@@ -80,6 +92,7 @@ class Job:
             enabled=row.get("enabled", True),
             secret_error=secret_error,
             store_body=store_body,
+            lease_ends=lease_ends,
         )
 
 
@@ -228,6 +241,7 @@ class Sender:
         try:
             busy = self._skipped = self.busy_webhooks()
             async with self._pool.connection() as conn:
+                lease_ends = time.monotonic() + self._settings.lease_seconds
                 rows = await db.fetch_async(
                     conn,
                     "claim_deliveries",
@@ -245,7 +259,9 @@ class Sender:
                     for r in rows
                     if r["body"] is None
                 }
-                jobs = [Job.from_row(r, self.box, bodies.get(r["event_id"])) for r in rows]
+                jobs = [
+                    Job.from_row(r, self.box, bodies.get(r["event_id"]), lease_ends=lease_ends) for r in rows
+                ]
                 # A claim short of its room took every due row it could: claiming
                 # again at once would only come back empty.
                 self._claim_was_full = len(jobs) >= reserved
@@ -326,25 +342,53 @@ class Sender:
             self._record(outcome)
         finally:
             self._tasks.pop(job.id, None)
-            left = self._per_webhook[job.webhook_id] - 1
-            if left <= 0:
-                del self._per_webhook[job.webhook_id]
-            else:
-                self._per_webhook[job.webhook_id] = left
-                queue = self._queued.get(job.webhook_id)
-                if queue and self.claiming:
-                    self._queued_count -= 1
-                    self._start(queue.popleft())
-                    if not queue:
-                        del self._queued[job.webhook_id]
+            self._let_go(job.webhook_id)
+            self._start_next(job.webhook_id)
             # Claim again when there is room for a batch and this webhook is
             # no longer saturated (a claim would skip a saturated one).
             if (
                 self.backlog
                 and self.free_slots() >= self._refill_at
-                and left < self._settings.per_host_concurrency
+                and self._per_webhook.get(job.webhook_id, 0) < self._settings.per_host_concurrency
             ):
                 self._slot_freed.set()
+
+    def _let_go(self, webhook: uuid.UUID) -> None:
+        left = self._per_webhook[webhook] - 1
+        if left <= 0:
+            del self._per_webhook[webhook]
+        else:
+            self._per_webhook[webhook] = left
+
+    def _start_next(self, webhook: uuid.UUID) -> None:
+        """Start the webhook's next queued job, skipping those whose lease
+        would end before a request could: behind a slow receiver a job can
+        queue for several request timeouts, and sent after its lease ended it
+        would run beside another worker's claim of the same delivery. A job
+        skipped is only forgotten here; its row is due again when the lease
+        ends, and whoever claims it then sends it, once."""
+        queue = self._queued.get(webhook)
+        if not queue or not self.claiming:
+            return
+        skipped: list[int] = []
+        would_end = time.monotonic() + self._settings.request_timeout
+        while queue:
+            job = queue.popleft()
+            self._queued_count -= 1
+            if would_end < job.lease_ends:
+                self._start(job)
+                break
+            skipped.append(job.id)
+            self._let_go(webhook)
+        if not queue:
+            del self._queued[webhook]
+        if skipped:
+            self._log.info(
+                "queued deliveries left to a later claim: their lease would end before a request could",
+                webhook_id=str(webhook),
+                delivery_ids=skipped,
+                lease_seconds=self._settings.lease_seconds,
+            )
 
     def _failure(
         self,

@@ -22,6 +22,7 @@ claimer stores them.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -63,6 +64,7 @@ class Dispatcher:
         self.unleased = 0
         try:
             async with self._pool.connection() as conn:
+                lease_ends = time.monotonic() + settings.lease_seconds
                 rows = await db.fetch_async(
                     conn,
                     "dispatch",
@@ -92,7 +94,11 @@ class Dispatcher:
                         # One job per event carries its bytes to the completer.
                         store = event_id not in covered
                         covered.add(event_id)
-                        jobs.append(Job.from_row(r, self._box, bodies[event_id], store_body=store))
+                        jobs.append(
+                            Job.from_row(
+                                r, self._box, bodies[event_id], store_body=store, lease_ends=lease_ends
+                            )
+                        )
                 self.unleased = len(unleased)
                 # The statement has committed: the leased rows may be sent now.
                 self._hand_over(jobs, reserved)

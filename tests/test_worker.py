@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -595,3 +596,34 @@ async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
         ).fetchone()
         assert leased is not None and 2 <= leased[0] <= 9
         assert len(receiver.on("/hang")) == 2
+
+
+async def test_a_queued_delivery_is_not_sent_once_its_lease_would_end_mid_request(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # One request at a time per webhook and worker, each answered after
+    # 0.6 s; a lease lasts 1 s, a request may take 0.9 s. The worker that
+    # fans out leases two deliveries: it sends one and queues the other, whose
+    # turn comes at 0.6 s, too late to be sure to finish before its lease ends
+    # at 1 s. Sent anyway, it ran until 1.2 s, and the other worker (polling
+    # every 50 ms) claimed it again at 1 s: the receiver got it twice.
+    async def answer(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.6)
+        return web.Response(text="ok")
+
+    url = receiver.script("/lease", *[answer] * 10)
+    webhooks.create_webhook(conn, "leases", url, ["order.created"])
+    limits = {"per_host_concurrency": 1, "request_timeout": 0.9, "lease_seconds": 1.0}
+    async with (
+        running_worker(database_url, worker_id="a", **limits),
+        running_worker(database_url, worker_id="b", **limits),
+    ):
+        emit_orders(database_url, "leases", 3)
+        await until_settled(database_url, 3)
+        await asyncio.sleep(0.3)  # a duplicate would still be arriving
+    receipts = Counter(r.headers["webhook-id"] for r in receiver.on("/lease"))
+    assert len(receipts) == 3
+    assert set(receipts.values()) == {1}, receipts
+    assert conn.execute(
+        "select count(*), count(*) filter (where status_code = 200) from outbox.delivery_attempts"
+    ).fetchone() == (3, 3)
