@@ -148,6 +148,30 @@ class BenchDatabase:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.name)))
 
 
+_BENCH_DB = re.compile(r"outbox_bench_[a-z]+_(\d+)_[0-9a-f]{6}")
+
+
+def drop_stale_databases(server: str) -> list[str]:
+    """Drop the databases of bench processes that died without dropping
+    them (killed runs). Left behind they are not idle: autovacuum works on
+    them, and that CPU lands in ``postgres_cpu()``, which sums every
+    PostgreSQL process; it doubled the server CPU per delivery of about a
+    third of the drains on 2026-12-02 until four were dropped. Only on a
+    local server: the pid in a name means nothing to another machine."""
+    if postgres_cpu() is None:
+        return []
+    with psycopg.connect(server, autocommit=True) as conn:
+        rows = conn.execute("select datname from pg_database where datname like 'outbox_bench_%'").fetchall()
+        stale = [
+            name
+            for (name,) in rows
+            if (m := _BENCH_DB.fullmatch(name)) and not psutil.pid_exists(int(m.group(1)))
+        ]
+        for name in stale:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+    return stale
+
+
 @contextlib.contextmanager
 def bench_database(server: str, tag: str) -> Iterator[BenchDatabase]:
     database = BenchDatabase(server, tag)
@@ -809,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     opts = Options(server=args.server, runs=args.runs or (1 if args.quick else 3), quick=args.quick)
+    for name in drop_stale_databases(args.server):
+        print(f"dropped {name}, left by a bench run that died", file=sys.stderr)
     if args.compare:
         table = Table()
         started = time.monotonic()

@@ -63,3 +63,32 @@ def test_bench_workers_run_the_code_of_the_repo_they_are_given(
     proc = run_from(other, probe, os.environ, stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=60)
     assert Path(out.decode().strip()).resolve() == (other / "outbox_worker" / "__init__.py").resolve()
+
+
+def test_bench_drops_only_the_databases_of_dead_bench_runs(server_url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    from bench.run import drop_stale_databases, postgres_cpu
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        "dead": f"outbox_bench_tp_{dead.pid}_a1b2c3",
+        "alive": f"outbox_bench_tp_{os.getpid()}_a1b2c3",
+    }
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        try:
+            dropped = drop_stale_databases(server_url)
+            left = {r[0] for r in conn.execute("select datname from pg_database")}
+            assert names["alive"] in left
+            if postgres_cpu() is None:  # a server whose processes we cannot see: pids mean nothing
+                assert dropped == [] and names["dead"] in left
+            else:
+                assert names["dead"] in dropped and names["dead"] not in left
+        finally:
+            for name in names.values():
+                conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
