@@ -155,8 +155,9 @@ def drop_stale_databases(server: str) -> list[str]:
     """Drop the databases of bench processes that died without dropping
     them (killed runs). Left behind they are not idle: autovacuum works on
     them, and that CPU lands in ``postgres_cpu()``, which sums every
-    PostgreSQL process; it doubled the server CPU per delivery of about a
-    third of the drains on 2026-12-02 until four were dropped. Only on a
+    PostgreSQL process: the likely cause of the server CPU per delivery
+    doubling in about a third of the drains on 2026-12-02, which stopped
+    once four were dropped. Only on a
     local server: the pid in a name means nothing to another machine."""
     if postgres_cpu() is None:
         return []
