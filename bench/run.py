@@ -145,7 +145,11 @@ class BenchDatabase:
 
     def drop(self) -> None:
         with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.name)))
+            _drop_database(conn, self.name)
+
+
+def _drop_database(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 
 
 _BENCH_DB = re.compile(r"outbox_bench_[a-z]+_(\d+)_[0-9a-f]{6}")
@@ -169,7 +173,7 @@ def drop_stale_databases(server: str) -> list[str]:
             if (m := _BENCH_DB.fullmatch(name)) and not psutil.pid_exists(int(m.group(1)))
         ]
         for name in stale:
-            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+            _drop_database(conn, name)
     return stale
 
 
