@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,11 @@ from outbox_worker.signing import load_payload
 # SETTLE_MAX while the outbox is empty but an emitting transaction is in flight.
 SETTLE_MIN = 0.001
 SETTLE_MAX = 0.02
+
+# The young generation's collection threshold: at least this many, and this
+# many per request slot (see tune_gc).
+GC_YOUNG_MIN = 10_000
+GC_YOUNG_PER_SLOT = 20
 
 
 class Worker:
@@ -224,8 +230,31 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def tune_gc(concurrency: int) -> None:
+    """Stop the cyclic garbage collector from re-scanning what lives long.
+
+    CPython collects its youngest generation after 700 net allocations, and
+    every collection walks each object still alive in the generations it
+    collects. A worker keeps thousands alive for long: the imported modules,
+    and each request in flight (its task, coroutine frames, aiohttp's request
+    and response, timers), which a claim starts a hundred at a time. With
+    1,000 requests in flight against a 100 ms receiver the collector took
+    27-29% of the worker's CPU (1.6-1.9 s of 6.0-6.4 s for 20,000
+    deliveries; 10% when draining against an instant receiver). Startup's
+    survivors are frozen (the permanent generation, never walked again) and
+    the threshold sits above what the requests in flight allocate; cycles
+    are still collected, after at most that many net allocations, which
+    bounds the garbage they can hold. Only for the worker process: it owns
+    its interpreter, a library caller's does not belong to us.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(max(GC_YOUNG_MIN, GC_YOUNG_PER_SLOT * concurrency))
+
+
 def run_forever(settings: Settings) -> int:
     """``outbox-worker run``: serve on the fastest available event loop."""
+    tune_gc(settings.concurrency)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(serve(settings))
 
