@@ -237,7 +237,7 @@ def tune_gc(concurrency: int) -> None:
     every collection walks each object still alive in the generations it
     collects. A worker keeps thousands alive for long: the imported modules,
     and each request in flight (its task, coroutine frames, aiohttp's request
-    and response, timers), which a claim starts a hundred at a time. With
+    and response, timers), which a claim starts a batch (200) at a time. With
     1,000 requests in flight against a 100 ms receiver the collector took
     27-29% of the worker's CPU (1.6-1.9 s of 6.0-6.4 s for 20,000
     deliveries; 10% when draining against an instant receiver). Startup's

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -48,8 +48,7 @@ def tuned(concurrency: int) -> dict[str, Any]:
         check=True,
         timeout=60,
     )
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    return cast(dict[str, Any], json.loads(out.stdout))
 
 
 @pytest.mark.parametrize(
