@@ -658,7 +658,7 @@ def pgbench(db: BenchDatabase, script: str, clients: int, seconds: int) -> float
 # (label, clients, mode, emitting script). Modes: "always" = every emitting
 # transaction notifies (no worker busy: the state at low load, and before
 # 0003); "quiet" = a worker is busy draining, so emitters skip NOTIFY (the
-# state under load); "off" = no NOTIFY trigger at all (poll only), the floor;
+# state under load); "off" = outbox.config.notify off (poll only), the floor;
 # "worker" = quiet NOTIFY with a real worker process dispatching the events
 # on the same 2 cores (both scripts measured with it running).
 EMIT_CASES = (
@@ -667,7 +667,7 @@ EMIT_CASES = (
     ("notify always (no worker busy)", 8, "always", PGBENCH_EMIT),
     ("quiet notify (a worker busy)", 8, "quiet", PGBENCH_EMIT),
     ("quiet notify, emit fused into the insert", 8, "quiet", PGBENCH_EMIT_FUSED),
-    ("no NOTIFY trigger at all (poll only)", 8, "off", PGBENCH_EMIT),
+    ("notify off (config.notify = false: poll only)", 8, "off", PGBENCH_EMIT),
     (
         "not an emit: a second business INSERT (the cost of any extra statement)",
         8,
@@ -702,8 +702,7 @@ def scenario_emit(opts: Options, table: Table) -> None:
         try:
             for _ in range(opts.runs):
                 for index, (_, clients, mode, script) in enumerate(EMIT_CASES):
-                    action = "disable" if mode == "off" else "enable"
-                    db.execute(f"alter table outbox.events {action} trigger events_notify")
+                    db.execute("update outbox.config set notify = %s", (mode != "off",))
                     with contextlib.ExitStack() as stack:
                         if mode == "quiet":
                             stack.enter_context(_busy_worker(db.url))
@@ -723,7 +722,7 @@ def scenario_emit(opts: Options, table: Table) -> None:
                     notifications.setdefault(index, []).append(per_tx)
         finally:
             drainer.close()
-            db.execute("alter table outbox.events enable trigger events_notify")
+            db.execute("update outbox.config set notify = true")
     for index, (label, clients, _, script) in enumerate(EMIT_CASES):
         pairs = results[index]
         plain = median([p for p, _ in pairs])

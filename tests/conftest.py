@@ -25,7 +25,7 @@ from tests.receiver import Receiver
 # Tests reach receivers on loopback over plain http.
 TEST_CONFIG = (
     "update outbox.config set allow_http = true, allow_private_networks = true, "
-    "max_webhooks_per_owner = 5, max_payload_bytes = 262144"
+    "max_webhooks_per_owner = 5, max_payload_bytes = 262144, notify = true"
 )
 
 

@@ -215,3 +215,52 @@ def body_comment(conn: psycopg.Connection[Any]) -> str:
     ).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def _event_guards(conn: psycopg.Connection[Any]) -> set[str]:
+    """The triggers and CHECK constraints on outbox.events."""
+    rows = conn.execute(
+        "select tgname from pg_trigger where tgrelid = 'outbox.events'::regclass and not tgisinternal "
+        "union all select conname from pg_constraint where conrelid = 'outbox.events'::regclass "
+        "and contype = 'c'"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_0005_compiles_the_emit_trigger_and_its_downgrade_restores_0004s(make_database: Any) -> None:
+    """Bad events are refused and good ones notify at both revisions; an
+    event type added at 0004 is compiled in by the upgrade."""
+    url = make_database("outbox_migr")
+    migrate.upgrade(url, "0004")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _event_guards(conn) == {"events_validate", "events_notify", "events_data_check"}
+        conn.execute("select outbox.add_event_type('legacy.kind')")
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _event_guards(conn) == {"events_emit"}
+        source = conn.execute(
+            "select prosrc from pg_proc where oid = 'outbox.events_emit()'::regprocedure"
+        ).fetchone()
+        assert source is not None and "legacy.kind" in source[0]
+    migrate.downgrade(url, "0004")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _event_guards(conn) == {"events_validate", "events_notify", "events_data_check"}
+        assert conn.execute(
+            "select count(*) from pg_proc where proname in ('events_emit', 'compile_emit_trigger')"
+        ).fetchone() == (0,)
+    for revision in ("0004", "head"):
+        migrate.upgrade(url, revision)
+        with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url, autocommit=True) as listener:
+            listener.execute("listen outbox_events")
+            with pytest.raises(psycopg.Error) as unknown:
+                conn.execute("select outbox.emit('o', 'nope', '{}')")
+            assert unknown.value.sqlstate == "OW002", revision
+            with pytest.raises(psycopg.Error) as not_object:
+                conn.execute(
+                    "insert into outbox.events (owner_id, event_type, data) values ('o', 'legacy.kind', '1')"
+                )
+            assert not_object.value.sqlstate == "OW006", revision
+            conn.execute("select outbox.emit('o', 'legacy.kind', '{}')")
+            assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == ["outbox_events"], (
+                revision
+            )

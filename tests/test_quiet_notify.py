@@ -167,11 +167,11 @@ async def test_a_deliveries_nudge_wakes_a_sender_not_the_dispatcher(
     async with running_worker(database_url, poll_interval=10.0):
         await asyncio.sleep(0.3)  # idle: its sender waits for the poll
         # Dispatched by "a peer": the delivery exists, unleased, and no event notification came.
-        conn.execute("alter table outbox.events disable trigger events_notify")
+        conn.execute("update outbox.config set notify = false")
         try:
             event_id = emit(conn, "shop", "order.created", {"nudged": True})
         finally:
-            conn.execute("alter table outbox.events enable trigger events_notify")
+            conn.execute("update outbox.config set notify = true")
         conn.execute(
             "update outbox.events set dispatched_at = now(), body = convert_to('{}', 'UTF8') where id = %s",
             (event_id,),
