@@ -6,11 +6,11 @@
 -- (event type known? payload limit?) ran an SPI query: executor start, two
 -- relations locked and scanned, ~half the trigger's time; a second plpgsql
 -- trigger per statement (NOTIFY) and a CHECK re-read from the catalogue at
--- every statement added the rest. Measured with pgbench, 8 clients, a
--- worker holding "busy" (PostgreSQL CPU per transaction above a plain
--- one-insert transaction, 4 rounds x 16,000 transactions): emit fused into
--- the business INSERT +121 us -> +71 us, as a separate statement
--- +143 -> +69 us (README, Performance).
+-- every statement added the rest. Measured (pgbench, 8 clients, a
+-- worker holding "busy"; PostgreSQL CPU per transaction above a plain
+-- one-insert transaction, 3 sets of 4 rounds x 16,000 transactions): emit
+-- fused into the business INSERT +112-144 us -> +64-99 us, as a separate
+-- statement +108-132 -> +67-121 us (README, Performance).
 --
 -- The catalogue (event type names, max_payload_bytes) and config.notify are
 -- compiled into the trigger function as constants, and compiled again by a
