@@ -51,3 +51,12 @@ def positional(statement: str) -> tuple[str, list[str]]:
         return f"${order.index(m.group(1)) + 1}"
 
     return re.sub(r"%\((\w+)\)s", number, statement), order
+
+
+def compiled_emit_trigger(conn: Any) -> str:
+    """The current body of the generated ``outbox.events_emit()`` (migration 0005)."""
+    row = conn.execute(
+        "select prosrc from pg_proc where oid = 'outbox.events_emit()'::regprocedure"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])

@@ -15,14 +15,7 @@ import psycopg
 import pytest
 
 from outbox_worker import emit, errors, webhooks
-
-
-def compiled_source(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute(
-        "select prosrc from pg_proc where oid = 'outbox.events_emit()'::regprocedure"
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
+from tests.helpers import compiled_emit_trigger
 
 
 @pytest.fixture
@@ -47,11 +40,11 @@ def test_a_new_event_type_is_accepted_at_once_and_a_removed_one_refused(
     with pytest.raises(errors.UnknownEventType):
         emit(app, "shop", "shipment.sent", {})
     webhooks.add_event_type(conn, "shipment.sent", "A parcel left the warehouse")
-    assert '"shipment.sent"' not in compiled_source(conn)  # the literal holds bare names
-    assert "shipment.sent" in compiled_source(conn)
+    assert '"shipment.sent"' not in compiled_emit_trigger(conn)  # the literal holds bare names
+    assert "shipment.sent" in compiled_emit_trigger(conn)
     emit(app, "shop", "shipment.sent", {"n": 1})
     conn.execute("delete from outbox.event_types where name = 'shipment.sent'")
-    assert "shipment.sent" not in compiled_source(conn)
+    assert "shipment.sent" not in compiled_emit_trigger(conn)
     with pytest.raises(errors.UnknownEventType, match='unknown event type "shipment.sent"'):
         emit(app, "shop", "shipment.sent", {"n": 2})
 
@@ -79,7 +72,7 @@ def test_a_stale_compiled_copy_never_refuses_what_the_tables_accept(
         scratch_types.append("parcel.lost")
         conn.execute("insert into outbox.event_types (name) values ('parcel.lost')")
         conn.execute("update outbox.config set max_payload_bytes = 5000")
-        source = compiled_source(conn)
+        source = compiled_emit_trigger(conn)
         assert "parcel.lost" not in source and "if size > 1000 then" in source
         emit(app, "shop", "parcel.lost", {"blob": "x" * 2000})
         too_large = r"payload too large: \d+ bytes, the limit is 5000 bytes"
@@ -114,7 +107,7 @@ def test_concurrent_catalogue_changes_both_reach_the_compiled_copy(
         first.commit()
     thread.join(10)
     assert not thread.is_alive() and errors_seen == []
-    source = compiled_source(conn)
+    source = compiled_emit_trigger(conn)
     assert "race.one" in source and "race.two" in source
 
 
@@ -134,7 +127,7 @@ def test_notify_can_be_turned_off_and_on(database_url: str, conn: psycopg.Connec
 
     conn.execute("update outbox.config set notify = false")
     try:
-        assert "pg_notify" not in compiled_source(conn)
+        assert "pg_notify" not in compiled_emit_trigger(conn)
         assert notified_by_one_emit() == []
     finally:
         conn.execute("update outbox.config set notify = true")

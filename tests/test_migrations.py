@@ -9,7 +9,7 @@ import pytest
 
 from outbox_worker import migrate
 from outbox_worker.sql import queries
-from tests.helpers import positional
+from tests.helpers import compiled_emit_trigger, positional
 
 EXPECTED_RELATIONS = {
     ("config", "r"),
@@ -238,10 +238,7 @@ def test_0005_compiles_the_emit_trigger_and_its_downgrade_restores_0004s(make_da
     migrate.upgrade(url)
     with psycopg.connect(url, autocommit=True) as conn:
         assert _event_guards(conn) == {"events_emit"}
-        source = conn.execute(
-            "select prosrc from pg_proc where oid = 'outbox.events_emit()'::regprocedure"
-        ).fetchone()
-        assert source is not None and "legacy.kind" in source[0]
+        assert "legacy.kind" in compiled_emit_trigger(conn)
     migrate.downgrade(url, "0004")
     with psycopg.connect(url, autocommit=True) as conn:
         assert _event_guards(conn) == {"events_validate", "events_notify", "events_data_check"}

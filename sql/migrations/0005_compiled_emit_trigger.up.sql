@@ -59,6 +59,7 @@ as $body$
 -- outbox.config; do not edit (the next change to either overwrites it).
 declare
     size integer;
+    size_limit integer;
 begin
     if new.owner_id is null or length(new.owner_id) = 0 or length(new.owner_id) > 255
        or new.owner_id ~ '[[:cntrl:]]' or new.owner_id <> pg_catalog.btrim(new.owner_id) then
@@ -79,9 +80,9 @@ begin
     end if;
     size := pg_catalog.pg_column_size(new.data);
     if size > %s then
-        if size > (select c.max_payload_bytes from outbox.config c) then
-            raise exception 'payload too large: %% bytes, the limit is %% bytes',
-                size, (select c.max_payload_bytes from outbox.config c)
+        size_limit := (select c.max_payload_bytes from outbox.config c);
+        if size > size_limit then
+            raise exception 'payload too large: %% bytes, the limit is %% bytes', size, size_limit
                 using errcode = 'OW007', hint = 'outbox.config.max_payload_bytes';
         end if;
     end if;%s
