@@ -6,12 +6,14 @@ request is one task; its outcome goes to the completer, which writes
 outcomes in batches. Leases expire on the database clock, so a delivery
 held by a dead worker is claimed again by any replica.
 
-At most ``per_host_concurrency`` (the cap) requests per webhook run at
-once. A claim or a fan-out leases a webhook at most twice its cap, and
-nothing while it holds its cap, so a slow receiver holds at most 3 x cap - 1
-slots (5 x cap - 1 when a claim and a fan-out overlap), never all of them.
-Those beyond the cap wait here, not in aiohttp's connection pool: a
-request's timeouts start when it is sent, never while it queues. One whose
+At most ``per_host_concurrency`` (the cap) requests per receiver origin
+(scheme, host, port: what aiohttp's per-host limit counts) run at once, so
+at most that many per webhook. A claim or a fan-out leases a webhook at most
+twice its cap, and nothing while it holds its cap, so a slow receiver holds
+at most 3 x cap - 1 slots per webhook (5 x cap - 1 when a claim and a
+fan-out overlap), never all of them. Those beyond the cap wait here, not in
+aiohttp's connection pool: a request's timeouts start when it is sent,
+never while it queues, however many webhooks share a host. One whose
 lease would end before a whole request could is not sent at all: behind a
 slow receiver, sent that late it could run beside another replica's claim of
 the same delivery; its row is due again when the lease ends.
@@ -65,6 +67,7 @@ class Job:
     # When the lease ends at the latest, on this process's monotonic clock
     # (measured from before the leasing statement was sent, so never late).
     lease_ends: float = math.inf
+    origin: str = ""  # the receiver's scheme://host:port, set on hand-over
 
     @classmethod
     def from_row(
@@ -167,9 +170,12 @@ class Sender:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         # Leased deliveries per webhook: running (in _tasks) plus queued.
         self._per_webhook: Counter[uuid.UUID] = Counter()
-        self._queued: dict[uuid.UUID, deque[Job]] = {}
+        # Requests running, and jobs waiting for room, per receiver origin.
+        self._running: Counter[str] = Counter()
+        self._queued: dict[str, deque[Job]] = {}
         self._queued_count = 0
         self._urls: dict[str, URL] = {}
+        self._origins: dict[str, str] = {}
         self._reserved = 0
         self._skipped: list[uuid.UUID] = []  # saturated webhooks the last claim left out
         self._claim_was_full = False
@@ -205,14 +211,12 @@ class Sender:
         self._reserved -= reserved
         cap = self._settings.per_host_concurrency
         for job in jobs:
-            webhook = job.webhook_id
-            queue = self._queued.get(webhook)
-            running = self._per_webhook[webhook] - (len(queue) if queue else 0)
-            self._per_webhook[webhook] += 1
-            if running < cap:
+            self._per_webhook[job.webhook_id] += 1
+            origin = job.origin = self._origin(job.url)
+            if self._running[origin] < cap and origin not in self._queued:
                 self._start(job)
             else:
-                self._queued.setdefault(webhook, deque()).append(job)
+                self._queued.setdefault(origin, deque()).append(job)
                 self._queued_count += 1
         if reserved > len(jobs):
             self._slot_freed.set()
@@ -315,7 +319,24 @@ class Sender:
     # -- sending ----------------------------------------------------------
 
     def _start(self, job: Job) -> None:
+        self._running[job.origin] += 1
         self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"delivery-{job.id}")
+
+    def _origin(self, raw: str) -> str:
+        """The key aiohttp's per-host limit counts a URL under (its
+        connection key, less TLS and proxy settings, which are the same for
+        every request here): scheme, host and port."""
+        origin = self._origins.get(raw)
+        if origin is None:
+            try:
+                url = URL(raw)
+                origin = f"{url.scheme}://{url.host}:{url.port}"
+            except ValueError:
+                origin = raw  # refused when sent; queued on its own meanwhile
+            if len(self._origins) >= 4096:
+                self._origins.clear()
+            self._origins[raw] = origin
+        return origin
 
     def _checked_url(self, raw: str) -> URL:
         """The parsed, policy-checked URL; a webhook's URL is parsed once,
@@ -343,7 +364,12 @@ class Sender:
         finally:
             self._tasks.pop(job.id, None)
             self._let_go(job.webhook_id)
-            self._start_next(job.webhook_id)
+            left = self._running[job.origin] - 1
+            if left <= 0:
+                del self._running[job.origin]
+            else:
+                self._running[job.origin] = left
+            self._start_next(job.origin)
             # Claim again when there is room for a batch and this webhook is
             # no longer saturated (a claim would skip a saturated one).
             if (
@@ -360,14 +386,14 @@ class Sender:
         else:
             self._per_webhook[webhook] = left
 
-    def _start_next(self, webhook: uuid.UUID) -> None:
-        """Start the webhook's next queued job, skipping those whose lease
+    def _start_next(self, origin: str) -> None:
+        """Start the origin's next queued job, skipping those whose lease
         would end before a request could: behind a slow receiver a job can
         queue for several request timeouts, and sent after its lease ended it
         would run beside another worker's claim of the same delivery. A job
         skipped is only forgotten here; its row is due again when the lease
         ends, and whoever claims it then sends it, once."""
-        queue = self._queued.get(webhook)
+        queue = self._queued.get(origin)
         if not queue or not self.claiming:
             return
         skipped: list[int] = []
@@ -379,13 +405,13 @@ class Sender:
                 self._start(job)
                 break
             skipped.append(job.id)
-            self._let_go(webhook)
+            self._let_go(job.webhook_id)
         if not queue:
-            del self._queued[webhook]
+            del self._queued[origin]
         if skipped:
             self._log.info(
                 "queued deliveries left to a later claim: their lease would end before a request could",
-                webhook_id=str(webhook),
+                origin=origin,
                 delivery_ids=skipped,
                 lease_seconds=self._settings.lease_seconds,
             )

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     per_host_concurrency: int = Field(
         32,
         ge=1,
-        description="Requests in flight per webhook and process; a webhook holds at most 3x this many "
-        "of the process's slots (running plus queued; 5x while a claim and a fan-out overlap).",
+        description="Requests in flight per receiver host (scheme, host and port) and process, "
+        "so per webhook too; a webhook holds at most 3x this many of the process's slots (running "
+        "plus queued; 5x while a claim and a fan-out overlap).",
     )
     batch_size: int = Field(
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."
