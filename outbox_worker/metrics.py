@@ -173,7 +173,10 @@ class OpsServer:
     async def _poll_queue(self) -> None:
         while True:
             try:
-                async with self._pool.connection(timeout=5) as conn:
+                async with self._pool.connection(timeout=5) as conn, conn.transaction():
+                    # The one statement here that reads whole tables: let it
+                    # scan them (the worker's sessions do not; see Worker._pool).
+                    await conn.execute("set local enable_seqscan = default")
                     rows = await db.fetch_async(conn, "metrics_queue", {})
                 _set_queue(rows[0])
             except Exception as exc:  # the database may be away; the gauges keep their last values

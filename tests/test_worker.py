@@ -19,8 +19,9 @@ from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
 from outbox_worker import emit, webhooks
+from outbox_worker.sql import query
 from outbox_worker.worker import Worker
-from tests.helpers import eventually, wait_for
+from tests.helpers import eventually, positional, wait_for
 from tests.receiver import Receiver
 from tests.workers import delivery_states, running_worker, settings, settled
 
@@ -355,8 +356,6 @@ async def test_a_dispatcher_that_died_before_storing_bodies_loses_nothing(
 
 
 def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any]) -> None:
-    from outbox_worker.sql import query
-
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["*"])
     webhooks.create_webhook(conn, "v", "https://example.com/b", ["order.*"])
     event_id = emit(conn, "v", "order.created", {})
@@ -524,6 +523,69 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
                 assert row is not None and row[0] == expected
         finally:
             await pool.close()
+
+
+FAN_OUT = {
+    "busy_webhooks": [], "per_webhook": 10_000, "lease_seconds": 300, "worker_id": "w",
+}  # fmt: skip
+
+
+async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_indexes(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # A prepared statement keeps the generic plan it settles on (forced here,
+    # as the worker's statements reach it after five runs). Made while
+    # deliveries held 1,500 rows, that plan scanned the whole table on every
+    # batch once it had grown (3-4x the time of complete_deliveries in a third
+    # of the bench's drains, whose tables start truncated). The worker's
+    # sessions keep their index lookups; a plain session shows the trap.
+    webhooks.create_webhook(conn, "tiny", receiver.url("/t"), ["order.created"])
+
+    def fan_out(count: int) -> None:
+        conn.execute(
+            "insert into outbox.events (owner_id, event_type, data)"
+            " select 'tiny', 'order.created', jsonb_build_object('i', g) from generate_series(1, %s) g",
+            (count,),
+        )
+        conn.execute(query("dispatch"), {**FAN_OUT, "limit": count, "lease_limit": count}).fetchall()
+
+    # Past PostgreSQL's "assume 10 pages" for a never-analyzed table, short
+    # of the size where an index wins anyway: ~20 pages.
+    fan_out(1500)
+    statements = {name: positional(query(name)) for name in ("complete_deliveries", "claim_deliveries",
+                                                              "release_leases", "store_bodies")}  # fmt: skip
+    args = {
+        "outcomes": "'[]'", "bodies": "'[]'", "batch": "'[]'", "worker_id": "'w'", "ids": "'{}'",
+        "limit": "200", "busy_webhooks": "'{}'", "per_webhook": "64", "lease_seconds": "300",
+    }  # fmt: skip
+
+    def execute(name: str) -> str:
+        return f"execute {name}({', '.join(args[p] for p in statements[name][1])})"
+
+    pool = Worker(settings(database_url))._pool()
+    await pool.open()
+    try:
+        async with (
+            pool.connection() as worker,
+            await psycopg.AsyncConnection.connect(database_url, autocommit=True) as plain,
+        ):
+            for session in (worker, plain):
+                await session.execute("set plan_cache_mode = force_generic_plan")
+                for name, (text, _) in statements.items():
+                    await session.execute(f"prepare {name} as {text}")
+                    await session.execute(execute(name))  # the plan is made now
+            fan_out(20_000)
+
+            async def plan(session: psycopg.AsyncConnection[Any], name: str) -> str:
+                cur = await session.execute(f"explain (costs off) {execute(name)}")
+                return "\n".join(row[0] for row in await cur.fetchall())
+
+            assert "Seq Scan on deliveries" in await plan(plain, "complete_deliveries")
+            for name in statements:
+                got = await plan(worker, name)
+                assert "Seq Scan on deliveries" not in got and "Seq Scan on events" not in got, (name, got)
+    finally:
+        await pool.close()
 
 
 async def test_a_flood_for_one_webhook_drains_without_waiting_for_the_poll_interval(
