@@ -26,7 +26,12 @@ from outbox_worker.settings import Settings
 # commit) on top of its rows. Writing on every wake-up made batches of ~55 at
 # 5,000 deliveries/s; with the wait they fill up, and the database spends 13%
 # less CPU per delivery. Receivers do not see it: the request has been sent.
-COMPLETE_DELAY = 0.005
+# 50 ms rather than 5: at 200 events/s a write then carries ~10 outcomes
+# instead of ~1, and the worker spent 9-13% less CPU per delivery in 4 of 4
+# paired latency runs, latency unchanged; under load batches fill before it
+# ends. The cost: a worker killed in that window sends those deliveries
+# again once their leases end (at-least-once; nothing is lost).
+COMPLETE_DELAY = 0.05
 
 
 def outcomes_param(batch: Iterable[Outcome]) -> str:
