@@ -176,7 +176,7 @@ class OpsServer:
                 async with self._pool.connection(timeout=5) as conn, conn.transaction():
                     # The one statement here that reads whole tables: let it
                     # scan them (the worker's sessions do not; see Worker._pool).
-                    await conn.execute("set local enable_seqscan = default")
+                    await conn.execute("set local enable_seqscan = on")
                     rows = await db.fetch_async(conn, "metrics_queue", {})
                 _set_queue(rows[0])
             except Exception as exc:  # the database may be away; the gauges keep their last values
