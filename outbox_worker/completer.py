@@ -68,6 +68,7 @@ class Completer:
         self._debug = enabled(logging.DEBUG) if enabled else True
         self._pending: list[Outcome] = []
         self._ready = asyncio.Event()
+        self._writing = asyncio.Lock()
         self.written = 0
 
     def record(self, outcome: Outcome) -> None:
@@ -119,7 +120,14 @@ class Completer:
                 self._ready.set()
 
     async def flush_once(self) -> None:
-        batch = self._pending[: self._settings.batch_size]
+        # One write at a time: the shutdown flush runs beside this loop, and
+        # two writers took the same batch off the queue's front, logged it
+        # twice and then each dropped a batch, one of them never written.
+        async with self._writing:
+            if self._pending:
+                await self._write(self._pending[: self._settings.batch_size])
+
+    async def _write(self, batch: list[Outcome]) -> None:
         params = {
             "outcomes": outcomes_param(batch),
             "bodies": bodies_param({o.job.event_id: o.job.body for o in batch if o.job.store_body}),

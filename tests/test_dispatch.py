@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +72,33 @@ async def test_bytes_of_a_fully_leased_event_ride_with_its_first_outcome(
     finally:
         await pool.close()
     assert stored_body(conn, event_id) == handed[0].body == handed[1].body
+    assert conn.execute("select count(*) from outbox.deliveries where status = 'delivered'").fetchone() == (
+        2,
+    )
+
+
+async def test_a_shutdown_flush_beside_the_completers_own_writes_each_outcome_once(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # At shutdown the worker flushes while the completer's loop may be in the
+    # middle of its own write: both took the same batch off the front of the
+    # queue, logged its attempts twice and then each dropped a batch, the
+    # second one never written.
+    an_event_for_two_webhooks(conn)
+    handed, pool = await dispatch_once(database_url, slots=10)
+    try:
+        completer = Completer(pool, settings(database_url, batch_size=1), get_logger())
+        for job in handed:
+            completer.record(
+                Outcome(job, "delivered", 0.0, datetime.now(UTC), 1.0, status_code=200, response_body="")
+            )
+        await asyncio.gather(completer.flush(), completer.flush_once())
+    finally:
+        await pool.close()
+    assert completer.backlog == 0 and completer.written == 2
+    assert conn.execute(
+        "select count(*), count(distinct delivery_id) from outbox.delivery_attempts"
+    ).fetchone() == (2, 2)
     assert conn.execute("select count(*) from outbox.deliveries where status = 'delivered'").fetchone() == (
         2,
     )
