@@ -66,13 +66,13 @@ class Worker:
             set_json_loads(load_payload, conn)
             # Each statement the worker runs is an index lookup of at most a
             # batch of rows, prepared once and kept for the connection's life
-            # with the plan it got first. Planned while a table was nearly
-            # empty (a new install, after a TRUNCATE, autovacuum not yet run or
-            # off), complete_deliveries kept a sequential scan of deliveries
+            # with the plan it got first. Planned while a table was small and
+            # never analyzed (a new install, autovacuum not yet run or off),
+            # complete_deliveries kept a sequential scan of deliveries
             # and read the whole table on every batch as it grew: 3-4x its
             # time in a third of the bench's drains. JIT goes too: with seq
             # scans costed as disabled, a plan that has no index to use (the
-            # small webhooks table) looked costly enough to compile (30-350 ms).
+            # small webhooks table) looked costly enough to compile (34-360 ms).
             await conn.execute("set enable_seqscan = off")
             await conn.execute("set jit = off")
             if not settings.synchronous_commit:
