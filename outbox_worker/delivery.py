@@ -152,6 +152,16 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _decrement(counts: Counter[Any], key: Any) -> None:
+    """One less under ``key``, dropping it at zero: the counters stay as
+    small as what is running, and ``busy_webhooks`` walks only those."""
+    left = counts[key] - 1
+    if left <= 0:
+        del counts[key]
+    else:
+        counts[key] = left
+
+
 class Sender:
     def __init__(
         self,
@@ -363,12 +373,8 @@ class Sender:
             self._record(outcome)
         finally:
             self._tasks.pop(job.id, None)
-            self._let_go(job.webhook_id)
-            left = self._running[job.origin] - 1
-            if left <= 0:
-                del self._running[job.origin]
-            else:
-                self._running[job.origin] = left
+            _decrement(self._per_webhook, job.webhook_id)
+            _decrement(self._running, job.origin)
             self._start_next(job.origin)
             # Claim again when there is room for a batch and this webhook is
             # no longer saturated (a claim would skip a saturated one).
@@ -378,13 +384,6 @@ class Sender:
                 and self._per_webhook.get(job.webhook_id, 0) < self._settings.per_host_concurrency
             ):
                 self._slot_freed.set()
-
-    def _let_go(self, webhook: uuid.UUID) -> None:
-        left = self._per_webhook[webhook] - 1
-        if left <= 0:
-            del self._per_webhook[webhook]
-        else:
-            self._per_webhook[webhook] = left
 
     def _start_next(self, origin: str) -> None:
         """Start the origin's next queued job, skipping those whose lease
@@ -405,7 +404,7 @@ class Sender:
                 self._start(job)
                 break
             skipped.append(job.id)
-            self._let_go(job.webhook_id)
+            _decrement(self._per_webhook, job.webhook_id)
         if not queue:
             del self._queued[origin]
         if skipped:
