@@ -8,6 +8,7 @@ functions' ``OW`` errors into :mod:`outbox_worker.errors` exceptions.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -148,3 +149,23 @@ def libpq_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql://" + url[len(prefix) :]
     return url
+
+
+async def stop_tasks(tasks: list[asyncio.Task[Any]], again_after: float = 0.1) -> None:
+    """Cancel ``tasks`` and return once every one has ended.
+
+    One cancel is not always enough: on Python 3.11 ``asyncio.wait_for``
+    returns the awaited result and drops a cancellation that arrives as that
+    result does (CPython gh-86296; 3.12 rewrote it), and psycopg_pool's
+    ``getconn`` waits that way (psycopg#1345, psycopg#1413). A loop that got
+    its pool connection in that instant carries on as if never cancelled:
+    the sender and maintenance loops did: 21 of 300 workers started and
+    stopped at once here never returned from ``run`` (none since).
+    Cancelled again, each ends at its next await.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
+    await asyncio.gather(*tasks, return_exceptions=True)  # retrieved, so none is logged as lost

@@ -20,7 +20,6 @@ values: aggregate them with ``max``, not ``sum``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -164,9 +163,7 @@ class OpsServer:
 
     async def stop(self) -> None:
         if self._poller:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await db.stop_tasks([self._poller])  # it waits on the pool: see stop_tasks
         if self._runner:
             await self._runner.cleanup()
 

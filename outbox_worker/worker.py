@@ -205,9 +205,7 @@ class Worker:
 
         self.log.info("stopping", in_flight=sender.in_flight, grace=settings.shutdown_grace)
         self.ready = False
-        for task in producers:
-            task.cancel()
-        await asyncio.gather(*producers, return_exceptions=True)
+        await db.stop_tasks(producers)
         if busy is not None:
             await busy.close()  # emitters notify again, for whoever keeps running
         unfinished = await sender.drain(settings.shutdown_grace)
@@ -220,9 +218,7 @@ class Worker:
                     )
         except Exception as exc:  # the leases expire on their own; nothing is lost
             self.log.error("could not hand back leases", error=str(exc).strip(), deliveries=len(unfinished))
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await db.stop_tasks(background)
         await session.close()
         if self.ops:
             await self.ops.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -18,7 +19,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
-from outbox_worker import emit, migrate, webhooks
+from outbox_worker import db, emit, migrate, webhooks
 from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
@@ -389,6 +390,27 @@ async def test_an_event_for_an_owner_without_webhooks_is_dispatched_quietly(
             )
         )
     assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (0,)
+
+
+async def test_stopping_ends_a_task_that_lost_its_cancellation() -> None:
+    # What Python 3.11's wait_for does inside psycopg_pool's getconn when the
+    # connection and the cancel arrive together: the CancelledError is dropped
+    # and the caller's loop goes on. A worker stopped that way never returned.
+    rounds = 0
+
+    async def loses_one_cancel() -> None:
+        nonlocal rounds
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(30)
+        while True:
+            rounds += 1
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(loses_one_cancel())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(db.stop_tasks([task], again_after=0.05), 5)
+    assert task.cancelled()
+    assert rounds >= 1  # it really did carry on after the first cancel
 
 
 async def test_a_webhook_deleted_while_in_flight_loses_nothing_else(
