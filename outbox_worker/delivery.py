@@ -13,7 +13,8 @@ twice its cap, and nothing while it holds its cap, so a slow receiver holds
 at most 3 x cap - 1 slots per webhook (5 x cap - 1 when a claim and a
 fan-out overlap), never all of them. Those beyond the cap wait here, not in
 aiohttp's connection pool: a request's timeouts start when it is sent,
-never while it queues, however many webhooks share a host. One whose
+never while it queues, however many webhooks share a host, and the
+webhooks queued for one host take turns at its slots. One whose
 lease would end before a whole request could is not sent at all: behind a
 slow receiver, sent that late it could run beside another replica's claim of
 the same delivery; its row is due again when the lease ends.
@@ -182,7 +183,9 @@ class Sender:
         self._per_webhook: Counter[uuid.UUID] = Counter()
         # Requests running, and jobs waiting for room, per receiver origin.
         self._running: Counter[str] = Counter()
-        self._queued: dict[str, deque[Job]] = {}
+        # Per origin, per webhook, in turn: webhooks of different customers
+        # on one host take turns at its slots (see _start_next).
+        self._queued: dict[str, dict[uuid.UUID, deque[Job]]] = {}
         self._queued_count = 0
         self._urls: dict[str, URL] = {}
         self._origins: dict[str, str] = {}
@@ -226,7 +229,11 @@ class Sender:
             if self._running[origin] < cap and origin not in self._queued:
                 self._start(job)
             else:
-                self._queued.setdefault(origin, deque()).append(job)
+                turns = self._queued.setdefault(origin, {})
+                queue = turns.get(job.webhook_id)
+                if queue is None:
+                    queue = turns[job.webhook_id] = deque()
+                queue.append(job)
                 self._queued_count += 1
         if reserved > len(jobs):
             self._slot_freed.set()
@@ -386,26 +393,36 @@ class Sender:
                 self._slot_freed.set()
 
     def _start_next(self, origin: str) -> None:
-        """Start the origin's next queued job, skipping those whose lease
-        would end before a request could: behind a slow receiver a job can
-        queue for several request timeouts, and sent after its lease ended it
-        would run beside another worker's claim of the same delivery. A job
-        skipped is only forgotten here; its row is due again when the lease
-        ends, and whoever claims it then sends it, once."""
-        queue = self._queued.get(origin)
-        if not queue or not self.claiming:
+        """Start the origin's next queued job, the webhooks queued there
+        taking turns: first in, first out, one webhook's burst queued ahead
+        of another customer's delivery on the same host (a shared SaaS
+        endpoint) held it back for as many rounds of the slow webhook's
+        requests as it had queued. Skips jobs whose lease would end before a
+        request could: behind a slow receiver a job can queue for several
+        request timeouts, and sent after its lease ended it would run beside
+        another worker's claim of the same delivery. A job skipped is only
+        forgotten here; its row is due again when the lease ends, and
+        whoever claims it then sends it, once."""
+        turns = self._queued.get(origin)
+        if not turns or not self.claiming:
             return
         skipped: list[int] = []
         would_end = time.monotonic() + self._settings.request_timeout
-        while queue:
+        while turns:
+            webhook_id, queue = next(iter(turns.items()))
             job = queue.popleft()
+            if not queue:
+                del turns[webhook_id]
+            elif len(turns) > 1:
+                del turns[webhook_id]
+                turns[webhook_id] = queue  # to the back of the line
             self._queued_count -= 1
             if would_end < job.lease_ends:
                 self._start(job)
                 break
             skipped.append(job.id)
             _decrement(self._per_webhook, job.webhook_id)
-        if not queue:
+        if not turns:
             del self._queued[origin]
         if skipped:
             self._log.info(
@@ -523,7 +540,7 @@ class Sender:
         self.claiming = False
         self.wake.set()
         # Queued deliveries were never sent: straight back to the queue.
-        queued = [job.id for queue in self._queued.values() for job in queue]
+        queued = [job.id for turns in self._queued.values() for queue in turns.values() for job in queue]
         self._queued.clear()
         self._queued_count = 0
         tasks = dict(self._tasks)

@@ -671,6 +671,27 @@ async def test_a_burst_for_one_host_queues_in_the_worker_not_in_the_connection_p
     ).fetchone() == (8, 8)
 
 
+async def test_webhooks_sharing_a_host_take_turns_at_its_slots(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    # Two customers' webhooks on one host, 2 slots for it. The slow one's 6
+    # events come first: it runs 2 and queues 2 (a fan-out leases it at most
+    # twice the cap), the quick one's delivery queues behind them. First in,
+    # first out, it waited for both of the slow one's queued requests and
+    # arrived 5th; taking turns, it goes when the first slot frees.
+    slow, _ = receiver.slow(0.4)
+    webhooks.create_webhook(conn, "bulk", receiver.script("/bulk", *[slow] * 6), ["order.created"])
+    webhooks.create_webhook(conn, "other", receiver.url("/other"), ["order.status_changed"])
+    for i in range(6):
+        emit(conn, "bulk", "order.created", {"i": i})
+    emit(conn, "other", "order.status_changed", {"i": 0})
+    async with running_worker(database_url, concurrency=16, per_host_concurrency=2):
+        await until_settled(database_url, 7)
+    arrivals = [r.path for r in receiver.requests]
+    assert sorted(arrivals) == ["/bulk"] * 6 + ["/other"]
+    assert arrivals.index("/other") <= 3, arrivals
+
+
 async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
     database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
