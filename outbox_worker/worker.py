@@ -39,7 +39,7 @@ SETTLE_MAX = 0.02
 
 # The young generation's collection threshold: at least this many, and this
 # many per request slot (see tune_gc).
-GC_YOUNG_MIN = 10_000
+GC_YOUNG_MIN = 40_000
 GC_YOUNG_PER_SLOT = 40
 
 
@@ -252,12 +252,14 @@ def tune_gc(concurrency: int) -> None:
     the threshold sits above what the requests in flight allocate, so that
     most of a request's objects are freed before a collection would walk
     them: at 20 per slot the collector still took 10-18% of the CPU at 1,000
-    in flight against 100 ms, at 40 5-6%, at 60 2-3%. Cycles are still
+    in flight against 100 ms, at 40 5-6%, at 60 2-3%; at 256 in flight a
+    threshold of 10,240 gave it 7-10%, 40,000 3-4%. Cycles are still
     collected, after at most that many net allocations, which bounds the
-    garbage they can hold: against a receiver refusing every connection
-    (an exception per attempt) peak RSS was 88 MB at 20, 90 at 40, 91-95 at
-    60 and 107-109 at 160 per slot. Only for the worker process: it owns
-    its interpreter, a library caller's does not belong to us.
+    garbage they can hold: against a receiver refusing every connection (an
+    exception per attempt, 1,000 in flight) peak RSS was 88 MB at 20 per
+    slot, 90 at 40, 91-95 at 60 and 107-109 at 160 (82 -> 85-86 MB at 256
+    in flight, 10,240 -> 40,000). Only for the worker process: it owns its
+    interpreter, a library caller's does not belong to us.
     """
     gc.collect()
     gc.freeze()

@@ -52,7 +52,8 @@ def tuned(concurrency: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("concurrency", "threshold"), [(1, worker.GC_YOUNG_MIN), (200, worker.GC_YOUNG_MIN), (1000, 40_000)]
+    ("concurrency", "threshold"),
+    [(1, worker.GC_YOUNG_MIN), (256, worker.GC_YOUNG_MIN), (1000, 40_000), (2000, 80_000)],
 )
 def test_the_young_threshold_covers_the_requests_in_flight(concurrency: int, threshold: int) -> None:
     result = tuned(concurrency)
