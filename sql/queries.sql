@@ -54,6 +54,16 @@ with claimed as materialized (
      where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
     returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
+), hooks as materialized (
+    -- The lock a foreign key's check would take per delivery, once per
+    -- webhook and batch (migration 0006): a webhook deleted meanwhile is
+    -- skipped, and a delete that comes later waits for these deliveries to
+    -- commit, so its cascade removes them too.
+    select w.id, w.owner_id, w.events
+      from outbox.webhooks w
+     where w.owner_id = any (array(select distinct m.owner_id from marked m))
+       and w.enabled
+       for key share
 ), matched as (
     -- A webhook gets no more leases than it may have requests running: the
     -- rest wait unleased for whichever worker has room, instead of holding
@@ -62,8 +72,8 @@ with claimed as materialized (
            w.id <> all (cast(%(busy_webhooks)s as uuid[]))
            and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s as eligible
       from marked m
-      join outbox.webhooks w
-        on w.owner_id = m.owner_id and w.enabled and w.events && m.patterns
+      join hooks w
+        on w.owner_id = m.owner_id and w.events && m.patterns
 ), targets as (
     select t.event_id, t.webhook_id,
            t.eligible and count(*) filter (where t.eligible) over (order by t.event_id, t.webhook_id)
@@ -191,12 +201,22 @@ with outcome as (
        and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
     returning d.id, d.webhook_id, d.status
 ), logged as (
+    -- An attempt is logged for a delivery that exists and stays until this
+    -- commits (no foreign key checks it, migration 0006): the moved ones are
+    -- locked by their update, the others (already delivered by a duplicate,
+    -- or no longer this worker's) here, FOR KEY SHARE in one scan. A
+    -- delivery deleted meanwhile is skipped; a delete that comes later
+    -- waits, and its cascade removes this attempt too.
     insert into outbox.delivery_attempts
         (delivery_id, attempt, attempted_at, duration_ms, status_code, error_class, error, response_body, worker_id)
     select o.id, o.attempt, o.attempted_at, o.duration_ms, o.status_code, o.error_class, o.error,
            o.response_body, %(worker_id)s
       from outcome o
-     where o.id in (select d.id from outbox.deliveries d where d.id = any (array(select id from outcome)))
+     where o.id in (select m.id from moved m)
+        or o.id in (select d.id
+                      from outbox.deliveries d
+                     where d.id = any (array(select id from outcome except select id from moved))
+                       for key share)
 ), health as (
     select m.webhook_id, bool_or(m.status = 'delivered') as any_success
       from moved m

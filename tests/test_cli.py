@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from outbox_worker import migrate
+from tests.helpers import orphans
 
 
 def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,5 +178,6 @@ def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[A
     remaining = {r[0] for r in conn.execute("select id from outbox.deliveries")}
     assert remaining == {old_pending_event, recent}
     assert conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,)
+    assert orphans(conn) == (0, 0, 0)
     bad = run(database_url, "purge", "--older-than", "soon")
     assert bad.returncode == 2 and "use a number and one of" in bad.stderr

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from outbox_worker import embedded, migrate, webhooks
 from tests.conftest import TEST_CONFIG
-from tests.helpers import eventually
+from tests.helpers import eventually, orphans
 from tests.receiver import Receiver
 from tests.workers import delivery_states, kill, running_worker, settled, spawn_worker
 
@@ -63,6 +63,11 @@ async def test_sigkill_of_a_worker_loses_nothing(
         )
         kill(workers[0], signal.SIGKILL)
         assert workers[0].wait(10) == -signal.SIGKILL
+        # What it held when it died: leases no outcome released. Nobody else
+        # may take them before they end (2 s), so this is exact.
+        [(held,)] = conn.execute(
+            "select count(*) from outbox.deliveries where leased_by = 'crash-0' and status = 'pending'"
+        ).fetchall()
         await until(lambda: settled(database_url, events * hooks), what="every delivery settled")
     finally:
         for w in workers:
@@ -73,10 +78,14 @@ async def test_sigkill_of_a_worker_loses_nothing(
     expected = {(f"/h{i}", f"evt_{e}") for i in range(hooks) for e in range(1, events + 1)}
     assert set(received) == expected  # every (event, webhook) pair, at least once
     assert delivery_states(database_url) == {"delivered": events * hooks}
+    assert orphans(conn) == (0, 0, 0)
     duplicates = sum(received.values()) - len(expected)
-    print(f"\nSIGKILL mid-run: {len(expected)} pairs delivered, {duplicates} duplicates")
-    # Duplicates only where the kill made the outcome unknown: at most what one worker held.
-    assert duplicates <= 64 + 100
+    print(f"\nSIGKILL mid-run: {len(expected)} pairs delivered, {duplicates} duplicates, {held} held")
+    # Duplicates only where the kill made the outcome unknown: at most what
+    # the dead worker held. Not a fixed 64 in flight + a batch of 100: the
+    # sender keeps sending while a completer write is slow, so under load
+    # outcomes sent but not yet written passed 200 (2026-12-03).
+    assert held > 0 and duplicates <= held
 
 
 async def test_sigterm_finishes_in_flight_requests_and_exits_zero(

@@ -9,7 +9,7 @@ import pytest
 
 from outbox_worker import migrate
 from outbox_worker.sql import queries
-from tests.helpers import compiled_emit_trigger, positional
+from tests.helpers import compiled_emit_trigger, orphans, positional
 
 EXPECTED_RELATIONS = {
     ("config", "r"),
@@ -218,9 +218,10 @@ def body_comment(conn: psycopg.Connection[Any]) -> str:
 
 
 def _event_guards(conn: psycopg.Connection[Any]) -> set[str]:
-    """The triggers and CHECK constraints on outbox.events."""
+    """The insert triggers and CHECK constraints on outbox.events."""
     rows = conn.execute(
         "select tgname from pg_trigger where tgrelid = 'outbox.events'::regclass and not tgisinternal "
+        "and tgtype & 4 <> 0 "  # TRIGGER_TYPE_INSERT: not 0006's delete cascades
         "union all select conname from pg_constraint where conrelid = 'outbox.events'::regclass "
         "and contype = 'c'"
     ).fetchall()
@@ -261,3 +262,52 @@ def test_0005_compiles_the_emit_trigger_and_its_downgrade_restores_0004s(make_da
             assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == ["outbox_events"], (
                 revision
             )
+
+
+def _foreign_keys(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute(
+        "select conname from pg_constraint where contype = 'f' and connamespace = 'outbox'::regnamespace"
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+HOT_KEYS = {"deliveries_event_id_fkey", "deliveries_webhook_id_fkey", "delivery_attempts_delivery_id_fkey"}
+
+
+def test_0006_trades_the_hot_keys_for_cascades_and_its_downgrade_restores_them(make_database: Any) -> None:
+    """Up: no keys, deletes still cascade. Down: the keys again, after the
+    orphans (possible only without them) are gone; the history stays."""
+    url = make_database("outbox_migr")
+    migrate.upgrade(url, "0005")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _foreign_keys(conn) == HOT_KEYS
+        conn.execute("select outbox.create_webhook('o', 'https://example.com/h', '{order.created}')")
+        conn.execute("select outbox.emit('o', 'order.created', '{}')")
+        conn.execute(
+            "insert into outbox.deliveries (event_id, webhook_id) select e.id, w.id from outbox.events e, "
+            "outbox.webhooks w"
+        )
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _foreign_keys(conn) == set()
+        assert orphans(conn) == (0, 0, 0)
+        # Rows written around the worker's statements: what the keys refused.
+        conn.execute(
+            "insert into outbox.deliveries (event_id, webhook_id) values (424242, gen_random_uuid())"
+        )
+        conn.execute(
+            "insert into outbox.delivery_attempts (delivery_id, attempt, attempted_at, duration_ms) "
+            "values (434343, 1, now(), 1)"
+        )
+        assert orphans(conn) == (1, 1, 1)
+    migrate.downgrade(url, "0005")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert _foreign_keys(conn) == HOT_KEYS
+        assert orphans(conn) == (0, 0, 0)
+        assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (1,)
+        cascades = conn.execute("select count(*) from pg_proc where proname like 'cascade\\_%'").fetchone()
+        assert cascades == (0,)
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("delete from outbox.webhooks")
+        assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (0,)
