@@ -15,6 +15,8 @@ receiver's records and the database:
   answered 2xx at least once) or ``failed`` after 4 logged attempts that the
   receiver really failed;
 - no delivery is left pending or leased, no event undispatched;
+- no orphan: a delivery without its event or webhook, an attempt without
+  its delivery (the ``orphans`` query; no foreign key forbids them);
 - duplicates (extra 2xx receipts) are counted; they come only from kills.
 
 Prints one table and exits 1 on any loss.
@@ -44,6 +46,7 @@ from rich.table import Table
 
 from outbox_worker import embedded, migrate, webhooks
 from outbox_worker.demo import serve_on_loopback
+from outbox_worker.sql import query
 
 console = Console(stderr=True)
 REQUEST_TIMEOUT = 1.0
@@ -155,6 +158,14 @@ def queue_state(url: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def orphan_counts(url: str) -> tuple[int, int, int]:
+    """Deliveries without event, without webhook, attempts without delivery."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query("orphans")).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
     with psycopg.connect(url) as conn:
         events = [
@@ -189,6 +200,7 @@ def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
     pairs = len(events) * len(path_of)
     duplicates = sum(max(0, n - 1) for n in faults.ok.values())
     undispatched, pending, leased = queue_state(url)
+    orphans = orphan_counts(url)
     table = Table(title="Chaos run")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -206,12 +218,13 @@ def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
         ),
         ("duplicates (extra 2xx receipts)", duplicates),
         ("left pending / leased / undispatched", f"{pending} / {leased} / {undispatched}"),
+        ("orphans: deliveries w/o event / w/o webhook / attempts", " / ".join(map(str, orphans))),
         ("LOST", len(lost)),
     ]:
         table.add_row(label, str(value))
     for line in lost[:20]:
         console.print(f"[red]lost:[/red] {line}")
-    return table, len(lost) + pending + leased + undispatched
+    return table, len(lost) + pending + leased + undispatched + sum(orphans)
 
 
 async def main(args: argparse.Namespace) -> int:

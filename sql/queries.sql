@@ -326,6 +326,14 @@ select coalesce(sum(q.pending), 0)::bigint as pending,
            as oldest_undispatched_seconds
   from outbox.queue_stats q;
 
+-- orphans: children without their parent, which migration 0006's locks and cascades must keep at zero (reads whole tables: for checks, not for a hot path)
+select (select count(*) from outbox.deliveries d
+         where not exists (select from outbox.events e where e.id = d.event_id)) as deliveries_without_event,
+       (select count(*) from outbox.deliveries d
+         where not exists (select from outbox.webhooks w where w.id = d.webhook_id)) as deliveries_without_webhook,
+       (select count(*) from outbox.delivery_attempts a
+         where not exists (select from outbox.deliveries d where d.id = a.delivery_id)) as attempts_without_delivery;
+
 -- ping: readiness probe
 select 1 as ok;
 

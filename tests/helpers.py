@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from outbox_worker.sql import query
+
 T = TypeVar("T")
 
 
@@ -62,20 +64,11 @@ def compiled_emit_trigger(conn: Any) -> str:
     return str(row[0])
 
 
-ORPHANS = """
-select (select count(*) from outbox.deliveries d
-         where not exists (select from outbox.events e where e.id = d.event_id)),
-       (select count(*) from outbox.deliveries d
-         where not exists (select from outbox.webhooks w where w.id = d.webhook_id)),
-       (select count(*) from outbox.delivery_attempts a
-         where not exists (select from outbox.deliveries d where d.id = a.delivery_id))
-"""
-
-
 def orphans(conn: Any) -> tuple[int, int, int]:
     """Deliveries without their event, without their webhook, attempts
-    without their delivery: what the foreign keys forbade before migration
-    0006, and what its locks and cascades must keep at (0, 0, 0)."""
-    row = conn.execute(ORPHANS).fetchone()
+    without their delivery (the ``orphans`` query): what the foreign keys
+    forbade before migration 0006, and what its locks and cascades must keep
+    at (0, 0, 0)."""
+    row = conn.execute(query("orphans")).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
