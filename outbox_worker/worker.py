@@ -75,6 +75,13 @@ class Worker:
             # small webhooks table) looked costly enough to compile (34-360 ms).
             await conn.execute("set enable_seqscan = off")
             await conn.execute("set jit = off")
+            # The generic plan from the first run: PostgreSQL otherwise plans
+            # a prepared statement afresh for its first five runs before it
+            # settles on the generic one, and psycopg prepares only from a
+            # statement's sixth run (threshold 5), so every connection planned
+            # each statement ten times: 0.58 ms per dispatch, ~6 us per
+            # delivery in a 20,000-delivery drain, all before the plan it kept.
+            await conn.execute("set plan_cache_mode = force_generic_plan")
             if not settings.synchronous_commit:
                 # Every commit here only records progress that, if a crash
                 # undid it, would be redone: the event is dispatched again, the
@@ -88,7 +95,7 @@ class Worker:
             max_size=settings.pool_size,
             kwargs={
                 "autocommit": True,
-                "prepare_threshold": 5 if settings.prepare_statements else None,
+                "prepare_threshold": 0 if settings.prepare_statements else None,
                 "application_name": f"outbox-worker {settings.worker_id}"[:63],
             },
             configure=configure,

@@ -552,6 +552,29 @@ FAN_OUT = {
 }  # fmt: skip
 
 
+async def test_worker_sessions_plan_each_statement_once(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Prepared at the first run, generic from the first run: no custom
+    plans (PostgreSQL makes five before it settles) and no unprepared runs."""
+    webhooks.create_webhook(conn, "plan", "https://example.com/p", ["order.created"])
+    pool = Worker(settings(database_url))._pool()
+    await pool.open()
+    try:
+        async with pool.connection() as worker:
+            for n in range(3):
+                emit(conn, "plan", "order.created", {"n": n})
+                await db.fetch_async(worker, "dispatch", {**FAN_OUT, "limit": 10, "lease_limit": 10})
+            cur = await worker.execute(
+                "select generic_plans, custom_plans from pg_prepared_statements "
+                "where statement like '%claimed as materialized%'",
+                prepare=False,  # or this query, which names that text, is listed too
+            )
+            assert await cur.fetchall() == [(3, 0)]
+    finally:
+        await pool.close()
+
+
 async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_indexes(
     make_database: Any,
 ) -> None:
