@@ -221,18 +221,28 @@ with outcome as (
     select m.webhook_id, bool_or(m.status = 'delivered') as any_success
       from moved m
      group by m.webhook_id
-), touched as (
+), stale as (
     -- Written only when the health state changes (or once a minute on
-    -- success), so hot webhooks' rows are not rewritten every batch.
-    update outbox.webhooks w
-       set last_success_at = case when h.any_success then now() else w.last_success_at end,
-           failing_since = case when h.any_success then null else coalesce(w.failing_since, now()) end
+    -- success), so hot webhooks' rows are not rewritten every batch. SKIP
+    -- LOCKED: a webhook row that another transaction is writing
+    -- (update_webhook, a DBA's open UPDATE) gets its health from a later
+    -- batch, instead of every outcome of this one waiting behind it (and
+    -- update_webhook, which locks the webhook and then its deliveries,
+    -- deadlocking with this statement, which holds deliveries first).
+    select w.id, h.any_success
       from health h
-     where w.id = h.webhook_id
-       and case when h.any_success
+      join outbox.webhooks w on w.id = h.webhook_id
+     where case when h.any_success
                 then w.failing_since is not null or w.last_success_at is null
                      or w.last_success_at < now() - interval '1 minute'
                 else w.failing_since is null end
+       for no key update of w skip locked
+), touched as (
+    update outbox.webhooks w
+       set last_success_at = case when s.any_success then now() else w.last_success_at end,
+           failing_since = case when s.any_success then null else coalesce(w.failing_since, now()) end
+      from stale s
+     where w.id = s.id
 )
 select count(*) as moved from moved;
 

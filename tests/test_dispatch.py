@@ -201,3 +201,42 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     plan = _generic_plan(conn, statement, args)
     assert conn.execute(effect, (ids,)).fetchone() == (2,)
     assert _deliveries_rows_read(plan) <= 4 * len(ids), json.dumps(plan, indent=1)
+
+
+def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """An outcome whose webhook's health must change while another
+    transaction writes that webhook (an owner's update, a DBA's open
+    UPDATE): the outcome is written at once and the health by a later
+    batch. Waiting held every outcome of the batch behind that transaction."""
+    hook = webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"]).id
+    for n in range(2):
+        emit(conn, "v", "order.created", {"n": n})
+    conn.execute(query("dispatch"), {"limit": 10, "lease_limit": 10, "busy_webhooks": [], "per_webhook": 10,
+                                     "lease_seconds": 30, "worker_id": "w"})  # fmt: skip
+    first, second = [r[0] for r in conn.execute("select id from outbox.deliveries order by id")]
+
+    def complete(delivery_id: int) -> Any:
+        outcome = {"id": delivery_id, "attempt": 1, "status": "delivered", "retry_in": 0,
+                   "attempted_at": "2026-12-01T00:00:00Z", "duration_ms": 1.0, "status_code": 200,
+                   "error_class": None, "error": None, "response_body": ""}  # fmt: skip
+        return conn.execute(
+            query("complete_deliveries"),
+            {"outcomes": json.dumps([outcome]), "bodies": "[]", "worker_id": "w"},
+        ).fetchone()
+
+    def last_success() -> Any:
+        row = conn.execute("select last_success_at from outbox.webhooks where id = %s", (hook,)).fetchone()
+        assert row is not None
+        return row[0]
+
+    conn.execute("set statement_timeout = '5s'")  # a wait fails the test instead of hanging it
+    with psycopg.connect(database_url) as owner:
+        owner.execute("update outbox.webhooks set updated_at = now() where id = %s", (hook,))  # uncommitted
+        assert complete(first) == (1,)
+        assert last_success() is None  # skipped, not waited for
+        owner.commit()
+    assert complete(second) == (1,)
+    assert last_success() is not None
+    assert conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,)
