@@ -158,14 +158,6 @@ def queue_state(url: str) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
-def orphan_counts(url: str) -> tuple[int, int, int]:
-    """Deliveries without event, without webhook, attempts without delivery."""
-    with psycopg.connect(url) as conn:
-        row = conn.execute(query("orphans")).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1]), int(row[2])
-
-
 def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
     with psycopg.connect(url) as conn:
         events = [
@@ -177,6 +169,10 @@ def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
             "       (select count(*) from outbox.delivery_attempts a where a.delivery_id = d.id) "
             "  from outbox.deliveries d"
         ).fetchall()
+        # Deliveries without event, without webhook, attempts without delivery.
+        found = conn.execute(query("orphans")).fetchone()
+    assert found is not None
+    orphans = [int(n) for n in found]
     deliveries = {(e, w): (s, int(logged)) for e, w, s, logged in rows}
     path_of = {w: u.rsplit("/", 1)[-1] for w, u in hooks.items()}
     lost: list[str] = []
@@ -200,7 +196,6 @@ def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
     pairs = len(events) * len(path_of)
     duplicates = sum(max(0, n - 1) for n in faults.ok.values())
     undispatched, pending, leased = queue_state(url)
-    orphans = orphan_counts(url)
     table = Table(title="Chaos run")
     table.add_column("measure")
     table.add_column("value", justify="right")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
 import time
 from collections.abc import Callable
@@ -72,3 +73,23 @@ def orphans(conn: Any) -> tuple[int, int, int]:
     row = conn.execute(query("orphans")).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def delivered_outcomes(delivery_ids: list[int]) -> str:
+    """``complete_deliveries``' outcomes parameter: a 200 for each id."""
+    return json.dumps(
+        [
+            {"id": i, "attempt": 1, "status": "delivered", "retry_in": 0,
+             "attempted_at": "2026-12-01T00:00:00Z", "duration_ms": 1.0, "status_code": 200,
+             "error_class": None, "error": None, "response_body": "ok"}
+            for i in delivery_ids
+        ]
+    )  # fmt: skip
+
+
+def complete_delivered(conn: Any, delivery_ids: list[int], worker_id: str = "w") -> int:
+    """Run ``complete_deliveries`` with a 200 outcome for each id; the count it moved."""
+    params = {"outcomes": delivered_outcomes(delivery_ids), "bodies": "[]", "worker_id": worker_id}
+    row = conn.execute(query("complete_deliveries"), params).fetchone()
+    assert row is not None
+    return int(row[0])

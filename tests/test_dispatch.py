@@ -18,7 +18,7 @@ from outbox_worker.delivery import Job, Outcome
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.logs import get_logger
 from outbox_worker.sql import query
-from tests.helpers import positional
+from tests.helpers import complete_delivered, delivered_outcomes, positional
 from tests.workers import settings
 
 
@@ -187,13 +187,7 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     ids = [r[0] for r in conn.execute("select id from outbox.deliveries order by id desc limit 2")]
     conn.execute("update outbox.deliveries set leased_by = 'w' where id = any(%s)", (ids,))
     if statement == "complete_deliveries":
-        outcomes = [
-            {"id": i, "attempt": 1, "status": "delivered", "retry_in": 0,
-             "attempted_at": "2026-12-01T00:00:00Z", "duration_ms": 1.0, "status_code": 200,
-             "error_class": None, "error": None, "response_body": ""}
-            for i in ids
-        ]  # fmt: skip
-        args: dict[str, Any] = {"outcomes": json.dumps(outcomes), "bodies": "[]", "worker_id": "w"}
+        args: dict[str, Any] = {"outcomes": delivered_outcomes(ids), "bodies": "[]", "worker_id": "w"}
         effect = "select count(*) from outbox.deliveries where id = any(%s) and status = 'delivered'"
     else:
         args = {"ids": ids, "worker_id": "w"}
@@ -217,15 +211,6 @@ def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
                                      "lease_seconds": 30, "worker_id": "w"})  # fmt: skip
     first, second = [r[0] for r in conn.execute("select id from outbox.deliveries order by id")]
 
-    def complete(delivery_id: int) -> Any:
-        outcome = {"id": delivery_id, "attempt": 1, "status": "delivered", "retry_in": 0,
-                   "attempted_at": "2026-12-01T00:00:00Z", "duration_ms": 1.0, "status_code": 200,
-                   "error_class": None, "error": None, "response_body": ""}  # fmt: skip
-        return conn.execute(
-            query("complete_deliveries"),
-            {"outcomes": json.dumps([outcome]), "bodies": "[]", "worker_id": "w"},
-        ).fetchone()
-
     def last_success() -> Any:
         row = conn.execute("select last_success_at from outbox.webhooks where id = %s", (hook,)).fetchone()
         assert row is not None
@@ -234,9 +219,9 @@ def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
     conn.execute("set statement_timeout = '5s'")  # a wait fails the test instead of hanging it
     with psycopg.connect(database_url) as owner:
         owner.execute("update outbox.webhooks set updated_at = now() where id = %s", (hook,))  # uncommitted
-        assert complete(first) == (1,)
+        assert complete_delivered(conn, [first]) == 1
         assert last_success() is None  # skipped, not waited for
         owner.commit()
-    assert complete(second) == (1,)
+    assert complete_delivered(conn, [second]) == 1
     assert last_success() is not None
     assert conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,)

@@ -7,7 +7,6 @@ never leave an orphan, whichever commits first.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from outbox_worker import emit, webhooks
 from outbox_worker.sql import query
-from tests.helpers import orphans, wait_for
+from tests.helpers import complete_delivered, orphans, wait_for
 
 DISPATCH = {"limit": 100, "lease_limit": 100, "busy_webhooks": [], "per_webhook": 100,
             "lease_seconds": 30, "worker_id": "w"}  # fmt: skip
@@ -32,21 +31,6 @@ def counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
-def outcome(delivery_id: int) -> dict[str, Any]:
-    return {"id": delivery_id, "attempt": 1, "status": "delivered", "retry_in": 0,
-            "attempted_at": "2026-12-01T00:00:00Z", "duration_ms": 1.0, "status_code": 200,
-            "error_class": None, "error": None, "response_body": "ok"}  # fmt: skip
-
-
-def complete(conn: psycopg.Connection[Any], delivery_ids: list[int], worker_id: str = "w") -> int:
-    outcomes = json.dumps([outcome(i) for i in delivery_ids])
-    row = conn.execute(
-        query("complete_deliveries"), {"outcomes": outcomes, "bodies": "[]", "worker_id": worker_id}
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def two_webhooks_with_history(conn: psycopg.Connection[Any]) -> tuple[Any, Any, list[int]]:
     """Webhooks a and b, three events delivered to both, each with an attempt."""
     a = webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"]).id
@@ -54,7 +38,7 @@ def two_webhooks_with_history(conn: psycopg.Connection[Any]) -> tuple[Any, Any, 
     events = [emit(conn, "v", "order.created", {"n": n}) for n in range(3)]
     conn.execute(query("dispatch"), DISPATCH)
     ids = [r[0] for r in conn.execute("select id from outbox.deliveries order by id")]
-    assert complete(conn, ids) == 6
+    assert complete_delivered(conn, ids) == 6
     assert counts(conn) == (3, 2, 6, 6)
     return a, b, events
 
@@ -201,7 +185,7 @@ def test_an_attempt_logged_beside_a_webhook_delete_leaves_no_orphan(
         conn.execute("update outbox.deliveries set status = 'delivered', leased_by = null")
     if first == "completer":
         with psycopg.connect(database_url) as completer:
-            assert complete(completer, [delivery]) == (1 if moved else 0)
+            assert complete_delivered(completer, [delivery]) == (1 if moved else 0)
             assert completer.execute("select count(*) from outbox.delivery_attempts").fetchone() == (1,)
             join = in_thread(conn, database_url, lambda other: webhooks.delete_webhook(other, "v", hook))
             completer.commit()
@@ -209,7 +193,7 @@ def test_an_attempt_logged_beside_a_webhook_delete_leaves_no_orphan(
     else:
         with psycopg.connect(database_url) as deleter:
             webhooks.delete_webhook(deleter, "v", hook)
-            join = in_thread(conn, database_url, lambda other: complete(other, [delivery]))
+            join = in_thread(conn, database_url, lambda other: complete_delivered(other, [delivery]))
             deleter.commit()
         assert join() == 0
     assert counts(conn) == (1, 0, 0, 0)
