@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,30 @@ def test_bench_drops_only_the_databases_of_dead_bench_runs(server_url: str) -> N
         finally:
             for name in names.values():
                 conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.skipif(shutil.which("pgbench") is None, reason="the emit scenario needs PostgreSQL's pgbench")
+def test_bench_emit_scripts_write_what_their_rows_say(server_url: str) -> None:
+    """Each pgbench script of the emit scenario commits the business rows
+    and events its label claims (a script that failed, or emitted nothing,
+    would still print a rate)."""
+    from bench.run import BUSINESS_TABLE, EMIT_CASES, PGBENCH_PLAIN, PGBENCH_SECOND_INSERT, bench_database
+
+    scripts = {PGBENCH_PLAIN: "plain"} | {script: label for label, _, _, script, _ in EMIT_CASES}
+    expected = {PGBENCH_PLAIN: (3, 0), PGBENCH_SECOND_INSERT: (6, 0)}
+    with bench_database(server_url, "scripts") as db:
+        db.execute(BUSINESS_TABLE)
+        for script, label in scripts.items():
+            db.execute("truncate bench_orders, outbox.events cascade")
+            with tempfile.NamedTemporaryFile("w", suffix=".sql") as f:
+                f.write(script)
+                f.flush()
+                subprocess.run(
+                    ["pgbench", "-n", "-M", "prepared", "-c", "1", "-t", "3", "-f", f.name, db.url],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+            orders, events = db.execute(
+                "select (select count(*) from bench_orders), (select count(*) from outbox.events)"
+            )[0]
+            emits = "not an emit" not in label and script is not PGBENCH_PLAIN
+            assert (orders, events) == expected.get(script, (3, 3 if emits else 0)), label
