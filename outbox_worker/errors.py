@@ -1,7 +1,8 @@
 """Exceptions raised by outbox_worker.
 
 The SQL functions raise SQLSTATEs of class ``OW`` (listed at the top of
-``sql/migrations/0001_initial.up.sql``); :func:`from_sqlstate` maps them to the
+``sql/migrations/0001_initial.up.sql``, later ones in the migration that
+added them); :func:`from_sqlstate` maps them to the
 classes below, so callers catch one Python type whatever driver they use.
 """
 
@@ -82,6 +83,12 @@ class InvalidApiKeyPrefix(ValidationError):
     sqlstate = "OW021"
 
 
+class FixedId(OutboxError):
+    """An UPDATE named the id of an event, webhook or delivery (migration 0007)."""
+
+    sqlstate = "OW011"
+
+
 _BY_SQLSTATE: dict[str, type[OutboxError]] = {
     cls.sqlstate: cls
     for cls in (
@@ -97,6 +104,7 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         InvalidSecret,
         ApiKeyNotFound,
         InvalidApiKeyPrefix,
+        FixedId,
     )
     if cls.sqlstate
 }

@@ -15,8 +15,16 @@ import psycopg
 import pytest
 
 from outbox_worker import emit, webhooks
+from outbox_worker.errors import FixedId, from_sqlstate
 from outbox_worker.sql import query
 from tests.helpers import complete_delivered, orphans, wait_for
+
+# A column of each parent that the worker's own statements update.
+UNRELATED = {
+    "webhooks": "updated_at = now()",
+    "events": "dispatched_at = now()",
+    "deliveries": "next_attempt_at = now()",
+}
 
 DISPATCH = {"limit": 100, "lease_limit": 100, "busy_webhooks": [], "per_webhook": 100,
             "lease_seconds": 30, "worker_id": "w"}  # fmt: skip
@@ -198,3 +206,47 @@ def test_an_attempt_logged_beside_a_webhook_delete_leaves_no_orphan(
         assert join() == 0
     assert counts(conn) == (1, 0, 0, 0)
     assert orphans(conn) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("table", "change"),
+    [
+        ("webhooks", "id = gen_random_uuid()"),
+        ("events", "id = default"),  # the one change a GENERATED ALWAYS identity allows
+        ("deliveries", "id = default"),
+    ],
+)
+def test_an_update_naming_a_parents_id_is_refused(
+    conn: psycopg.Connection[Any], table: str, change: str
+) -> None:
+    two_webhooks_with_history(conn)
+    before = conn.execute(f"select array_agg(id order by id) from outbox.{table}").fetchone()
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute(f"update outbox.{table} set {change}")
+    assert refused.value.sqlstate == "OW011"
+    assert f"outbox.{table}.id cannot be changed" in str(refused.value)
+    assert isinstance(from_sqlstate(refused.value.sqlstate, str(refused.value)), FixedId)
+    assert conn.execute(f"select array_agg(id order by id) from outbox.{table}").fetchone() == before
+    assert orphans(conn) == (0, 0, 0)
+    # Updates that do not name the id go through, as the worker's do.
+    assert conn.execute(f"update outbox.{table} set {UNRELATED[table]}").rowcount > 0
+
+
+def test_dispatch_does_not_wait_for_an_open_webhook_update(
+    conn: psycopg.Connection[Any], database_url: str
+) -> None:
+    """update_webhook() in a transaction left open holds its webhook row
+    FOR NO KEY UPDATE, which dispatch's FOR KEY SHARE does not wait for (a
+    FOR UPDATE made every dispatch wait until that transaction ended)."""
+    hook = webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"]).id
+    event = emit(conn, "v", "order.created", {"n": 1})
+    with psycopg.connect(database_url) as updater:
+        webhooks.update_webhook(updater, "v", hook, url="https://example.com/b")  # uncommitted
+        with psycopg.connect(database_url, autocommit=True) as dispatcher:
+            dispatcher.execute("set lock_timeout = '2s'")
+            rows = dispatcher.execute(query("dispatch"), DISPATCH).fetchall()
+        # Fanned out with the committed URL: the update is not visible yet.
+        assert [(r[0], r[6], r[9]) for r in rows] == [(event, hook, "https://example.com/a")]
+        updater.commit()
+    assert conn.execute("select url from outbox.webhooks").fetchone() == ("https://example.com/b",)
+    assert counts(conn) == (1, 1, 1, 0)

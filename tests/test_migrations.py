@@ -311,3 +311,37 @@ def test_0006_trades_the_hot_keys_for_cascades_and_its_downgrade_restores_them(m
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("delete from outbox.webhooks")
         assert conn.execute("select count(*) from outbox.deliveries").fetchone() == (0,)
+
+
+def test_0007_fixes_the_ids_and_its_downgrade_frees_them(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    migrate.upgrade(url)
+
+    def lock_clause(conn: psycopg.Connection[Any]) -> bool:
+        source = conn.execute(
+            "select prosrc from pg_proc where oid = 'outbox.update_webhook'::regproc"
+        ).fetchone()
+        assert source is not None
+        return "for no key update;" in source[0]
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        hook = conn.execute(
+            "select id from outbox.create_webhook('o', 'https://example.com/h', '{order.created}')"
+        ).fetchone()
+        assert hook is not None
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("update outbox.webhooks set id = gen_random_uuid()")
+        assert refused.value.sqlstate == "OW011"
+        assert lock_clause(conn)
+    migrate.downgrade(url, "0006")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("update outbox.webhooks set id = gen_random_uuid()")  # as before 0007
+        assert not lock_clause(conn)
+        assert conn.execute("select count(*) from pg_proc where proname = 'refuse_id_change'").fetchone() == (
+            0,
+        )
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error):
+            conn.execute("update outbox.events set id = default")
+        assert lock_clause(conn)
