@@ -9,8 +9,8 @@
 -- below the row. A statement-level trigger refuses such an UPDATE before it
 -- touches a row. It fires only for an UPDATE that names "id" among its
 -- targets (PostgreSQL checks the column list once per statement), so the
--- worker's updates, which never do, pay nothing: a row-level trigger
--- would have fetched and locked each updated row's old version first.
+-- worker's updates, which never do, pay one check per statement, where a
+-- row-level trigger is considered for every row they update.
 --
 -- update_webhook() locked its row FOR UPDATE, which conflicts with the FOR
 -- KEY SHARE that dispatch takes on the webhooks of a batch (0006): a caller
