@@ -23,7 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import set_json_loads
 
-from outbox_worker.signing import brutlers_signature, encode_body, load_payload
+from outbox_worker.signing import (
+    _ENCODER,
+    JsonObject,
+    brutlers_signature,
+    encode_body,
+    format_timestamp,
+    load_payload,
+)
 
 MOMENT = datetime(2026, 4, 15, 10, 0, 1, 234000, tzinfo=UTC)
 SAFE_INT = 2**53 - 1
@@ -86,3 +93,57 @@ def test_any_representable_payload_verifies_after_reserialisation(
     reserialised = javascript_reserialises(node, body)
     assert reserialised == body.decode()
     assert brutlers_signature(reserialised.encode(), secret) == brutlers_signature(body, secret)
+
+
+# Anything jsonb holds: every float (tiny ones included), integers far past
+# 64 bits, any text but NUL and lone surrogates (jsonb refuses both).
+any_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=16)
+any_number = (
+    st.integers()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(min_value=-1e-3, max_value=1e-3)
+)
+any_value = st.recursive(
+    st.none() | st.booleans() | any_number | any_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(any_text, children, max_size=4),
+    max_leaves=16,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.dictionaries(any_text | st.integers(0, 10**6).map(str), any_value, max_size=6))
+def test_the_fast_encoder_writes_the_standard_encoders_bytes(
+    jsonb: psycopg.Connection[Any], payload: dict[str, Any]
+) -> None:
+    """Bodies are fixed once, but an event whose bytes a dead worker never
+    stored is encoded again by another: orjson (when load_payload allows it)
+    and the standard encoder must agree on every byte."""
+    row = jsonb.execute("select %s::jsonb, %s::jsonb::text", (json.dumps(payload),) * 2).fetchone()
+    assert row is not None
+    data, text = row
+    standard = _ENCODER.encode(
+        {"event": "order.created", "data": dict(data), "timestamp": format_timestamp(MOMENT)}
+    ).encode()
+    assert encode_body("order.created", data, MOMENT) == standard
+    assert encode_body("order.created", load_payload(text), MOMENT) == standard
+
+
+@pytest.mark.parametrize(
+    ("text", "fast"),
+    [
+        ('{"id": "ord_1", "total": 20.0, "price": 19.99, "big": 1e300}', True),
+        ('{"tiny": 0.000015}', False),  # Python: 1.5e-05, orjson: 0.000015
+        ('{"nested": [{"tiny": -0.00001}]}', False),
+        ('{"past_64_bits": 18446744073709551616}', True),  # parsed exactly; encoded by the standard encoder
+    ],
+)
+def test_load_payload_marks_what_orjson_may_encode(text: str, fast: bool) -> None:
+    data = load_payload(text)
+    assert (type(data) is JsonObject) is fast
+    assert (
+        encode_body("order.created", data, MOMENT)
+        == _ENCODER.encode(
+            {"event": "order.created", "data": dict(data), "timestamp": format_timestamp(MOMENT)}
+        ).encode()
+    )
