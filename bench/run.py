@@ -8,7 +8,7 @@ settings, timed over the same window as the workers (the receiver's first
 to last arrival). Ratios to it are what to compare across machines; the
 slow-endpoint scenario has one too, at its 1,000 in flight.
 
-Scenarios (``--only``): throughput, latency, emit, slow, memory, growth.
+Scenarios (``--only``): throughput, payload, latency, emit, slow, memory, growth.
 ``--compare REF`` instead measures throughput and latency of this checkout
 against a git ref, in pairs that alternate within the same run (the
 machine's speed drifts more between runs than most changes move it).
@@ -49,9 +49,26 @@ from outbox_worker.db import as_url
 from outbox_worker.signing import encode_body, sign_headers
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-SCENARIOS = ("throughput", "latency", "emit", "slow", "memory", "growth")
+SCENARIOS = ("throughput", "payload", "latency", "emit", "slow", "memory", "growth")
 OWNER = "bench"
 EVENT = "order.created"
+
+# What real events look like (an order in the shape of Stripe's objects,
+# 4.3 KB as JSON, integer amounts and a few floats), for the payload
+# scenario; the others send ~60-byte payloads.
+_LINE_ITEM = {
+    "object": "line_item", "amount": 1999, "currency": "eur", "description": "Blue running shoes, size 42",
+    "price": {"id": "price_1", "unit_amount": 1999, "unit_amount_decimal": "1999", "tax_rate": 0.22,
+              "product": "prod_1"},
+    "quantity": 1, "discounts": [], "metadata": {"sku": "SHOE-BLUE-42", "warehouse": "MIL-3"},
+}  # fmt: skip
+LARGE_PAYLOAD = {
+    "id": "ord_1", "object": "order", "amount_total": 5997, "amount_subtotal": 4915.57, "currency": "eur",
+    "customer": {"id": "cus_1", "email": "anna.rossi@example.com", "name": "Anna Rossi",
+                 "address": {"line1": "Via Roma 1", "city": "Milano", "postal_code": "20121",
+                             "country": "IT"}},
+    "line_items": [{"id": f"li_{i}", **_LINE_ITEM} for i in range(12)], "status": "paid", "livemode": False,
+}  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -116,17 +133,26 @@ class BenchDatabase:
         for url in webhook_urls:
             self.execute("select outbox.create_webhook(%s, %s, array[%s])", (OWNER, url, EVENT))
 
-    def emit_bulk(self, count: int) -> None:
-        """Pre-emit ``count`` events (in chunks, so the validate trigger runs as for an app)."""
+    def emit_bulk(self, count: int, payload: dict[str, Any] | None = None) -> None:
+        """Pre-emit ``count`` events (in chunks, so the validate trigger runs
+        as for an app): small numbered orders, or ``payload`` each time."""
         done = 0
         while done < count:
             chunk = min(10_000, count - done)
-            self.execute(
-                "insert into outbox.events (owner_id, event_type, data) "
-                "select %s, %s, jsonb_build_object('id', 'ord_' || g, 'total', g %% 1000, 'currency', 'EUR') "
-                "from generate_series(1, %s) g",
-                (OWNER, EVENT, chunk),
-            )
+            if payload is None:
+                self.execute(
+                    "insert into outbox.events (owner_id, event_type, data) "
+                    "select %s, %s, "
+                    "jsonb_build_object('id', 'ord_' || g, 'total', g %% 1000, 'currency', 'EUR') "
+                    "from generate_series(1, %s) g",
+                    (OWNER, EVENT, chunk),
+                )
+            else:
+                self.execute(
+                    "insert into outbox.events (owner_id, event_type, data) "
+                    "select %s, %s, cast(%s as jsonb) from generate_series(1, %s)",
+                    (OWNER, EVENT, json.dumps(payload), chunk),
+                )
             done += chunk
         self.execute("analyze outbox.events")
 
@@ -283,7 +309,9 @@ def wait_until(
 # ------------------------------------------------------------------ baseline
 
 
-def _baseline_child(url: str, count: int, limit: int, per_host: int, result: Any) -> None:
+def _baseline_child(
+    url: str, count: int, limit: int, per_host: int, payload: str | None, result: Any
+) -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -299,7 +327,7 @@ def _baseline_child(url: str, count: int, limit: int, per_host: int, result: Any
     created = datetime.now(UTC)
     requests = []
     for i in range(count):
-        data = load_payload(json.dumps({"id": f"ord_{i}", "total": i % 1000, "currency": "EUR"}))
+        data = load_payload(payload or json.dumps({"id": f"ord_{i}", "total": i % 1000, "currency": "EUR"}))
         body = encode_body(EVENT, data, created)
         headers = sign_headers(
             event_id=i,
@@ -337,7 +365,11 @@ def _baseline_child(url: str, count: int, limit: int, per_host: int, result: Any
 
 
 def baseline(
-    recv: receiver_mod.Receiver, count: int, limit: int = 256, per_host: int = 32
+    recv: receiver_mod.Receiver,
+    count: int,
+    limit: int = 256,
+    per_host: int = 32,
+    payload: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
     """Raw aiohttp client, pre-signed bodies, no database: (requests/s, CPU
     ms/request). The rate is read off the receiver, first to last arrival,
@@ -345,7 +377,10 @@ def baseline(
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     recv.reset()
-    proc = ctx.Process(target=_baseline_child, args=(recv.url + "/baseline", count, limit, per_host, queue))
+    text = json.dumps(payload) if payload is not None else None
+    proc = ctx.Process(
+        target=_baseline_child, args=(recv.url + "/baseline", count, limit, per_host, text, queue)
+    )
     proc.start()
     cpu_ms = queue.get(timeout=600)
     proc.join()
@@ -373,12 +408,13 @@ def drain(
     workers: int,
     timeout: float = 300,
     repo: Path = REPO,
+    payload: dict[str, Any] | None = None,
     **settings: Any,
 ) -> dict[str, float]:
     """Pre-emit, then let ``workers`` processes drain: rate, CPU ms/delivery
     of the workers and (when the server is local) of PostgreSQL, peak RSS."""
     db.reset([f"{recv.url}/hook/{i}" for i in range(webhooks)])
-    db.emit_bulk(events)
+    db.emit_bulk(events, payload)
     expected = events * webhooks
     recv.reset()
     pg_start = postgres_cpu()
@@ -455,6 +491,28 @@ def scenario_throughput(opts: Options, table: Table) -> float:
                 table.add(name, f"{workers} worker{'s' if workers > 1 else ''}: worker CPU ms/delivery",
                           f"{r[f'cpu{workers}']:.3f}", "< 0.15")  # fmt: skip
     return peak_rss
+
+
+def scenario_payload(opts: Options, table: Table) -> None:
+    """The throughput drain with real-sized events: parsing, encoding,
+    storing and signing grow with the payload, the HTTP request barely."""
+    events = opts.size(10_000, 1_000)
+    size = len(json.dumps(LARGE_PAYLOAD))
+    results: dict[str, list[float]] = {}
+    with bench_database(opts.server, "payload") as db, receiver_mod.start() as recv:
+        for _ in range(opts.runs):
+            base_rate, base_cpu = baseline(recv, events, payload=LARGE_PAYLOAD)
+            out = drain(db, recv, events, 1, 1, payload=LARGE_PAYLOAD)
+            for key, value in (("base", base_rate), ("base_cpu", base_cpu), ("rate", out["rate"]),
+                               ("ratio", out["rate"] / base_rate), ("cpu", out["cpu_ms"]),
+                               ("pg_cpu", out["pg_cpu_ms"])):  # fmt: skip
+                results.setdefault(key, []).append(value)
+    r = {k: median(v) for k, v in results.items()}
+    name = f"payload {size / 1000:.1f} KB, {events:,} ev x 1 wh"
+    table.add(name, "baseline raw aiohttp (deliveries/s)", f"{r['base']:,.0f}")
+    table.add(name, "baseline client CPU ms/request", f"{r['base_cpu']:.3f}")
+    table.add(name, "1 worker: deliveries/s (ratio to baseline)", f"{r['rate']:,.0f} ({r['ratio']:.0%})")
+    table.add(name, "1 worker: worker / PostgreSQL CPU ms/delivery", f"{r['cpu']:.3f} / {r['pg_cpu']:.3f}")
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -910,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if "throughput" in chosen:
         throughput_rss = scenario_throughput(opts, table)
+    if "payload" in chosen:
+        scenario_payload(opts, table)
     if "latency" in chosen:
         scenario_latency(opts, table)
     if "emit" in chosen:

@@ -31,10 +31,15 @@ def run_bench(repo_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
-    result = run_bench(repo_root, "--only", "throughput", "slow", "--server", server_url)
-    rows = [line for line in result.stdout.splitlines() if line.startswith(("| throughput", "| slow"))]
-    assert len(rows) == 12 + 4, result.stdout
-    assert sum("baseline raw aiohttp" in row for row in rows) == 3  # two throughput cases and the slow one
+    result = run_bench(repo_root, "--only", "throughput", "payload", "slow", "--server", server_url)
+    rows = [
+        line
+        for line in result.stdout.splitlines()
+        if line.startswith(("| throughput", "| payload", "| slow"))
+    ]
+    assert len(rows) == 12 + 4 + 4, result.stdout
+    # two throughput cases, the real-sized payload and the slow one
+    assert sum("baseline raw aiohttp" in row for row in rows) == 4
     for row in rows:
         value = row.split("|")[3]
         assert re.search(r"\d", value), row
