@@ -8,6 +8,7 @@ import hmac
 import json
 import shutil
 import subprocess
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,3 +113,17 @@ def test_tampering_is_detected() -> None:
     assert not verify_brutlers(forged, headers["X-Sig"], SECRET)
     with pytest.raises(Exception, match="signature"):
         StandardWebhook(SECRET).verify(forged, headers)
+
+
+def test_bodies_hold_no_more_memory_than_their_length() -> None:
+    # orjson's bytes keep its ~4 KB write buffer whatever their length; a
+    # worker holds a body per delivery in flight or queued, thousands.
+    payloads = [load_payload(json.dumps({"id": f"ord_{i}", "total": i})) for i in range(1000)]
+    tracemalloc.start()
+    try:
+        bodies = [encode_body("order.created", payload, MOMENT) for payload in payloads]
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    length = sum(map(len, bodies)) / len(bodies)
+    assert held / len(bodies) < length + 200  # a bytes object's header and a list slot, not 4 KB
