@@ -13,8 +13,10 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
@@ -36,25 +38,31 @@ COMPLETE_DELAY = 0.05
 
 def outcomes_param(batch: Iterable[Outcome]) -> str:
     """``complete_deliveries``' one parameter: the batch as a JSON array.
-    psycopg dumps ten array parameters in Python at ~14 us per row; this is
-    one C call at ~2 us."""
-    return json.dumps(
-        [
-            {
-                "id": o.job.id,
-                "attempt": o.job.attempt,
-                "status": o.status,
-                "retry_in": o.retry_in,
-                "attempted_at": o.attempted_at.isoformat(),
-                "duration_ms": o.duration_ms,
-                "status_code": o.status_code,
-                "error_class": o.error_class,
-                "error": o.error,
-                "response_body": o.response_body,
-            }
-            for o in batch
-        ]
-    )
+    psycopg dumps ten array parameters in Python at ~14 us per row; the
+    standard encoder did it at ~2.3 us (with ``isoformat``), orjson at ~0.3
+    (it writes the datetime itself, RFC 3339, which PostgreSQL reads)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "id": o.job.id,
+            "attempt": o.job.attempt,
+            "status": o.status,
+            "retry_in": o.retry_in,
+            "attempted_at": o.attempted_at,
+            "duration_ms": o.duration_ms,
+            "status_code": o.status_code,
+            "error_class": o.error_class,
+            "error": o.error,
+            "response_body": o.response_body,
+        }
+        for o in batch
+    ]
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError:
+        # A lone surrogate, which orjson refuses and PostgreSQL's JSON refuses
+        # escaped (the sender's texts have none; this batch must still land).
+        text = json.dumps(rows, default=datetime.isoformat, ensure_ascii=False)
+        return text.encode("utf-8", "replace").decode()
 
 
 class Completer:

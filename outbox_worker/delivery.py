@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import math
 import time
 import uuid
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
+import orjson
 from psycopg_pool import AsyncConnectionPool
 from yarl import URL
 
@@ -127,12 +127,16 @@ def bodies_param(bodies: Mapping[int, bytes]) -> str:
     and ``complete_deliveries`` (base64, so the bytes survive any database
     encoding). psycopg's array dumpers, in Python, cost ~10 us per row; this
     is one C call."""
-    return json.dumps([{"id": i, "body": base64.b64encode(b).decode()} for i, b in bodies.items()])
+    return orjson.dumps([{"id": i, "body": base64.b64encode(b).decode()} for i, b in bodies.items()]).decode()
 
 
 def _text(raw: bytes | str) -> str:
-    # Postgres text cannot hold NUL; receivers can send anything.
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    # Postgres text cannot hold NUL, nor its JSON a lone surrogate (an
+    # exception's text can carry one); receivers can send anything.
+    if isinstance(raw, bytes):
+        text = raw.decode("utf-8", "replace")
+    else:
+        text = raw.encode("utf-8", "replace").decode()
     return text.replace("\x00", "\ufffd")
 
 

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import emit, webhooks
 from outbox_worker.completer import Completer
-from outbox_worker.delivery import Job, Outcome
+from outbox_worker.delivery import Job, Outcome, _text
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.logs import get_logger
 from outbox_worker.sql import query
@@ -225,3 +225,28 @@ def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
     assert complete_delivered(conn, [second]) == 1
     assert last_success() is not None
     assert conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,)
+
+
+async def test_an_outcome_text_with_a_lone_surrogate_is_still_written(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    # orjson refuses a lone surrogate and PostgreSQL's JSON refuses it
+    # escaped: one such error text would have failed its whole batch again
+    # and again, holding up every outcome behind it.
+    an_event_for_two_webhooks(conn)
+    handed, pool = await dispatch_once(database_url, slots=10)
+    try:
+        completer = Completer(pool, settings(database_url), get_logger())
+        failing, raw = handed
+        completer.record(
+            Outcome(failing, "pending", 60.0, datetime.now(UTC), 1.0, error_class="connection",
+                    error=_text("OSError: bad name \udcff\x00"))
+        )  # fmt: skip
+        unchecked = Outcome(raw, "pending", 60.0, datetime.now(UTC), 1.0, error_class="connection")
+        unchecked.error = "raw \ud800"  # past the sender's _text
+        completer.record(unchecked)
+        await completer.flush()
+    finally:
+        await pool.close()
+    errors = conn.execute("select error from outbox.delivery_attempts order by delivery_id").fetchall()
+    assert errors == [("OSError: bad name ?\ufffd",), ("raw ?",)]
