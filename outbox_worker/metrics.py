@@ -20,12 +20,17 @@ values: aggregate them with ``max``, not ``sum``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import bisect
+import itertools
+import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from outbox_worker import db
 
@@ -35,25 +40,62 @@ if TYPE_CHECKING:
     from outbox_worker.delivery import Outcome
     from outbox_worker.worker import Worker
 
-ATTEMPTS = Counter(
-    "outbox_attempts",
-    "HTTP attempts by result: delivered, retrying (another attempt follows), failed",
-    ["outcome"],
-)
-DELIVERIES = Counter(
-    "outbox_deliveries", "Deliveries finished, by final outcome: delivered or failed", ["outcome"]
-)
-RESPONSES = Counter(
-    "outbox_attempt_results",
-    "Attempts by HTTP status class (2xx..5xx) or, without a response, error class "
-    "(timeout, connection, dns, invalid_target)",
-    ["status_class"],
-)
-ATTEMPT_DURATION = Histogram(
-    "outbox_attempt_duration_seconds",
-    "Duration of one HTTP attempt, response body included",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0),
-)
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
+# The "le" labels as prometheus_client's own Histogram writes them.
+_DURATION_LE = [floatToGoString(b) for b in _DURATION_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+class _AttemptStats:
+    """The per-attempt metrics as plain numbers, which Prometheus reads at
+    scrape time (a custom collector). Through prometheus_client's Counter and
+    Histogram each attempt took four locked updates, 1.8 us; plain counts
+    take ~0.5. The worker's event loop is their one writer; its metrics
+    server, in the same loop, their reader."""
+
+    def __init__(self) -> None:
+        self.attempts = {"delivered": 0, "retrying": 0, "failed": 0}
+        self.deliveries = {"delivered": 0, "failed": 0}
+        self.results: dict[str, int] = {}
+        self.duration_buckets = [0] * (len(_DURATION_BUCKETS) + 1)  # the last one: +Inf
+        self.duration_sum = 0.0
+        self.created = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        attempts = CounterMetricFamily(
+            "outbox_attempts",
+            "HTTP attempts by result: delivered, retrying (another attempt follows), failed",
+            labels=["outcome"],
+        )
+        for outcome, count in list(self.attempts.items()):
+            attempts.add_metric([outcome], count, created=self.created)
+        yield attempts
+        deliveries = CounterMetricFamily(
+            "outbox_deliveries",
+            "Deliveries finished, by final outcome: delivered or failed",
+            labels=["outcome"],
+        )
+        for outcome, count in list(self.deliveries.items()):
+            deliveries.add_metric([outcome], count, created=self.created)
+        yield deliveries
+        results = CounterMetricFamily(
+            "outbox_attempt_results",
+            "Attempts by HTTP status class (2xx..5xx) or, without a response, error class "
+            "(timeout, connection, dns, invalid_target)",
+            labels=["status_class"],
+        )
+        for status, count in list(self.results.items()):
+            results.add_metric([status], count, created=self.created)
+        yield results
+        cumulative = list(itertools.accumulate(self.duration_buckets))
+        duration = HistogramMetricFamily(
+            "outbox_attempt_duration_seconds", "Duration of one HTTP attempt, response body included"
+        )
+        duration.add_metric([], list(zip(_DURATION_LE, cumulative, strict=True)), sum_value=self.duration_sum)
+        yield duration
+
+
+_STATS = _AttemptStats()
+REGISTRY.register(_STATS)  # a collector: anything with collect()
 DISPATCHED = Counter("outbox_dispatched_events", "Events fanned out into deliveries")
 DISPATCH_LAG = Histogram(
     "outbox_dispatch_lag_seconds",
@@ -86,25 +128,19 @@ def status_class(outcome: Outcome) -> str:
     return outcome.error_class or "unknown"
 
 
-# labels() takes a lock and a dict lookup; these run once per attempt, so
-# the children are looked up once.
-_ATTEMPTS = {r: ATTEMPTS.labels(r) for r in ("delivered", "retrying", "failed")}
-_DELIVERIES = {r: DELIVERIES.labels(r) for r in ("delivered", "failed")}
-_RESPONSES: dict[str, Any] = {}
-
-
 def record_outcome(outcome: Outcome) -> None:
     """Count one attempt (called from ``Completer.record``)."""
     result = "retrying" if outcome.status == "pending" else outcome.status
-    _ATTEMPTS[result].inc()
+    stats = _STATS
+    stats.attempts[result] += 1
     if result != "retrying":
-        _DELIVERIES[result].inc()
+        stats.deliveries[result] += 1
     cls = status_class(outcome)
-    child = _RESPONSES.get(cls)
-    if child is None:
-        child = _RESPONSES[cls] = RESPONSES.labels(cls)
-    child.inc()
-    ATTEMPT_DURATION.observe(outcome.duration_ms / 1000)
+    stats.results[cls] = stats.results.get(cls, 0) + 1
+    seconds = outcome.duration_ms / 1000
+    # The first bucket whose bound the value does not exceed ("le").
+    stats.duration_buckets[bisect.bisect_left(_DURATION_BUCKETS, seconds)] += 1
+    stats.duration_sum += seconds
 
 
 def observe_dispatch(created_at: Iterable[datetime]) -> None:

@@ -184,3 +184,45 @@ async def test_delivery_logs_carry_ids_and_never_secrets_or_bodies(
         assert a["delivery_id"] == delivery_id
         assert a["webhook_id"] == str(hook.id)
         assert a["duration_ms"] >= 0
+
+
+def test_attempt_metrics_count_like_prometheus_client_would() -> None:
+    """The per-attempt metrics are plain counts behind a collector; the
+    exposition is the one a Counter and a Histogram would give: "le" bounds
+    inclusive, cumulative buckets, +Inf, count and sum."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from prometheus_client import REGISTRY
+
+    from outbox_worker import metrics
+    from outbox_worker.delivery import Job, Outcome
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = [
+        ("outbox_attempt_duration_seconds_bucket", {"le": "0.005"}),
+        ("outbox_attempt_duration_seconds_bucket", {"le": "0.01"}),
+        ("outbox_attempt_duration_seconds_bucket", {"le": "30.0"}),
+        ("outbox_attempt_duration_seconds_bucket", {"le": "+Inf"}),
+        ("outbox_attempt_duration_seconds_count", {}),
+        ("outbox_attempt_duration_seconds_sum", {}),
+        ("outbox_attempts_total", {"outcome": "delivered"}),
+        ("outbox_attempts_total", {"outcome": "retrying"}),
+        ("outbox_attempts_total", {"outcome": "failed"}),
+        ("outbox_deliveries_total", {"outcome": "failed"}),
+        ("outbox_attempt_results_total", {"status_class": "2xx"}),
+        ("outbox_attempt_results_total", {"status_class": "timeout"}),
+    ]
+    before = [sample(n, **labels) for n, labels in names]
+    job = Job(1, 2, uuid.uuid4(), 1, "https://example.com/h", ("s",), b"{}")
+    now = datetime.now(UTC)
+    for status, code, ms in (("delivered", 200, 5.0), ("delivered", 204, 7.5), ("pending", None, 40_000.0),
+                             ("failed", None, 1.0)):  # fmt: skip
+        metrics.record_outcome(
+            Outcome(job, status, 0.0, now, ms, status_code=code, error_class=None if code else "timeout")  # type: ignore[arg-type]
+        )
+    after = [sample(n, **labels) for n, labels in names]
+    deltas = [round(a - b, 6) for a, b in zip(after, before, strict=True)]
+    assert deltas == [2, 3, 3, 4, 4, 40.0135, 2, 1, 1, 1, 2, 2]
