@@ -60,32 +60,32 @@ class _AttemptStats:
         self.duration_sum = 0.0
         self.created = time.time()
 
+    def _counter(self, name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=[label])
+        for value, count in list(counts.items()):
+            family.add_metric([value], count, created=self.created)
+        return family
+
     def collect(self) -> Iterator[Metric]:
-        attempts = CounterMetricFamily(
+        yield self._counter(
             "outbox_attempts",
             "HTTP attempts by result: delivered, retrying (another attempt follows), failed",
-            labels=["outcome"],
+            "outcome",
+            self.attempts,
         )
-        for outcome, count in list(self.attempts.items()):
-            attempts.add_metric([outcome], count, created=self.created)
-        yield attempts
-        deliveries = CounterMetricFamily(
+        yield self._counter(
             "outbox_deliveries",
             "Deliveries finished, by final outcome: delivered or failed",
-            labels=["outcome"],
+            "outcome",
+            self.deliveries,
         )
-        for outcome, count in list(self.deliveries.items()):
-            deliveries.add_metric([outcome], count, created=self.created)
-        yield deliveries
-        results = CounterMetricFamily(
+        yield self._counter(
             "outbox_attempt_results",
             "Attempts by HTTP status class (2xx..5xx) or, without a response, error class "
             "(timeout, connection, dns, invalid_target)",
-            labels=["status_class"],
+            "status_class",
+            self.results,
         )
-        for status, count in list(self.results.items()):
-            results.add_metric([status], count, created=self.created)
-        yield results
         cumulative = list(itertools.accumulate(self.duration_buckets))
         duration = HistogramMetricFamily(
             "outbox_attempt_duration_seconds", "Duration of one HTTP attempt, response body included"
