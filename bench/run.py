@@ -684,6 +684,15 @@ insert into outbox.events (owner_id, event_type, data)
 select 'bench', 'order.created', jsonb_build_object('id', o.id, 'total', o.total) from o;
 commit;
 """
+# A real-sized event (LARGE_PAYLOAD, 4.3 KB): compressed in the emitting
+# transaction (lz4 since migration 0008, pglz before).
+PGBENCH_EMIT_LARGE = (
+    "\\set total random(1, 100000)\n"
+    "begin;\n"
+    "insert into bench_orders (owner_id, total) values ('bench', :total);\n"
+    f"select outbox.emit('bench', 'order.created', '{json.dumps(LARGE_PAYLOAD)}'::jsonb);\n"
+    "commit;\n"
+)
 # Not an emit: a statement that does nothing, the floor under any separate
 # statement in the transaction (one more round trip through the server).
 PGBENCH_SELECT_1 = """\\set total random(1, 100000)
@@ -760,6 +769,7 @@ EMIT_CASES = (
     ("notify always (no worker busy)", 8, "always", PGBENCH_EMIT, ""),
     ("quiet notify (a worker busy)", 8, "quiet", PGBENCH_EMIT, ">= 80%"),
     ("quiet notify, emit fused into the insert", 8, "quiet", PGBENCH_EMIT_FUSED, ""),
+    ("quiet notify, a 4.3 KB payload", 8, "quiet", PGBENCH_EMIT_LARGE, ""),
     (
         "quiet notify, a plain INSERT into outbox.events fused into the insert",
         8,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -345,3 +346,42 @@ def test_0007_fixes_the_ids_and_its_downgrade_frees_them(make_database: Any) -> 
         with pytest.raises(psycopg.Error):
             conn.execute("update outbox.events set id = default")
         assert lock_clause(conn)
+
+
+def test_0008_writes_new_payloads_with_lz4_and_its_downgrade_goes_back(make_database: Any) -> None:
+    url = make_database("outbox_migr")
+    migrate.upgrade(url, "0007")
+
+    def methods(conn: psycopg.Connection[Any]) -> dict[str, str]:
+        rows = conn.execute(
+            "select attname, attcompression::text from pg_attribute "
+            "where attrelid = 'outbox.events'::regclass and attname in ('data', 'body')"
+        ).fetchall()
+        return dict(rows)
+
+    def whole(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute("select count(*) from outbox.events where data = %s::jsonb", (big,)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    big = json.dumps({"items": [{"n": i, "text": "x" * 40} for i in range(100)]})  # ~5 KB
+    with psycopg.connect(url, autocommit=True) as conn:
+        has_lz4 = conn.execute(
+            "select 'lz4' = any (enumvals) from pg_settings where name = 'default_toast_compression'"
+        ).fetchone() == (True,)
+        conn.execute("select outbox.emit('o', 'order.created', %s::jsonb)", (big,))
+        assert methods(conn) == {"data": "", "body": ""}
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert methods(conn) == ({"data": "l", "body": "l"} if has_lz4 else {"data": "", "body": ""})
+        conn.execute("select outbox.emit('o', 'order.created', %s::jsonb)", (big,))
+        compressed = conn.execute("select pg_column_compression(data) from outbox.events order by id")
+        written = [r[0] for r in compressed]
+        default = conn.execute("show default_toast_compression").fetchone()
+        assert default is not None
+        assert written == [default[0], "lz4" if has_lz4 else default[0]]
+        assert whole(conn) == 2  # both read back as written
+    migrate.downgrade(url, "0007")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert methods(conn) == {"data": "", "body": ""}
+        assert whole(conn) == 2
