@@ -20,7 +20,7 @@ import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Outcome, bodies_param
+from outbox_worker.delivery import Outcome, bodies_params
 from outbox_worker.settings import Settings
 
 # Outcomes that trickle in wait this long for company before a write: each
@@ -136,9 +136,11 @@ class Completer:
                 await self._write(self._pending[: self._settings.batch_size])
 
     async def _write(self, batch: list[Outcome]) -> None:
+        body_ids, blobs = bodies_params({o.job.event_id: o.job.body for o in batch if o.job.store_body})
         params = {
             "outcomes": outcomes_param(batch),
-            "bodies": bodies_param({o.job.event_id: o.job.body for o in batch if o.job.store_body}),
+            "body_event_ids": body_ids,
+            "bodies": blobs,
             "worker_id": self._settings.worker_id,
         }
         disable = {o.job.webhook_id: o.disable_reason for o in batch if o.disable_reason}

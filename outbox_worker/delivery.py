@@ -23,7 +23,6 @@ the same delivery; its row is due again when the lease ends.
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import time
 import uuid
@@ -34,7 +33,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
-import orjson
 from psycopg_pool import AsyncConnectionPool
 from yarl import URL
 
@@ -122,12 +120,13 @@ def lease_limit_per_webhook(settings: Settings) -> int:
     return 2 * settings.per_host_concurrency
 
 
-def bodies_param(bodies: Mapping[int, bytes]) -> str:
-    """Event ids and body bytes as one JSON parameter of ``store_bodies``
-    and ``complete_deliveries`` (base64, so the bytes survive any database
-    encoding). psycopg's array dumpers, in Python, cost ~10 us per row; this
-    is one C call."""
-    return orjson.dumps([{"id": i, "body": base64.b64encode(b).decode()} for i, b in bodies.items()]).decode()
+def bodies_params(bodies: Mapping[int, bytes]) -> tuple[list[int], list[bytes]]:
+    """Event ids and body bytes for ``store_bodies`` and
+    ``complete_deliveries``: two arrays, the bytes sent as ``bytea[]`` in
+    binary. The JSON array of base64 text they replace cost ~7 us per 4 KB
+    body here and its parse ~24 us in PostgreSQL (31 -> 4 us per row for
+    200 bodies of 4.3 KB; 2.0 -> 1.3 us for 120-byte ones)."""
+    return list(bodies), list(bodies.values())
 
 
 def _text(raw: bytes | str) -> str:
@@ -296,7 +295,8 @@ class Sender:
                 self.backlog = self._claim_was_full or bool(busy) or bool(self.busy_webhooks())
                 reserved = 0
                 if bodies:
-                    await db.fetch_async(conn, "store_bodies", {"batch": bodies_param(bodies)})
+                    ids, blobs = bodies_params(bodies)
+                    await db.fetch_async(conn, "store_bodies", {"event_ids": ids, "bodies": blobs})
             return len(jobs)
         finally:
             if reserved:

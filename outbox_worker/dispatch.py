@@ -30,7 +30,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Job, bodies_param, lease_limit_per_webhook
+from outbox_worker.delivery import Job, bodies_params, lease_limit_per_webhook
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
@@ -106,8 +106,8 @@ class Dispatcher:
                 if for_others:
                     if jobs:
                         await asyncio.sleep(0)  # let the requests reach the wire first
-                    batch = bodies_param({i: bodies[i] for i in for_others})
-                    await db.fetch_async(conn, "store_bodies", {"batch": batch})
+                    ids, blobs = bodies_params({i: bodies[i] for i in for_others})
+                    await db.fetch_async(conn, "store_bodies", {"event_ids": ids, "bodies": blobs})
             metrics.observe_dispatch(e["created_at"] for e in events)
             deliveries = sum(1 for r in rows if r["id"] is not None)
             self._log.debug("dispatched", events=len(events), deliveries=deliveries, leased=len(jobs))

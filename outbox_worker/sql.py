@@ -15,7 +15,7 @@ from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
 _HEADER = re.compile(r"^-- ([a-z_][a-z0-9_]*):[^\n]*$", re.MULTILINE)
-_PYFORMAT = re.compile(r"%\((\w+)\)s")
+_PYFORMAT = re.compile(r"%\((\w+)\)[sb]")
 
 
 def _locate(installed: str, source: str) -> Path:

@@ -100,12 +100,14 @@ select m.id as event_id, m.event_type, m.created_at,
   left join outbox.webhooks w on w.id = i.webhook_id
  order by m.id, i.id;
 
--- store_bodies: fix dispatched events' body bytes (base64 in one JSON array), unless a claimer fixed them first
+-- store_bodies: fix dispatched events' body bytes (two arrays, the bytes in binary), unless a claimer fixed them first
 with b as (
-    select * from json_to_recordset(cast(%(batch)s as json)) as b(id bigint, body text)
+    -- bytea[] sent in binary (%%b): a JSON array of base64 text cost the
+    -- worker ~7 us and PostgreSQL ~24 us per 4 KB body to encode and lex.
+    select * from unnest(cast(%(event_ids)s as bigint[]), cast(%(bodies)b as bytea[])) as b(id, body)
 )
 update outbox.events e
-   set body = decode(b.body, 'base64')
+   set body = b.body
   from b
  where e.id = any (array(select id from b))
    and e.id = b.id
@@ -165,14 +167,14 @@ with outcome as (
         as o(id bigint, attempt int, status outbox.delivery_status, retry_in float8, attempted_at timestamptz,
              duration_ms float8, status_code int, error_class text, error text, response_body text)
 ), bodies as (
-    select * from json_to_recordset(cast(%(bodies)s as json)) as b(id bigint, body text)
+    select * from unnest(cast(%(body_event_ids)s as bigint[]), cast(%(bodies)b as bytea[])) as b(id, body)
 ), stored as (
     -- The bytes of an event whose deliveries were all leased at dispatch
     -- ride with an outcome instead of a statement of their own before the
     -- first POST. Until then the body is NULL, and a worker that claims one
     -- of its deliveries (its dispatcher died) encodes the same bytes.
     update outbox.events e
-       set body = decode(b.body, 'base64')
+       set body = b.body
       from bodies b
      where e.id = any (array(select id from bodies))
        and e.id = b.id

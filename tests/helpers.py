@@ -53,7 +53,7 @@ def positional(statement: str) -> tuple[str, list[str]]:
             order.append(m.group(1))
         return f"${order.index(m.group(1)) + 1}"
 
-    return re.sub(r"%\((\w+)\)s", number, statement), order
+    return re.sub(r"%\((\w+)\)[sb]", number, statement), order
 
 
 def compiled_emit_trigger(conn: Any) -> str:
@@ -89,7 +89,12 @@ def delivered_outcomes(delivery_ids: list[int]) -> str:
 
 def complete_delivered(conn: Any, delivery_ids: list[int], worker_id: str = "w") -> int:
     """Run ``complete_deliveries`` with a 200 outcome for each id; the count it moved."""
-    params = {"outcomes": delivered_outcomes(delivery_ids), "bodies": "[]", "worker_id": worker_id}
+    params = {
+        "outcomes": delivered_outcomes(delivery_ids),
+        "body_event_ids": [],
+        "bodies": [],
+        "worker_id": worker_id,
+    }
     row = conn.execute(query("complete_deliveries"), params).fetchone()
     assert row is not None
     return int(row[0])

@@ -187,7 +187,9 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     ids = [r[0] for r in conn.execute("select id from outbox.deliveries order by id desc limit 2")]
     conn.execute("update outbox.deliveries set leased_by = 'w' where id = any(%s)", (ids,))
     if statement == "complete_deliveries":
-        args: dict[str, Any] = {"outcomes": delivered_outcomes(ids), "bodies": "[]", "worker_id": "w"}
+        args: dict[str, Any] = {
+            "outcomes": delivered_outcomes(ids), "body_event_ids": [], "bodies": [], "worker_id": "w",
+        }  # fmt: skip
         effect = "select count(*) from outbox.deliveries where id = any(%s) and status = 'delivered'"
     else:
         args = {"ids": ids, "worker_id": "w"}
