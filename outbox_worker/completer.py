@@ -136,11 +136,9 @@ class Completer:
                 await self._write(self._pending[: self._settings.batch_size])
 
     async def _write(self, batch: list[Outcome]) -> None:
-        body_ids, blobs = bodies_params({o.job.event_id: o.job.body for o in batch if o.job.store_body})
         params = {
             "outcomes": outcomes_param(batch),
-            "body_event_ids": body_ids,
-            "bodies": blobs,
+            **bodies_params({o.job.event_id: o.job.body for o in batch if o.job.store_body}),
             "worker_id": self._settings.worker_id,
         }
         disable = {o.job.webhook_id: o.disable_reason for o in batch if o.disable_reason}

@@ -120,13 +120,13 @@ def lease_limit_per_webhook(settings: Settings) -> int:
     return 2 * settings.per_host_concurrency
 
 
-def bodies_params(bodies: Mapping[int, bytes]) -> tuple[list[int], list[bytes]]:
-    """Event ids and body bytes for ``store_bodies`` and
-    ``complete_deliveries``: two arrays, the bytes sent as ``bytea[]`` in
+def bodies_params(bodies: Mapping[int, bytes]) -> dict[str, list[int] | list[bytes]]:
+    """Event ids and body bytes, the parameters ``store_bodies`` and
+    ``complete_deliveries`` share: two arrays, the bytes sent as ``bytea[]`` in
     binary. The JSON array of base64 text they replace cost ~7 us per 4 KB
     body here and its parse ~24 us in PostgreSQL (31 -> 4 us per row for
     200 bodies of 4.3 KB; 2.0 -> 1.3 us for 120-byte ones)."""
-    return list(bodies), list(bodies.values())
+    return {"body_event_ids": list(bodies), "bodies": list(bodies.values())}
 
 
 def _text(raw: bytes | str) -> str:
@@ -295,8 +295,7 @@ class Sender:
                 self.backlog = self._claim_was_full or bool(busy) or bool(self.busy_webhooks())
                 reserved = 0
                 if bodies:
-                    ids, blobs = bodies_params(bodies)
-                    await db.fetch_async(conn, "store_bodies", {"event_ids": ids, "bodies": blobs})
+                    await db.fetch_async(conn, "store_bodies", bodies_params(bodies))
             return len(jobs)
         finally:
             if reserved:

@@ -106,8 +106,8 @@ class Dispatcher:
                 if for_others:
                     if jobs:
                         await asyncio.sleep(0)  # let the requests reach the wire first
-                    ids, blobs = bodies_params({i: bodies[i] for i in for_others})
-                    await db.fetch_async(conn, "store_bodies", {"event_ids": ids, "bodies": blobs})
+                    batch = bodies_params({i: bodies[i] for i in for_others})
+                    await db.fetch_async(conn, "store_bodies", batch)
             metrics.observe_dispatch(e["created_at"] for e in events)
             deliveries = sum(1 for r in rows if r["id"] is not None)
             self._log.debug("dispatched", events=len(events), deliveries=deliveries, leased=len(jobs))

@@ -104,7 +104,7 @@ select m.id as event_id, m.event_type, m.created_at,
 with b as (
     -- bytea[] sent in binary (%%b): a JSON array of base64 text cost the
     -- worker ~7 us and PostgreSQL ~24 us per 4 KB body to encode and lex.
-    select * from unnest(cast(%(event_ids)s as bigint[]), cast(%(bodies)b as bytea[])) as b(id, body)
+    select * from unnest(cast(%(body_event_ids)s as bigint[]), cast(%(bodies)b as bytea[])) as b(id, body)
 )
 update outbox.events e
    set body = b.body

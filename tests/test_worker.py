@@ -605,7 +605,7 @@ async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_inde
     statements = {name: positional(query(name)) for name in ("complete_deliveries", "claim_deliveries",
                                                               "release_leases", "store_bodies")}  # fmt: skip
     args = {
-        "outcomes": "'[]'", "bodies": "'{}'", "body_event_ids": "'{}'", "event_ids": "'{}'",
+        "outcomes": "'[]'", "bodies": "'{}'", "body_event_ids": "'{}'",
         "worker_id": "'w'", "ids": "'{}'",
         "limit": "200", "busy_webhooks": "'{}'", "per_webhook": "64", "lease_seconds": "300",
     }  # fmt: skip
