@@ -83,11 +83,21 @@ class JsonObject(dict[str, Any]):
     (7-14x faster: 188 -> 14 us for a 15 KB payload) for the same bytes."""
 
 
+# Built once: json.loads with any keyword builds a decoder and its scanner
+# on every call (3.3 -> 1.1 us for a 50-byte payload here).
+_DECODERS = {
+    (reorder, parse_float): json.JSONDecoder(
+        object_pairs_hook=_js_object if reorder else None, parse_float=parse_float
+    )
+    for reorder in (False, True)
+    for parse_float in (_js_float_for_orjson, _js_float)
+}
+
+
 def _parse(raw: bytes, parse_float: Any) -> Any:
-    if _INDEX_KEY.search(raw) is None:
-        # No key to reorder: skip the per-object Python hook (the common case).
-        return json.loads(raw, parse_float=parse_float)
-    return json.loads(raw, object_pairs_hook=_js_object, parse_float=parse_float)
+    # No key to reorder: skip the per-object Python hook (the common case).
+    reorder = _INDEX_KEY.search(raw) is not None
+    return _DECODERS[reorder, parse_float].decode(raw.decode("utf-8", "surrogatepass"))  # as json.loads does
 
 
 def load_payload(text: str | bytes) -> Any:
@@ -102,8 +112,9 @@ def load_payload(text: str | bytes) -> Any:
 
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``, as in the seeds."""
-    # isoformat is several times cheaper than strftime; both give 4-digit years.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    # isoformat is several times cheaper than strftime; both give 4-digit
+    # years. An aware UTC time ends in "+00:00": cut, not replace(tzinfo=None).
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def encode_body(event_type: str, data: Mapping[str, Any], created_at: datetime) -> bytes:
@@ -137,18 +148,29 @@ def event_body(event_type: str, data: Any, created_at: datetime, log: Any) -> by
         ).encode()
 
 
-def brutlers_signature(body: bytes, secret: str) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+# Keyed once per secret: a copy of a keyed HMAC skips hashing the key's
+# pads again (1.7 -> 0.9 us per signature here; each request signs twice).
+# The cache holds what Job.secrets already holds in memory.
+@functools.lru_cache(maxsize=1024)
+def _brutlers_mac(secret: str) -> hmac.HMAC:
+    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
 @functools.lru_cache(maxsize=1024)
-def _standard_key(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix("whsec_"))
+def _standard_mac(secret: str) -> hmac.HMAC:
+    return hmac.new(base64.b64decode(secret.removeprefix("whsec_")), digestmod=hashlib.sha256)
+
+
+def brutlers_signature(body: bytes, secret: str) -> str:
+    mac = _brutlers_mac(secret).copy()
+    mac.update(body)
+    return mac.hexdigest()
 
 
 def standard_signature(msg_id: str, timestamp: int, body: bytes, secret: str) -> str:
-    signed = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
-    return "v1," + base64.b64encode(hmac.new(_standard_key(secret), signed, hashlib.sha256).digest()).decode()
+    mac = _standard_mac(secret).copy()
+    mac.update(b"%s.%d.%s" % (msg_id.encode(), timestamp, body))
+    return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 def message_id(event_id: int) -> str:

@@ -226,3 +226,40 @@ def test_attempt_metrics_count_like_prometheus_client_would() -> None:
     after = [sample(n, **labels) for n, labels in names]
     deltas = [round(a - b, 6) for a, b in zip(after, before, strict=True)]
     assert deltas == [2, 3, 3, 4, 4, 40.0135, 2, 1, 1, 1, 2, 2]
+
+
+def test_dispatch_metrics_count_like_prometheus_client_would() -> None:
+    """The dispatch counter and lag histogram are plain counts behind the same
+    collector: cumulative "le" buckets, a lag never below zero (a clock a
+    little ahead of the database's), and a ``_created`` sample per family as
+    prometheus_client's own Counter and Histogram write."""
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import REGISTRY
+
+    from outbox_worker import metrics
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = [
+        ("outbox_dispatched_events_total", {}),
+        ("outbox_dispatch_lag_seconds_bucket", {"le": "0.005"}),
+        ("outbox_dispatch_lag_seconds_bucket", {"le": "0.25"}),
+        ("outbox_dispatch_lag_seconds_bucket", {"le": "300.0"}),
+        ("outbox_dispatch_lag_seconds_bucket", {"le": "+Inf"}),
+        ("outbox_dispatch_lag_seconds_count", {}),
+    ]
+    before = [sample(n, **labels) for n, labels in names]
+    lag_sum = sample("outbox_dispatch_lag_seconds_sum")
+    now = datetime.now(UTC)
+    metrics.observe_dispatch(
+        [now + timedelta(seconds=5), now - timedelta(seconds=0.2), now - timedelta(seconds=400)]
+    )
+    metrics.observe_dispatch([])
+    deltas = [round(sample(n, **labels) - b, 6) for (n, labels), b in zip(names, before, strict=True)]
+    assert deltas == [3, 1, 2, 2, 3, 3]
+    assert 400.2 <= sample("outbox_dispatch_lag_seconds_sum") - lag_sum < 401
+    families = ("outbox_dispatched_events", "outbox_dispatch_lag_seconds", "outbox_attempt_duration_seconds")
+    for family in families:
+        assert sample(f"{family}_created") > 1.7e9
