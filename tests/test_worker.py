@@ -767,3 +767,32 @@ async def test_a_queued_delivery_is_not_sent_once_its_lease_would_end_mid_reques
     assert conn.execute(
         "select count(*), count(*) filter (where status_code = 200) from outbox.delivery_attempts"
     ).fetchone() == (3, 3)
+
+
+async def test_a_request_cancelled_outside_shutdown_is_sent_again_and_its_lane_goes_on(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """Only shutdown cancels a request. A cancellation from anywhere else (a
+    timeout's, landing as its request ended) must neither end the lane that
+    was sending it nor lose the delivery: its lease expires and it is sent
+    again."""
+    webhooks.create_webhook(conn, "v", receiver.script("/h", "hang"), ["order.created"])
+    async with running_worker(
+        database_url, concurrency=1, per_host_concurrency=1, request_timeout=5.0, lease_seconds=6.0
+    ) as worker:
+        first = emit(conn, "v", "order.created", {"n": 1})
+        await eventually(lambda: len(receiver.on("/h")) == 1, what="the first request hanging")
+        sender = worker.sender
+        assert sender is not None
+        (lane,) = sender._tasks.values()
+        lane.cancel()
+        second = emit(conn, "v", "order.created", {"n": 2})
+        await until_settled(database_url, 2, timeout=20)
+        assert not lane.done()  # it went on: sent the second, then the first again
+        assert sender.in_flight == 0
+    sent = [json.loads(r.body)["data"]["n"] for r in receiver.on("/h")]
+    assert sent == [1, 2, 1]
+    states = conn.execute(
+        "select event_id, status::text, attempts from outbox.deliveries order by event_id"
+    ).fetchall()
+    assert states == [(first, "delivered", 1), (second, "delivered", 1)]
