@@ -4,8 +4,8 @@ The sender claims due deliveries in batches of at most its free slots,
 commits the lease, and only then sends, with no transaction open. Requests
 run in lanes, long-lived tasks that each send one request at a time (no
 more lanes than requests ever ran at once); each outcome goes to the
-completer, which writes outcomes in batches. Leases expire on the database clock, so a delivery
-held by a dead worker is claimed again by any replica.
+completer, which writes outcomes in batches. Leases expire on the database
+clock, so a delivery held by a dead worker is claimed again by any replica.
 
 At most ``per_host_concurrency`` (the cap) requests per receiver origin
 (scheme, host, port: what aiohttp's per-host limit counts) run at once, so
@@ -441,15 +441,15 @@ class Sender:
 
     def _next_queued(self, origin: str) -> Job | None:
         """The origin's next queued job, for the lane that just finished one
-        there, the webhooks queued there taking turns: first in, first out, one webhook's burst queued ahead
-        of another customer's delivery on the same host (a shared SaaS
-        endpoint) held it back for as many rounds of the slow webhook's
-        requests as it had queued. Skips jobs whose lease would end before a
-        request could: behind a slow receiver a job can queue for several
-        request timeouts, and sent after its lease ended it would run beside
-        another worker's claim of the same delivery. A job skipped is only
-        forgotten here; its row is due again when the lease ends, and
-        whoever claims it then sends it, once."""
+        there, the webhooks queued there taking turns: first in, first out,
+        one webhook's burst queued ahead of another customer's delivery on
+        the same host (a shared SaaS endpoint) held it back for as many
+        rounds of the slow webhook's requests as it had queued. Skips jobs
+        whose lease would end before a request could: behind a slow receiver
+        a job can queue for several request timeouts, and sent after its
+        lease ended it would run beside another worker's claim of the same
+        delivery. A job skipped is only forgotten here; its row is due again
+        when the lease ends, and whoever claims it then sends it, once."""
         turns = self._queued.get(origin)
         if not turns or not self.claiming:
             return None
