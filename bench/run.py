@@ -9,8 +9,8 @@ to last arrival). Ratios to it are what to compare across machines; the
 slow-endpoint scenario has one too, at its 1,000 in flight.
 
 Scenarios (``--only``): throughput, payload, latency, emit, slow, memory, growth.
-``--compare REF`` instead measures throughput and latency of this checkout
-against a git ref, in pairs that alternate within the same run (the
+``--compare REF`` instead measures throughput, the slow endpoint and latency
+of this checkout against a git ref, in pairs that alternate within the same run (the
 machine's speed drifts more between runs than most changes move it).
 Needs a PostgreSQL it may create databases on (``--server``, default
 ``postgresql://postgres@127.0.0.1:5432/postgres``) and ``pgbench`` on PATH for
@@ -607,8 +607,9 @@ def paired(
 
 def compare(opts: Options, ref: str, table: Table) -> None:
     """Paired runs of this checkout and ``ref`` (a git worktree, removed after):
-    throughput 20,000 x 1 and 5,000 x 5 (1 worker) and latency, alternating
-    which goes first, medians of ``opts.runs`` pairs."""
+    throughput 20,000 x 1 and 5,000 x 5 (1 worker), the slow endpoint (1
+    worker, 1,000 in flight) and latency, alternating which goes first,
+    medians of ``opts.runs`` pairs."""
     sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
@@ -634,6 +635,21 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                                   f"{r['rate']:,.0f} ({r['ratio']:.0%})")  # fmt: skip
                         table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                                   f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
+            # The slow-endpoint target's own pair: 1,000 in flight against the
+            # 100 ms receiver, where the worker's CPU per request is the limit.
+            with bench_database(opts.server, "cmpslow") as db, receiver_mod.start(delay=0.1) as recv:
+                slow_events = opts.size(20_000, 2_000)
+
+                def slow(repo: Path, _: float) -> dict[str, float]:
+                    return drain(db, recv, slow_events, 1, 1, repo=repo, concurrency=1000,
+                                 per_host_concurrency=1000)  # fmt: skip
+
+                scenario = "slow endpoint (100 ms), 1000 in flight, 1 worker"
+                for name, r in paired(sides, opts.runs, slow, lambda: 0.0):
+                    table.add(scenario, f"{name}: deliveries/s (ratio to ideal 10,000/s)",
+                              f"{r['rate']:,.0f} ({r['rate'] / 10_000:.0%})")  # fmt: skip
+                    table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
+                              f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
             with bench_database(opts.server, "cmplat") as db, receiver_mod.start() as recv:
                 seconds = opts.size(10, 5)
 
@@ -957,7 +973,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
     parser.add_argument("--server", default=os.environ.get("OUTBOX_BENCH_SERVER", DEFAULT_SERVER))
     parser.add_argument(
-        "--compare", metavar="REF", help="paired throughput and latency runs against a git ref"
+        "--compare", metavar="REF", help="paired throughput, slow-endpoint and latency runs against a git ref"
     )
     args = parser.parse_args(argv)
     opts = Options(server=args.server, runs=args.runs or (1 if args.quick else 3), quick=args.quick)

@@ -47,9 +47,10 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
 
 def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root: Path) -> None:
     result = run_bench(repo_root, "--compare", "HEAD", "--server", server_url)
-    rows = [line for line in result.stdout.splitlines() if line.startswith(("| throughput", "| latency"))]
-    assert len(rows) == 10, result.stdout
-    assert sum("this checkout" in row for row in rows) == 5
+    prefixes = ("| throughput", "| slow", "| latency")
+    rows = [line for line in result.stdout.splitlines() if line.startswith(prefixes)]
+    assert len(rows) == 14, result.stdout
+    assert sum("this checkout" in row for row in rows) == 7
     for row in rows:
         assert re.search(r"\d", row.split("|")[3]), row
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo_root, capture_output=True, text=True)
