@@ -341,14 +341,18 @@ class Sender:
     # -- sending ----------------------------------------------------------
 
     def _start(self, job: Job) -> None:
-        self._running[job.origin] += 1
         while self._idle:
             lane, waiter = self._idle.pop()
             if not waiter.done():  # else cancelled while it waited (shutdown)
-                self._tasks[job.id] = lane
+                self._bind(job, lane)
                 waiter.set_result(job)
                 return
-        self._tasks[job.id] = asyncio.create_task(self._lane(job), name="sender-lane")
+        self._bind(job, asyncio.create_task(self._lane(job), name="sender-lane"))
+
+    def _bind(self, job: Job, lane: asyncio.Task[None]) -> None:
+        """Count ``job`` as running, sent by ``lane``."""
+        self._running[job.origin] += 1
+        self._tasks[job.id] = lane
 
     async def _lane(self, job: Job | None) -> None:
         """Send jobs one after another: the origin's next queued job at once,
@@ -378,8 +382,7 @@ class Sender:
                 self._log.exception("sender bookkeeping failed", delivery_id=job.id)
             job = self._next_queued(job.origin)
             if job is not None:
-                self._running[job.origin] += 1
-                self._tasks[job.id] = lane
+                self._bind(job, lane)
                 continue
             if not self.claiming:
                 return

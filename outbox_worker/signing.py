@@ -84,7 +84,7 @@ class JsonObject(dict[str, Any]):
 
 
 # Built once: json.loads with any keyword builds a decoder and its scanner
-# on every call (3.3 -> 1.1 us for a 50-byte payload here).
+# on every call (load_payload 3.3 -> 1.7 us for a 50-byte payload here).
 _DECODERS = {
     (reorder, parse_float): json.JSONDecoder(
         object_pairs_hook=_js_object if reorder else None, parse_float=parse_float
