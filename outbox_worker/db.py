@@ -103,7 +103,7 @@ class LifoConnectionPool(AsyncConnectionPool[Any]):
     each to the backend that has slept longest, whose process and caches are
     coldest. In paired drains (20,000 x 1, 4 pairs) reusing the last one gave
     6% more deliveries/s and 7% less worker CPU per delivery, and at 200
-    events/s a lower commit-to-receipt p50 (README, "Fixed on the way").
+    events/s a lower commit-to-receipt p50 (docs/performance.md, "Fixed on the way").
     Idle connections still answer when a burst needs them. psycopg_pool has
     no option for this: it keeps idle connections in a deque and checks out
     with ``popleft`` (3.3); a test pins that, so an upgrade that changes it

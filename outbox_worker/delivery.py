@@ -360,8 +360,8 @@ class Sender:
         the sender and there are at most as many as requests ever ran at
         once; a task per delivery cost its creation, first scheduling and
         teardown (on CPython 3.11 its registration in a Python-level WeakSet
-        too): ~7 us against ~1 us for a hand-over, here (README, "Fixed on
-        the way")."""
+        too): ~7 us against ~1 us for a hand-over, here (docs/performance.md,
+        "Fixed on the way")."""
         lane = asyncio.current_task()
         assert lane is not None
         loop = asyncio.get_running_loop()
@@ -373,7 +373,7 @@ class Sender:
                     raise  # shutdown: drain() hands the lease back
                 # Only shutdown cancels a request; this one came from a
                 # timeout that fired as its request ended (what ended the
-                # same design on 2026-12-01, README). The delivery's outcome
+                # same design on 2026-12-01, docs/performance.md). The delivery's outcome
                 # is not recorded: its lease expires and it is sent again.
                 lane.uncancel()
                 self._log.warning("request cancelled outside shutdown: sent again when its lease expires",
