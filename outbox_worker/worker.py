@@ -114,10 +114,9 @@ class Worker:
         return aiohttp.ClientSession(
             connector=connector,
             # sock_connect, not connect: it times opening a connection only, not
-            # a wait for a pooled one, and costs no timer per request.
-            timeout=aiohttp.ClientTimeout(
-                total=settings.request_timeout, sock_connect=settings.connect_timeout
-            ),
+            # a wait for a pooled one, and costs no timer per request. No
+            # total: the sender's sweep times whole requests (delivery.py).
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
             headers={"User-Agent": settings.user_agent},
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
