@@ -133,6 +133,17 @@ def lease_limit_per_webhook(settings: Settings) -> int:
     return 2 * settings.per_host_concurrency
 
 
+def timeout_tick(settings: Settings) -> float:
+    """How often the sender sweeps for requests past their timeout: a quarter
+    of the timeout, at most 0.25 s, and a fifth of the margin a lease leaves
+    beyond a request, so that a request ends before its lease. At least
+    10 ms, or a lease a hair longer than the timeout (which settings allow)
+    would spin the sweep; aiohttp's own timeout overran by up to 1 s (it
+    rounds deadlines past 5 s up to whole seconds)."""
+    timeout, lease = settings.request_timeout, settings.lease_seconds
+    return max(0.01, min(0.25, timeout / 4, (lease - timeout) / 5))
+
+
 def bodies_params(bodies: Mapping[int, bytes]) -> dict[str, list[int] | list[bytes]]:
     """Event ids and body bytes, the parameters ``store_bodies`` and
     ``complete_deliveries`` share: two arrays, the bytes sent as ``bytea[]`` in
@@ -211,11 +222,7 @@ class Sender:
         self._tasks: dict[int, asyncio.Task[None]] = {}  # delivery id -> the lane sending it
         self._sending: dict[int, Job] = {}  # the same ids -> their jobs, for the timeout sweep
         self._sweep: asyncio.TimerHandle | None = None
-        # At most a fifth of the margin a lease leaves beyond a request,
-        # however short: the sweep must end a request before its lease.
-        self._tick = min(
-            0.25, settings.request_timeout / 4, (settings.lease_seconds - settings.request_timeout) / 5
-        )
+        self._tick = timeout_tick(settings)
         self._idle: list[tuple[asyncio.Task[None], asyncio.Future[Job | None]]] = []
         # Leased deliveries per webhook: running (in _tasks) plus queued.
         self._per_webhook: Counter[uuid.UUID] = Counter()

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
-from outbox_worker import db, emit, migrate, webhooks
+from outbox_worker import db, delivery, emit, migrate, webhooks
 from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
@@ -767,6 +767,49 @@ async def test_a_queued_delivery_is_not_sent_once_its_lease_would_end_mid_reques
     assert conn.execute(
         "select count(*), count(*) filter (where status_code = 200) from outbox.delivery_attempts"
     ).fetchone() == (3, 3)
+
+
+async def test_timeouts_end_hanging_requests_one_after_another_on_one_lane(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """The timeout sweep cancels a hanging request at its deadline (at most a
+    tick late) and takes the cancellation back: the lane that sent it goes on
+    to the next hanging one, then to a healthy one, each attempt logged as a
+    timeout, and the worker stays up."""
+    webhooks.create_webhook(conn, "v", receiver.script("/h", "hang", "hang"), ["order.created"])
+    async with running_worker(
+        database_url, concurrency=1, per_host_concurrency=1, request_timeout=0.5, lease_seconds=5.0,
+        retry_schedule=[30, 30, 30],
+    ) as worker:  # fmt: skip
+        for n in range(3):
+            emit(conn, "v", "order.created", {"n": n})
+        await eventually(
+            lambda: conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (3,),
+            timeout=10,
+            what="three attempts",
+        )
+        sender = worker.sender
+        assert sender is not None
+        await eventually(lambda: sender.in_flight == 0, what="the lane idle")
+        lanes = {task for task in asyncio.all_tasks() if task.get_name() == "sender-lane"}
+        assert len(lanes) == 1 and not any(lane.done() for lane in lanes)  # one lane sent all three
+    rows = conn.execute(
+        "select error_class, status_code, duration_ms from outbox.delivery_attempts order by attempted_at"
+    ).fetchall()
+    assert [(e, c) for e, c, _ in rows] == [("timeout", None), ("timeout", None), (None, 200)]
+    tick = delivery.timeout_tick(settings(database_url, request_timeout=0.5, lease_seconds=5.0))
+    for _, _, duration in rows[:2]:
+        assert 500 <= duration < 500 + tick * 1000 + 300  # the rest: a loaded CI machine
+
+
+def test_the_timeout_tick_ends_a_request_before_its_lease() -> None:
+    def tick(timeout: float, lease: float) -> float:
+        return delivery.timeout_tick(settings("postgresql://", request_timeout=timeout, lease_seconds=lease))
+
+    assert tick(15, 60) == 0.25  # the defaults
+    assert tick(0.5, 60) == 0.125  # a quarter of a short timeout
+    assert tick(0.9, 1.0) == pytest.approx(0.02)  # a fifth of the lease's margin
+    assert tick(15, 15.001) == 0.01  # the floor, not a spinning sweep
 
 
 async def test_a_request_cancelled_outside_shutdown_is_sent_again_and_its_lane_goes_on(
