@@ -592,18 +592,35 @@ def paired(
     runs: int,
     measure: Callable[[Path, float], dict[str, float]],
     before_pair: Callable[[], float],
-) -> list[tuple[str, dict[str, float]]]:
+) -> dict[str, dict[str, list[float]]]:
     """``runs`` pairs of ``measure`` over ``sides``, the order alternating
     from one pair to the next; each pair first runs ``before_pair`` (a
-    baseline) and passes its result. Medians per side."""
+    baseline) and passes its result. Per side, per figure, one value a pair."""
     got: dict[str, dict[str, list[float]]] = {name: {} for name in sides}
     for run in range(runs):
         base = before_pair()
         for name, repo in sorted(sides.items(), reverse=run % 2 == 1):
             for key, value in measure(repo, base).items():
                 got[name].setdefault(key, []).append(value)
+    return got
+
+
+def medians(got: dict[str, dict[str, list[float]]]) -> list[tuple[str, dict[str, float]]]:
     return [(name, {k: median(v) for k, v in values.items()}) for name, values in got.items()]
 
+
+def pair_changes(got: dict[str, dict[str, list[float]]], key: str) -> str:
+    """This checkout against the ref, pair by pair, in ``key`` (lower is
+    better): what to judge a change by on a machine whose speed drifts
+    between pairs more than most changes move it."""
+    ref, this = (got[name][key] for name in got)  # the ref first, as sides lists them
+    changes = [t / r - 1 for r, t in zip(ref, this, strict=True)]
+    better = sum(change < 0 for change in changes)
+    listed = ", ".join(f"{change:+.1%}" for change in changes)
+    return f"{median(changes):+.1%} ({listed}; lower in {better} of {len(changes)})"
+
+
+CPU_CHANGE = "this checkout against the ref, per pair: worker CPU per delivery"
 
 # The slow-endpoint scenario's receiver delay (s) and requests in flight,
 # shared by its full run and its ``--compare`` pair.
@@ -636,11 +653,13 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                         return baseline(recv, n)[0]
 
                     scenario = f"throughput {events:,} ev x {webhooks} wh, 1 worker"
-                    for name, r in paired(sides, opts.runs, throughput, base_rate):
+                    got = paired(sides, opts.runs, throughput, base_rate)
+                    for name, r in medians(got):
                         table.add(scenario, f"{name}: deliveries/s (ratio to baseline)",
                                   f"{r['rate']:,.0f} ({r['ratio']:.0%})")  # fmt: skip
                         table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                                   f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
+                    table.add(scenario, CPU_CHANGE, pair_changes(got, "cpu_ms"))
             # The slow-endpoint target's own pair: 1,000 in flight against the
             # 100 ms receiver, where the worker's CPU per request is the limit.
             with bench_database(opts.server, "cmpslow") as db, receiver_mod.start(delay=SLOW_DELAY) as recv:
@@ -652,20 +671,25 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                                  per_host_concurrency=SLOW_IN_FLIGHT)  # fmt: skip
 
                 scenario = f"slow endpoint ({SLOW_DELAY * 1000:.0f} ms), {SLOW_IN_FLIGHT} in flight, 1 worker"
-                for name, r in paired(sides, opts.runs, slow, lambda: 0.0):
+                got = paired(sides, opts.runs, slow, lambda: 0.0)
+                for name, r in medians(got):
                     table.add(scenario, f"{name}: deliveries/s (ratio to ideal {ideal:,.0f}/s)",
                               f"{r['rate']:,.0f} ({r['rate'] / ideal:.0%})")  # fmt: skip
                     table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                               f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
+                table.add(scenario, CPU_CHANGE, pair_changes(got, "cpu_ms"))
             with bench_database(opts.server, "cmplat") as db, receiver_mod.start() as recv:
                 seconds = opts.size(10, 5)
 
                 def latency(repo: Path, _: float) -> dict[str, float]:
                     return measure_latency(db, recv, 200, seconds, repo)
 
-                for name, r in paired(sides, opts.runs, latency, lambda: 0.0):
-                    table.add(f"latency 200 ev/s x {seconds} s", f"{name}: commit-to-receipt p50 / p99 (ms)",
+                scenario = f"latency 200 ev/s x {seconds} s"
+                got = paired(sides, opts.runs, latency, lambda: 0.0)
+                for name, r in medians(got):
+                    table.add(scenario, f"{name}: commit-to-receipt p50 / p99 (ms)",
                               f"{r['p50']:.2f} / {r['p99']:.2f}")  # fmt: skip
+                table.add(scenario, "this checkout against the ref, per pair: p50", pair_changes(got, "p50"))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
 
