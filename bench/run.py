@@ -620,7 +620,9 @@ def pair_changes(got: dict[str, dict[str, list[float]]], key: str) -> str:
     return f"{median(changes):+.1%} ({listed}; lower in {better} of {len(changes)})"
 
 
-CPU_CHANGE = "this checkout against the ref, per pair: worker CPU per delivery"
+def changes_row(what: str) -> str:
+    return f"this checkout against the ref, per pair: {what}"
+
 
 # The slow-endpoint scenario's receiver delay (s) and requests in flight,
 # shared by its full run and its ``--compare`` pair.
@@ -659,7 +661,7 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                                   f"{r['rate']:,.0f} ({r['ratio']:.0%})")  # fmt: skip
                         table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                                   f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
-                    table.add(scenario, CPU_CHANGE, pair_changes(got, "cpu_ms"))
+                    table.add(scenario, changes_row("worker CPU per delivery"), pair_changes(got, "cpu_ms"))
             # The slow-endpoint target's own pair: 1,000 in flight against the
             # 100 ms receiver, where the worker's CPU per request is the limit.
             with bench_database(opts.server, "cmpslow") as db, receiver_mod.start(delay=SLOW_DELAY) as recv:
@@ -677,7 +679,7 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                               f"{r['rate']:,.0f} ({r['rate'] / ideal:.0%})")  # fmt: skip
                     table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                               f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
-                table.add(scenario, CPU_CHANGE, pair_changes(got, "cpu_ms"))
+                table.add(scenario, changes_row("worker CPU per delivery"), pair_changes(got, "cpu_ms"))
             with bench_database(opts.server, "cmplat") as db, receiver_mod.start() as recv:
                 seconds = opts.size(10, 5)
 
@@ -689,7 +691,7 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                 for name, r in medians(got):
                     table.add(scenario, f"{name}: commit-to-receipt p50 / p99 (ms)",
                               f"{r['p50']:.2f} / {r['p99']:.2f}")  # fmt: skip
-                table.add(scenario, "this checkout against the ref, per pair: p50", pair_changes(got, "p50"))
+                table.add(scenario, changes_row("p50"), pair_changes(got, "p50"))
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=REPO, check=False)
 

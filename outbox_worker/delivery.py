@@ -219,8 +219,8 @@ class Sender:
         self.box = SecretBox.from_keys(settings.secret_keys)
         self._record = record
         self._log = log.bind(component="sender")
-        self._tasks: dict[int, asyncio.Task[None]] = {}  # delivery id -> the lane sending it
-        self._sending: dict[int, Job] = {}  # the same ids -> their jobs, for the timeout sweep
+        # Delivery id -> the lane sending it and its job (the timeout sweep reads both).
+        self._tasks: dict[int, tuple[asyncio.Task[None], Job]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._tick = timeout_tick(settings)
         self._idle: list[tuple[asyncio.Task[None], asyncio.Future[Job | None]]] = []
@@ -392,23 +392,22 @@ class Sender:
     def _bind(self, job: Job, lane: asyncio.Task[None]) -> None:
         """Count ``job`` as running, sent by ``lane``."""
         self._running[job.origin] += 1
-        self._tasks[job.id] = lane
-        self._sending[job.id] = job
+        self._tasks[job.id] = (lane, job)
         if self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(self._tick, self._sweep_timeouts)
 
     def _sweep_timeouts(self) -> None:
         """Cancel the requests past their deadline; again after a tick while
         any runs. A lane is inside its job's attempt whenever this runs (it
-        leaves ``_sending`` before it awaits anything else), so the
+        leaves ``_tasks`` before it awaits anything else), so the
         cancellation lands in that request, never in the lane's next one."""
         now = time.monotonic()
-        for delivery_id, job in self._sending.items():
+        for lane, job in self._tasks.values():
             if job.deadline <= now and not job.timed_out:
                 job.timed_out = True
-                self._tasks[delivery_id].cancel()
+                lane.cancel()
         self._sweep = (
-            asyncio.get_running_loop().call_later(self._tick, self._sweep_timeouts) if self._sending else None
+            asyncio.get_running_loop().call_later(self._tick, self._sweep_timeouts) if self._tasks else None
         )
 
     async def _lane(self, job: Job | None) -> None:
@@ -488,7 +487,6 @@ class Sender:
             self._record(outcome)
         finally:
             self._tasks.pop(job.id, None)
-            self._sending.pop(job.id, None)
             _decrement(self._per_webhook, job.webhook_id)
             _decrement(self._running, job.origin)
             # Claim again when there is room for a batch and this webhook is
@@ -603,8 +601,8 @@ class Sender:
                 raw = await _read_capped(resp, settings.max_response_bytes, job)
                 status = resp.status
                 retry_after_header = resp.headers.get("Retry-After")
-        except asyncio.CancelledError:
-            if not _timed_out(job):
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not _timed_out(job):
                 raise
             return self._failure(
                 job, attempted_at, elapsed(), "timeout", f"no response within {settings.request_timeout}s"
@@ -615,10 +613,6 @@ class Sender:
             if isinstance(exc.os_error, BlockedTarget):
                 return self._failure(job, attempted_at, elapsed(), "invalid_target", str(exc.os_error))
             return self._failure(job, attempted_at, elapsed(), "dns", str(exc))
-        except TimeoutError:
-            return self._failure(
-                job, attempted_at, elapsed(), "timeout", f"no response within {settings.request_timeout}s"
-            )
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             return self._failure(job, attempted_at, elapsed(), "connection", f"{type(exc).__name__}: {exc}")
         body_text = _text(raw)
@@ -664,7 +658,7 @@ class Sender:
         queued = [job.id for turns in self._queued.values() for queue in turns.values() for job in queue]
         self._queued.clear()
         self._queued_count = 0
-        tasks = dict(self._tasks)
+        tasks = {delivery_id: lane for delivery_id, (lane, _) in self._tasks.items()}
         if tasks:
             await asyncio.wait(tasks.values(), timeout=grace)
         unfinished = [delivery_id for delivery_id, task in tasks.items() if not task.done()]

@@ -827,7 +827,7 @@ async def test_a_request_cancelled_outside_shutdown_is_sent_again_and_its_lane_g
         await eventually(lambda: len(receiver.on("/h")) == 1, what="the first request hanging")
         sender = worker.sender
         assert sender is not None
-        (lane,) = sender._tasks.values()
+        ((lane, _),) = sender._tasks.values()
         lane.cancel()
         second = emit(conn, "v", "order.created", {"n": 2})
         await until_settled(database_url, 2, timeout=20)
