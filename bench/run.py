@@ -609,15 +609,16 @@ def medians(got: dict[str, dict[str, list[float]]]) -> list[tuple[str, dict[str,
     return [(name, {k: median(v) for k, v in values.items()}) for name, values in got.items()]
 
 
-def pair_changes(got: dict[str, dict[str, list[float]]], key: str) -> str:
-    """This checkout against the ref, pair by pair, in ``key`` (lower is
-    better): what to judge a change by on a machine whose speed drifts
-    between pairs more than most changes move it."""
+def pair_changes(got: dict[str, dict[str, list[float]]], key: str, higher: bool = False) -> str:
+    """This checkout against the ref, pair by pair, in ``key`` (a cost, or a
+    rate when ``higher``): what to judge a change by on a machine whose speed
+    drifts between pairs more than most changes move it."""
     ref, this = (got[name][key] for name in got)  # the ref first, as sides lists them
     changes = [t / r - 1 for r, t in zip(ref, this, strict=True)]
-    better = sum(change < 0 for change in changes)
+    better = sum(change > 0 if higher else change < 0 for change in changes)
     listed = ", ".join(f"{change:+.1%}" for change in changes)
-    return f"{median(changes):+.1%} ({listed}; lower in {better} of {len(changes)})"
+    way = "higher" if higher else "lower"
+    return f"{median(changes):+.1%} ({listed}; {way} in {better} of {len(changes)})"
 
 
 def changes_row(what: str) -> str:
@@ -632,9 +633,9 @@ SLOW_IN_FLIGHT = 1000
 
 def compare(opts: Options, ref: str, table: Table) -> None:
     """Paired runs of this checkout and ``ref`` (a git worktree, removed after):
-    throughput 20,000 x 1 and 5,000 x 5 (1 worker), the slow endpoint (1
-    worker, 1,000 in flight) and latency, alternating which goes first,
-    medians of ``opts.runs`` pairs."""
+    throughput 20,000 x 1 and 5,000 x 5 (1 worker), the slow endpoint (1,000
+    in flight from 1 worker and from 2 x 500) and latency, alternating which
+    goes first, medians of ``opts.runs`` pairs."""
     sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout.strip()  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
@@ -662,24 +663,34 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                         table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
                                   f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
                     table.add(scenario, changes_row("worker CPU per delivery"), pair_changes(got, "cpu_ms"))
-            # The slow-endpoint target's own pair: 1,000 in flight against the
-            # 100 ms receiver, where the worker's CPU per request is the limit.
+            # The slow-endpoint target's own pairs: 1,000 in flight against
+            # the 100 ms receiver, from one worker (bound by its core) and
+            # from two of 500 (bound by how full their slots stay).
             with bench_database(opts.server, "cmpslow") as db, receiver_mod.start(delay=SLOW_DELAY) as recv:
                 slow_events = opts.size(20_000, 2_000)
                 ideal = SLOW_IN_FLIGHT / SLOW_DELAY
 
                 def slow(repo: Path, _: float) -> dict[str, float]:
-                    return drain(db, recv, slow_events, 1, 1, repo=repo, concurrency=SLOW_IN_FLIGHT,
-                                 per_host_concurrency=SLOW_IN_FLIGHT)  # fmt: skip
+                    figures: dict[str, float] = {}
+                    for workers in (1, 2):
+                        each = SLOW_IN_FLIGHT // workers
+                        out = drain(db, recv, slow_events, 1, workers, repo=repo, concurrency=each,
+                                    per_host_concurrency=each)  # fmt: skip
+                        figures |= {f"{key}/{workers}": value for key, value in out.items()}
+                    return figures
 
-                scenario = f"slow endpoint ({SLOW_DELAY * 1000:.0f} ms), {SLOW_IN_FLIGHT} in flight, 1 worker"
+                name_of = f"slow endpoint ({SLOW_DELAY * 1000:.0f} ms), {SLOW_IN_FLIGHT} in flight"
                 got = paired(sides, opts.runs, slow, lambda: 0.0)
-                for name, r in medians(got):
-                    table.add(scenario, f"{name}: deliveries/s (ratio to ideal {ideal:,.0f}/s)",
-                              f"{r['rate']:,.0f} ({r['rate'] / ideal:.0%})")  # fmt: skip
-                    table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
-                              f"{r['cpu_ms']:.3f} / {r['pg_cpu_ms']:.3f}")  # fmt: skip
-                table.add(scenario, changes_row("worker CPU per delivery"), pair_changes(got, "cpu_ms"))
+                for workers, what in ((1, "1 worker"), (2, "2 workers x 500")):
+                    scenario = f"{name_of}, {what}"
+                    rate, cpu, pg = (f"{key}/{workers}" for key in ("rate", "cpu_ms", "pg_cpu_ms"))
+                    for name, r in medians(got):
+                        table.add(scenario, f"{name}: deliveries/s (ratio to ideal {ideal:,.0f}/s)",
+                                  f"{r[rate]:,.0f} ({r[rate] / ideal:.0%})")  # fmt: skip
+                        table.add(scenario, f"{name}: worker / PostgreSQL CPU ms per delivery",
+                                  f"{r[cpu]:.3f} / {r[pg]:.3f}")  # fmt: skip
+                    table.add(scenario, changes_row("deliveries/s"), pair_changes(got, rate, higher=True))
+                    table.add(scenario, changes_row("worker CPU per delivery"), pair_changes(got, cpu))
             with bench_database(opts.server, "cmplat") as db, receiver_mod.start() as recv:
                 seconds = opts.size(10, 5)
 

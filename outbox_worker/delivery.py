@@ -1,7 +1,9 @@
 """Sender: leased deliveries -> signed HTTP POSTs -> outcomes.
 
-The sender claims due deliveries in batches of at most its free slots,
-commits the lease, and only then sends, with no transaction open. Requests
+The sender claims due deliveries in batches of at most its free slots
+(``concurrency`` plus one refill leased ahead, so that a slot that frees
+starts its next request without waiting for a claim), commits the lease,
+and only then sends, with no transaction open. Requests
 run in lanes, long-lived tasks that each send one request at a time (no
 more lanes than requests ever ran at once); each outcome goes to the
 completer, which writes outcomes in batches. Leases expire on the database
@@ -241,6 +243,14 @@ class Sender:
         # Refill in batches: waking on every freed slot would claim one row
         # per round trip.
         self._refill_at = max(1, min(settings.batch_size, settings.concurrency // 4))
+        # Lease one refill beyond ``concurrency``: those jobs wait in
+        # ``_waiting`` and start the moment a request ends, while the next
+        # claim is on its way. Without them, each slot that freed stood
+        # empty until a refill's worth had freed and that claim came back:
+        # 1,000 slots against a 100 ms receiver averaged ~800 requests
+        # running (docs/performance.md, "Fixed on the way").
+        self._lookahead = self._refill_at
+        self._waiting: deque[Job] = deque()
         self.wake = asyncio.Event()
         self.claiming = True
         # True while due rows may be waiting that a claim has not taken (a
@@ -256,7 +266,8 @@ class Sender:
         return len(self._tasks)
 
     def free_slots(self) -> int:
-        return self._settings.concurrency - len(self._tasks) - self._queued_count - self._reserved
+        held = len(self._tasks) + self._queued_count + len(self._waiting) + self._reserved
+        return self._settings.concurrency + self._lookahead - held
 
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` send slots (for a claim or a dispatch)."""
@@ -271,17 +282,23 @@ class Sender:
         for job in jobs:
             self._per_webhook[job.webhook_id] += 1
             origin = job.origin = self._origin(job.url)
-            if self._running[origin] < cap and origin not in self._queued:
+            if self._running[origin] >= cap or origin in self._queued:
+                self._queue(job)
+            elif len(self._tasks) < self._settings.concurrency:
                 self._start(job)
             else:
-                turns = self._queued.setdefault(origin, {})
-                queue = turns.get(job.webhook_id)
-                if queue is None:
-                    queue = turns[job.webhook_id] = deque()
-                queue.append(job)
-                self._queued_count += 1
+                self._waiting.append(job)
         if reserved > len(jobs):
             self._slot_freed.set()
+
+    def _queue(self, job: Job) -> None:
+        """Queue ``job`` behind its origin's running requests, in its webhook's turn."""
+        turns = self._queued.setdefault(job.origin, {})
+        queue = turns.get(job.webhook_id)
+        if queue is None:
+            queue = turns[job.webhook_id] = deque()
+        queue.append(job)
+        self._queued_count += 1
 
     def note_backlog(self) -> None:
         """Due rows exist that nobody leased (the dispatcher had no room)."""
@@ -436,7 +453,7 @@ class Sender:
                                   delivery_id=job.id)  # fmt: skip
             except Exception:  # a bug in the bookkeeping must not stop the lane
                 self._log.exception("sender bookkeeping failed", delivery_id=job.id)
-            job = self._next_queued(job.origin)
+            job = self._next_queued(job.origin) or self._next_waiting()
             if job is not None:
                 self._bind(job, lane)
                 continue
@@ -531,6 +548,35 @@ class Sender:
             _decrement(self._per_webhook, job.webhook_id)
         if not turns:
             del self._queued[origin]
+        self._log_skipped(skipped, origin)
+        return chosen
+
+    def _next_waiting(self) -> Job | None:
+        """The oldest job leased ahead of a free slot, for a lane that just
+        finished one and has none queued at its origin. One whose origin is
+        at its limit meanwhile joins that origin's queue instead; one whose
+        lease would end before a request could is left, as in
+        :meth:`_next_queued`."""
+        if not self._waiting or not self.claiming:
+            return None
+        cap = self._settings.per_host_concurrency
+        skipped: list[int] = []
+        would_end = time.monotonic() + self._settings.request_timeout + self._tick
+        chosen = None
+        while self._waiting:
+            job = self._waiting.popleft()
+            if job.lease_ends <= would_end:
+                skipped.append(job.id)
+                _decrement(self._per_webhook, job.webhook_id)
+            elif self._running[job.origin] >= cap or job.origin in self._queued:
+                self._queue(job)
+            else:
+                chosen = job
+                break
+        self._log_skipped(skipped, None)
+        return chosen
+
+    def _log_skipped(self, skipped: list[int], origin: str | None) -> None:
         if skipped:
             self._log.info(
                 "queued deliveries left to a later claim: their lease would end before a request could",
@@ -538,7 +584,6 @@ class Sender:
                 delivery_ids=skipped,
                 lease_seconds=self._settings.lease_seconds,
             )
-        return chosen
 
     def _failure(
         self,
@@ -656,8 +701,10 @@ class Sender:
         self._idle.clear()
         # Queued deliveries were never sent: straight back to the queue.
         queued = [job.id for turns in self._queued.values() for queue in turns.values() for job in queue]
+        queued += [job.id for job in self._waiting]
         self._queued.clear()
         self._queued_count = 0
+        self._waiting.clear()
         tasks = {delivery_id: lane for delivery_id, (lane, _) in self._tasks.items()}
         if tasks:
             await asyncio.wait(tasks.values(), timeout=grace)

@@ -49,13 +49,14 @@ def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root
     result = run_bench(repo_root, "--compare", "HEAD", "--server", server_url)
     prefixes = ("| throughput", "| slow", "| latency")
     rows = [line for line in result.stdout.splitlines() if line.startswith(prefixes)]
-    assert len(rows) == 18, result.stdout
-    assert sum("this checkout:" in row for row in rows) == 7
-    # One row a case judges the pairs: each pair's change and how many were lower.
+    assert len(rows) == 25, result.stdout
+    assert sum("this checkout:" in row for row in rows) == 9
+    # Rows that judge the pairs: each pair's change and in how many it went
+    # the right way (CPU lower; the slow cases' rates higher too).
     changes = [row for row in rows if "against the ref, per pair" in row]
-    assert len(changes) == 4
-    for row in changes:
-        assert re.search(r"; lower in \d of 1\)", row), row
+    assert len(changes) == 7
+    assert sum(bool(re.search(r"; lower in \d of 1\)", row)) for row in changes) == 5
+    assert sum(bool(re.search(r"deliveries/s.*; higher in \d of 1\)", row)) for row in changes) == 2
     for row in rows:
         assert re.search(r"\d", row.split("|")[3]), row
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo_root, capture_output=True, text=True)

@@ -11,15 +11,17 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
-from outbox_worker import db, delivery, emit, migrate, webhooks
+from outbox_worker import db, delivery, emit, migrate, secretbox, webhooks
 from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
@@ -736,6 +738,94 @@ async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
         ).fetchone()
         assert leased is not None and 2 <= leased[0] <= 9
         assert len(receiver.on("/hang")) == 2
+
+
+async def test_a_saturated_worker_leases_one_refill_ahead_and_sends_it_as_slots_free(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """With every slot running, the sender holds one refill (a quarter of its
+    8 slots: 2) leased ahead, ready for the first slots that free, instead of
+    letting them stand empty for a claim's round trip. Never more than 8
+    requests at once; nothing sent twice."""
+    running = peak = 0
+    release = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return web.Response(text="ok")
+
+    webhooks.create_webhook(conn, "v", receiver.script("/a", *[answer] * 12), ["order.created"])
+    emit_orders(database_url, "v", 12)
+    async with running_worker(database_url, concurrency=8) as worker:  # 32 per host
+        sender = worker.sender
+        assert sender is not None
+        await eventually(lambda: running == 8, what="eight requests running")
+        await asyncio.sleep(0.3)  # fan-out and claims have run meanwhile
+        assert (sender.in_flight, len(sender._waiting)) == (8, 2)  # waiting for any slot
+        assert conn.execute(
+            "select count(*) filter (where leased_by is not null), count(*) from outbox.deliveries"
+        ).fetchone() == (10, 12)
+        release.set()
+        await until_settled(database_url, 12)
+    assert peak == 8
+    assert Counter(r.headers["webhook-id"] for r in receiver.on("/a")).most_common(1)[0][1] == 1
+    assert len(receiver.on("/a")) == 12
+
+
+async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_limit(
+    database_url: str, receiver: Receiver
+) -> None:
+    """The sender on its own, jobs handed over by hand, real requests: 8
+    slots, 5 per host, two hosts (127.0.0.1 and localhost, one server). 4
+    jobs for b and 6 for a: 8 start, a's last 2 wait for any slot (one
+    refill ahead). The first slot b frees goes to a's 5th; when b frees
+    another, a is at its limit, so a's 6th joins a's queue instead of
+    passing it, and goes when one of a's own requests ends."""
+    config = settings(database_url, concurrency=8, per_host_concurrency=5)
+    running: Counter[str] = Counter()
+    peaks: Counter[str] = Counter()
+    b_done = asyncio.Semaphore(0)
+    a_done = asyncio.Event()
+
+    def answer(host: str) -> Any:
+        async def respond(request: web.Request) -> web.Response:
+            running[host] += 1
+            peaks[host] = max(peaks[host], running[host])
+            await (a_done.wait() if host == "a" else b_done.acquire())
+            running[host] -= 1
+            return web.Response(text="ok")
+
+        return respond
+
+    a_url = receiver.script("/a", *[answer("a")] * 6)
+    b_url = receiver.script("/b", *[answer("b")] * 4).replace("127.0.0.1", "localhost")
+    assert "localhost" in b_url
+    secret = secretbox.new_secret()
+    hook_a, hook_b = uuid.uuid4(), uuid.uuid4()
+    jobs = [delivery.Job(i, i, hook_b, 1, b_url, (secret,), b"{}") for i in range(1, 5)]
+    jobs += [delivery.Job(i, i, hook_a, 1, a_url, (secret,), b"{}") for i in range(5, 11)]
+    outcomes: list[delivery.Outcome] = []
+    async with Worker(config)._session() as session:
+        sender = delivery.Sender(None, session, config, outcomes.append, structlog.get_logger())  # type: ignore[arg-type]
+        assert sender.reserve(20) == 10  # 8 slots and a refill of 2 ahead
+        sender.hand_over(jobs, 10)
+        assert sender.in_flight == 8 and [job.id for job in sender._waiting] == [9, 10]
+        await eventually(lambda: running.total() == 8, what="eight requests running")
+        b_done.release()
+        await eventually(lambda: running["a"] == 5, what="a's 5th request in b's slot")
+        b_done.release()
+        await eventually(lambda: len(outcomes) == 2, what="b's second answer")
+        assert not sender._waiting and sender._queued_count == 1 and sender.in_flight == 7
+        a_done.set()
+        b_done.release()
+        b_done.release()
+        await eventually(lambda: len(outcomes) == 10, what="all answers")
+    assert (peaks["a"], peaks["b"]) == (5, 4)
+    assert sorted(o.job.id for o in outcomes if o.status == "delivered") == list(range(1, 11))
 
 
 async def test_a_queued_delivery_is_not_sent_once_its_lease_would_end_mid_request(
