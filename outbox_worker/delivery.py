@@ -11,9 +11,11 @@ clock, so a delivery held by a dead worker is claimed again by any replica.
 
 At most ``per_host_concurrency`` (the cap) requests per receiver origin
 (scheme, host, port: what aiohttp's per-host limit counts) run at once, so
-at most that many per webhook. A claim or a fan-out leases a webhook at most
-twice its cap, and nothing while it holds its cap, so a slow receiver holds
-at most 3 x cap - 1 slots per webhook (5 x cap - 1 when a claim and a
+at most that many per webhook. A claim or a fan-out leases a webhook at
+most twice its cap, and nothing while it holds its cap plus a quarter of it
+(``ahead``: queued ready, so that the slots its requests free are refilled
+while the next claim is on its way), so a slow receiver holds at most 3 x
+cap + ahead - 1 slots per webhook (5 x cap + ahead - 1 when a claim and a
 fan-out overlap), never all of them. Those beyond the cap wait here, not in
 aiohttp's connection pool: a request's timeouts start when it is sent,
 never while it queues, however many webhooks share a host, and the
@@ -127,6 +129,15 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     disable_reason: str | None = None
+
+
+def ahead_per_webhook(settings: Settings) -> int:
+    """Leased deliveries a webhook may hold beyond its per-host limit and
+    still be claimed for: a quarter of that limit. With none, a webhook at
+    its limit was claimed for only once its queue had run dry and one of its
+    requests had ended, and the slots it freed meanwhile stood empty until
+    that claim came back (docs/performance.md)."""
+    return settings.per_host_concurrency // 4
 
 
 def lease_limit_per_webhook(settings: Settings) -> int:
@@ -251,6 +262,7 @@ class Sender:
         # running (docs/performance.md, "Fixed on the way").
         self._lookahead = self._refill_at
         self._waiting: deque[Job] = deque()
+        self._saturated_at = settings.per_host_concurrency + ahead_per_webhook(settings)
         self.wake = asyncio.Event()
         self.claiming = True
         # True while due rows may be waiting that a claim has not taken (a
@@ -306,12 +318,13 @@ class Sender:
         self.wake.set()
 
     def busy_webhooks(self) -> list[uuid.UUID]:
-        cap = self._settings.per_host_concurrency
-        return [w for w, n in self._per_webhook.items() if n >= cap]
+        """Webhooks holding their cap and their share ahead: claims skip them."""
+        full = self._saturated_at
+        return [w for w, n in self._per_webhook.items() if n >= full]
 
     def _unsaturated_since_claim(self) -> bool:
-        cap = self._settings.per_host_concurrency
-        return any(self._per_webhook[w] < cap for w in self._skipped)
+        full = self._saturated_at
+        return any(self._per_webhook[w] < full for w in self._skipped)
 
     # -- claiming ---------------------------------------------------------
 
@@ -511,7 +524,7 @@ class Sender:
             if (
                 self.backlog
                 and self.free_slots() >= self._refill_at
-                and self._per_webhook.get(job.webhook_id, 0) < self._settings.per_host_concurrency
+                and self._per_webhook.get(job.webhook_id, 0) < self._saturated_at
             ):
                 self._slot_freed.set()
 

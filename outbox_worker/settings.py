@@ -58,9 +58,9 @@ class Settings(BaseSettings):
         32,
         ge=1,
         description="Requests in flight per receiver host (scheme, host and port) and process, "
-        "so per webhook too; a webhook holds at most 3x this many of the process's slots (running "
-        "plus queued; 5x while a claim and a fan-out overlap). Webhooks sharing a host take turns at "
-        "its slots.",
+        "so per webhook too; a webhook holds at most 3.25x this many of the process's slots (running "
+        "plus queued; 5.25x while a claim and a fan-out overlap). Webhooks sharing a host take turns "
+        "at its slots.",
     )
     batch_size: int = Field(
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."

@@ -776,6 +776,51 @@ async def test_a_saturated_worker_leases_one_refill_ahead_and_sends_it_as_slots_
     assert len(receiver.on("/a")) == 12
 
 
+async def test_a_webhook_at_its_limit_is_claimed_for_before_its_queue_runs_dry(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """4 requests per host, so a webhook may hold 1 more queued (a quarter of
+    4) and still be claimed for. The fan-out leases it 8 (twice its limit):
+    4 run, 4 queue. Once 4 have ended, its last queued one running, it holds
+    4 of its allowed 5: the next claim leases it 8 more while all 4 of its
+    slots are still busy. It used to be skipped until one of its requests
+    had ended with nothing queued, and that slot stood empty until the claim
+    came back. Never more than 4 at once; every delivery once."""
+    running = peak = 0
+    done = asyncio.Semaphore(0)
+
+    async def answer(request: web.Request) -> web.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await done.acquire()
+        running -= 1
+        return web.Response(text="ok")
+
+    webhooks.create_webhook(conn, "v", receiver.script("/a", *[answer] * 30), ["order.created"])
+    emit_orders(database_url, "v", 30)
+
+    def leased() -> int:
+        row = conn.execute("select count(*) from outbox.deliveries where leased_by is not null").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with running_worker(database_url, concurrency=64, per_host_concurrency=4):
+        await eventually(lambda: running == 4, what="four requests running")
+        await asyncio.sleep(0.3)  # the fan-out's leases, and no claim for a webhook holding 8
+        assert leased() == 8
+        for _ in range(4):
+            done.release()
+        await eventually(lambda: leased() == 12, what="a claim for the webhook holding 4")
+        assert running == 4
+        for _ in range(26):
+            done.release()
+        await until_settled(database_url, 30)
+    assert peak == 4
+    ids = [r.headers["webhook-id"] for r in receiver.on("/a")]
+    assert len(ids) == len(set(ids)) == 30
+
+
 async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_limit(
     database_url: str, receiver: Receiver
 ) -> None:
