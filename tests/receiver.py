@@ -28,6 +28,25 @@ class Received:
     wall: float  # time.time()
 
 
+class Held:
+    """A behaviour answering 200 once ``until()`` returns, counting the
+    requests inside it now (``running``) and at most at once (``peak``)."""
+
+    def __init__(self, until: Callable[[], Awaitable[object]]) -> None:
+        self.running = 0
+        self.peak = 0
+        self._until = until
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self._until()
+        finally:
+            self.running -= 1
+        return web.Response(text="ok")
+
+
 @dataclass
 class Receiver:
     scripts: dict[str, list[Behaviour]] = field(default_factory=dict)

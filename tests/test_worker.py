@@ -25,7 +25,7 @@ from outbox_worker import db, delivery, emit, migrate, secretbox, webhooks
 from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
-from tests.receiver import Receiver
+from tests.receiver import Held, Receiver
 from tests.workers import delivery_states, running_worker, settings, settled
 
 
@@ -670,17 +670,7 @@ async def test_a_burst_for_one_host_queues_in_the_worker_not_in_the_connection_p
     # two webhooks (two customers) on the same host:port: aiohttp's limit is
     # per host, and with the cap counted per webhook 4 requests started, 2
     # of them only to wait in aiohttp's pool until they timed out.
-    running = 0
-    peak = 0
-
-    async def answer(request: web.Request) -> web.Response:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.6)
-        running -= 1
-        return web.Response(text="ok")
-
+    answer = Held(lambda: asyncio.sleep(0.6))
     each = 8 // len(names)
     for name in names:
         webhooks.create_webhook(conn, name, receiver.script(f"/{name}", *[answer] * each), ["order.created"])
@@ -691,7 +681,7 @@ async def test_a_burst_for_one_host_queues_in_the_worker_not_in_the_connection_p
     ):
         await until_settled(database_url, 8)
     assert [len(receiver.on(f"/{name}")) for name in names] == [each] * len(names)
-    assert peak == 2
+    assert answer.peak == 2
     assert conn.execute(
         "select count(*), count(*) filter (where status_code = 200) from outbox.delivery_attempts"
     ).fetchone() == (8, 8)
@@ -747,23 +737,14 @@ async def test_a_saturated_worker_leases_one_refill_ahead_and_sends_it_as_slots_
     8 slots: 2) leased ahead, ready for the first slots that free, instead of
     letting them stand empty for a claim's round trip. Never more than 8
     requests at once; nothing sent twice."""
-    running = peak = 0
     release = asyncio.Event()
-
-    async def answer(request: web.Request) -> web.Response:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await release.wait()
-        running -= 1
-        return web.Response(text="ok")
-
+    answer = Held(release.wait)
     webhooks.create_webhook(conn, "v", receiver.script("/a", *[answer] * 12), ["order.created"])
     emit_orders(database_url, "v", 12)
     async with running_worker(database_url, concurrency=8) as worker:  # 32 per host
         sender = worker.sender
         assert sender is not None
-        await eventually(lambda: running == 8, what="eight requests running")
+        await eventually(lambda: answer.running == 8, what="eight requests running")
         await asyncio.sleep(0.3)  # fan-out and claims have run meanwhile
         assert (sender.in_flight, len(sender._waiting)) == (8, 2)  # waiting for any slot
         assert conn.execute(
@@ -771,7 +752,7 @@ async def test_a_saturated_worker_leases_one_refill_ahead_and_sends_it_as_slots_
         ).fetchone() == (10, 12)
         release.set()
         await until_settled(database_url, 12)
-    assert peak == 8
+    assert answer.peak == 8
     assert Counter(r.headers["webhook-id"] for r in receiver.on("/a")).most_common(1)[0][1] == 1
     assert len(receiver.on("/a")) == 12
 
@@ -786,17 +767,8 @@ async def test_a_webhook_at_its_limit_is_claimed_for_before_its_queue_runs_dry(
     slots are still busy. It used to be skipped until one of its requests
     had ended with nothing queued, and that slot stood empty until the claim
     came back. Never more than 4 at once; every delivery once."""
-    running = peak = 0
     done = asyncio.Semaphore(0)
-
-    async def answer(request: web.Request) -> web.Response:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await done.acquire()
-        running -= 1
-        return web.Response(text="ok")
-
+    answer = Held(done.acquire)
     webhooks.create_webhook(conn, "v", receiver.script("/a", *[answer] * 30), ["order.created"])
     emit_orders(database_url, "v", 30)
 
@@ -806,17 +778,17 @@ async def test_a_webhook_at_its_limit_is_claimed_for_before_its_queue_runs_dry(
         return int(row[0])
 
     async with running_worker(database_url, concurrency=64, per_host_concurrency=4):
-        await eventually(lambda: running == 4, what="four requests running")
+        await eventually(lambda: answer.running == 4, what="four requests running")
         await asyncio.sleep(0.3)  # the fan-out's leases, and no claim for a webhook holding 8
         assert leased() == 8
         for _ in range(4):
             done.release()
         await eventually(lambda: leased() == 12, what="a claim for the webhook holding 4")
-        assert running == 4
+        assert answer.running == 4
         for _ in range(26):
             done.release()
         await until_settled(database_url, 30)
-    assert peak == 4
+    assert answer.peak == 4
     ids = [r.headers["webhook-id"] for r in receiver.on("/a")]
     assert len(ids) == len(set(ids)) == 30
 
