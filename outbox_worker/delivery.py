@@ -254,14 +254,7 @@ class Sender:
         # Refill in batches: waking on every freed slot would claim one row
         # per round trip.
         self._refill_at = max(1, min(settings.batch_size, settings.concurrency // 4))
-        # Lease one refill beyond ``concurrency``: those jobs wait in
-        # ``_waiting`` and start the moment a request ends, while the next
-        # claim is on its way. Without them, each slot that freed stood
-        # empty until a refill's worth had freed and that claim came back:
-        # 1,000 slots against a 100 ms receiver averaged ~800 requests
-        # running (docs/performance.md, "Fixed on the way").
-        self._lookahead = self._refill_at
-        self._waiting: deque[Job] = deque()
+        self._waiting: deque[Job] = deque()  # leased ahead, for any slot that frees
         self._saturated_at = settings.per_host_concurrency + ahead_per_webhook(settings)
         self.wake = asyncio.Event()
         self.claiming = True
@@ -278,8 +271,14 @@ class Sender:
         return len(self._tasks)
 
     def free_slots(self) -> int:
+        # Room for one refill beyond ``concurrency``: those jobs wait in
+        # ``_waiting`` and start the moment a request ends, while the next
+        # claim is on its way. Without them, each slot that freed stood
+        # empty until a refill's worth had freed and that claim came back:
+        # 1,000 slots against a 100 ms receiver averaged ~800 requests
+        # running (docs/performance.md, "Fixed on the way").
         held = len(self._tasks) + self._queued_count + len(self._waiting) + self._reserved
-        return self._settings.concurrency + self._lookahead - held
+        return self._settings.concurrency + self._refill_at - held
 
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` send slots (for a claim or a dispatch)."""
@@ -544,7 +543,7 @@ class Sender:
             return None
         chosen = None
         skipped: list[int] = []
-        would_end = time.monotonic() + self._settings.request_timeout + self._tick
+        would_end = self._latest_request_end()
         while turns:
             webhook_id, queue = next(iter(turns.items()))
             job = queue.popleft()
@@ -554,7 +553,7 @@ class Sender:
                 del turns[webhook_id]
                 turns[webhook_id] = queue  # to the back of the line
             self._queued_count -= 1
-            if would_end < job.lease_ends:
+            if job.lease_ends > would_end:
                 chosen = job
                 break
             skipped.append(job.id)
@@ -574,7 +573,7 @@ class Sender:
             return None
         cap = self._settings.per_host_concurrency
         skipped: list[int] = []
-        would_end = time.monotonic() + self._settings.request_timeout + self._tick
+        would_end = self._latest_request_end()
         chosen = None
         while self._waiting:
             job = self._waiting.popleft()
@@ -588,6 +587,11 @@ class Sender:
                 break
         self._log_skipped(skipped, None)
         return chosen
+
+    def _latest_request_end(self) -> float:
+        """When a request started now ends at the latest (its timeout, and the
+        sweep's tick): a queued job whose lease ends by then is not sent."""
+        return time.monotonic() + self._settings.request_timeout + self._tick
 
     def _log_skipped(self, skipped: list[int], origin: str | None) -> None:
         if skipped:
