@@ -8,6 +8,8 @@ COPY sql ./sql
 COPY migrations ./migrations
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[api]'
 
+# 3.11, not 3.12 or 3.13: the worker spent 10-15% more CPU per delivery on
+# those here (docs/performance.md, "Tried and dropped", 2026-12-06).
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OUTBOX_LOG_FORMAT=json
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin outbox
