@@ -289,11 +289,10 @@ class Sender:
     def hand_over(self, jobs: list[Job], reserved: int) -> None:
         """Start the leased ``jobs`` and return the rest of a reservation."""
         self._reserved -= reserved
-        cap = self._settings.per_host_concurrency
         for job in jobs:
             self._per_webhook[job.webhook_id] += 1
-            origin = job.origin = self._origin(job.url)
-            if self._running[origin] >= cap or origin in self._queued:
+            job.origin = self._origin(job.url)
+            if self._must_queue(job.origin):
                 self._queue(job)
             elif len(self._tasks) < self._settings.concurrency:
                 self._start(job)
@@ -301,6 +300,11 @@ class Sender:
                 self._waiting.append(job)
         if reserved > len(jobs):
             self._slot_freed.set()
+
+    def _must_queue(self, origin: str) -> bool:
+        """Whether a job for ``origin`` waits in its queue: the origin is at
+        its limit, or jobs queued before it go first."""
+        return self._running[origin] >= self._settings.per_host_concurrency or origin in self._queued
 
     def _queue(self, job: Job) -> None:
         """Queue ``job`` behind its origin's running requests, in its webhook's turn."""
@@ -571,7 +575,6 @@ class Sender:
         :meth:`_next_queued`."""
         if not self._waiting or not self.claiming:
             return None
-        cap = self._settings.per_host_concurrency
         skipped: list[int] = []
         would_end = self._latest_request_end()
         chosen = None
@@ -580,7 +583,7 @@ class Sender:
             if job.lease_ends <= would_end:
                 skipped.append(job.id)
                 _decrement(self._per_webhook, job.webhook_id)
-            elif self._running[job.origin] >= cap or job.origin in self._queued:
+            elif self._must_queue(job.origin):
                 self._queue(job)
             else:
                 chosen = job

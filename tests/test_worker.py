@@ -803,23 +803,11 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
     another, a is at its limit, so a's 6th joins a's queue instead of
     passing it, and goes when one of a's own requests ends."""
     config = settings(database_url, concurrency=8, per_host_concurrency=5)
-    running: Counter[str] = Counter()
-    peaks: Counter[str] = Counter()
     b_done = asyncio.Semaphore(0)
     a_done = asyncio.Event()
-
-    def answer(host: str) -> Any:
-        async def respond(request: web.Request) -> web.Response:
-            running[host] += 1
-            peaks[host] = max(peaks[host], running[host])
-            await (a_done.wait() if host == "a" else b_done.acquire())
-            running[host] -= 1
-            return web.Response(text="ok")
-
-        return respond
-
-    a_url = receiver.script("/a", *[answer("a")] * 6)
-    b_url = receiver.script("/b", *[answer("b")] * 4).replace("127.0.0.1", "localhost")
+    a, b = Held(a_done.wait), Held(b_done.acquire)
+    a_url = receiver.script("/a", *[a] * 6)
+    b_url = receiver.script("/b", *[b] * 4).replace("127.0.0.1", "localhost")
     assert "localhost" in b_url
     secret = secretbox.new_secret()
     hook_a, hook_b = uuid.uuid4(), uuid.uuid4()
@@ -831,9 +819,9 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
         assert sender.reserve(20) == 10  # 8 slots and a refill of 2 ahead
         sender.hand_over(jobs, 10)
         assert sender.in_flight == 8 and [job.id for job in sender._waiting] == [9, 10]
-        await eventually(lambda: running.total() == 8, what="eight requests running")
+        await eventually(lambda: a.running + b.running == 8, what="eight requests running")
         b_done.release()
-        await eventually(lambda: running["a"] == 5, what="a's 5th request in b's slot")
+        await eventually(lambda: a.running == 5, what="a's 5th request in b's slot")
         b_done.release()
         await eventually(lambda: len(outcomes) == 2, what="b's second answer")
         assert not sender._waiting and sender._queued_count == 1 and sender.in_flight == 7
@@ -841,7 +829,7 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
         b_done.release()
         b_done.release()
         await eventually(lambda: len(outcomes) == 10, what="all answers")
-    assert (peaks["a"], peaks["b"]) == (5, 4)
+    assert (a.peak, b.peak) == (5, 4)
     assert sorted(o.job.id for o in outcomes if o.status == "delivered") == list(range(1, 11))
 
 
