@@ -30,7 +30,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Job, bodies_params, lease_limit_per_webhook
+from outbox_worker.delivery import Job, bodies_params, lease_limit_per_webhook, readable_bodies
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
@@ -106,7 +106,7 @@ class Dispatcher:
                 if for_others:
                     if jobs:
                         await asyncio.sleep(0)  # let the requests reach the wire first
-                    batch = bodies_params({i: bodies[i] for i in for_others})
+                    batch = bodies_params(readable_bodies({i: bodies[i] for i in for_others}))
                     await db.fetch_async(conn, "store_bodies", batch)
             metrics.observe_dispatch(e["created_at"] for e in events)
             deliveries = sum(1 for r in rows if r["id"] is not None)

@@ -47,6 +47,13 @@ class PayloadTooLarge(InvalidPayload):
     sqlstate = "OW007"
 
 
+class PayloadOutOfRange(InvalidPayload):
+    """Nested deeper than 100 objects or arrays, or a number beyond +/-1e308:
+    PostgreSQL stores it, but receivers' JSON parsers refuse it."""
+
+    sqlstate = "OW012"
+
+
 class InvalidEventTypeName(ValidationError):
     sqlstate = "OW009"
 
@@ -99,6 +106,7 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         WebhookNotFound,
         InvalidPayload,
         PayloadTooLarge,
+        PayloadOutOfRange,
         DeliveryNotFound,
         InvalidEventTypeName,
         InvalidSecret,

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -46,12 +47,17 @@ def _js_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+_INFINITIES = (math.inf, -math.inf)
+
+
 def _js_float(text: str) -> float | int:
     value = float(text)
     # JSON.stringify(20.0) is "20": an integral float within JS's exact range
     # becomes an int so that Python writes it the same way.
     if value.is_integer() and abs(value) <= _MAX_SAFE_INTEGER:
         return int(value)
+    if value in _INFINITIES:
+        raise _OutOfRange
     return value
 
 
@@ -68,6 +74,38 @@ _ORJSON_FLOAT_MIN = 1e-4
 
 class _TinyFloat(Exception):
     pass
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+class UnreadablePayload:
+    """What :func:`load_payload` returns for stored JSON this process cannot
+    read: an integer beyond Python's 4,300-digit parse, nesting beyond its
+    recursion limit, a number beyond a double's range. Emit refuses such
+    payloads (``OW012``); an event stored before that check fails its own
+    deliveries (error class ``invalid_payload``) and holds back no other."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _unreadable(exc: Exception) -> UnreadablePayload:
+    if isinstance(exc, RecursionError):
+        why = "nested too deep"
+    elif isinstance(exc, _OutOfRange):
+        why = "a number beyond the range of a double"
+    elif "integer string conversion" in str(exc):
+        why = "an integer of more than 4,300 digits"
+    else:
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return UnreadablePayload(
+        f"payload cannot be read: {why}; receivers' JSON parsers would refuse it too "
+        "(emit refuses such payloads, OW012)"
+    )
 
 
 def _js_float_for_orjson(text: str) -> float | int:
@@ -101,12 +139,17 @@ def _parse(raw: bytes, parse_float: Any) -> Any:
 
 
 def load_payload(text: str | bytes) -> Any:
-    """Parse stored JSON (jsonb) the way the body encoder needs it."""
+    """Parse stored JSON (jsonb) the way the body encoder needs it; never
+    raises: what cannot be read comes back as an :class:`UnreadablePayload`,
+    so that one row never fails the statement that fetched a whole batch."""
     raw = text.encode() if isinstance(text, str) else text
     try:
-        value = _parse(raw, _js_float_for_orjson)
-    except _TinyFloat:  # rare: parse again, for the standard encoder
-        return _parse(raw, _js_float)
+        try:
+            value = _parse(raw, _js_float_for_orjson)
+        except _TinyFloat:  # rare: parse again, for the standard encoder
+            return _parse(raw, _js_float)
+    except (ValueError, RecursionError) as exc:
+        return _unreadable(exc)
     return JsonObject(value) if type(value) is dict else value
 
 
@@ -131,11 +174,14 @@ def encode_body(event_type: str, data: Mapping[str, Any], created_at: datetime) 
     return _ENCODER.encode(envelope).encode()
 
 
-def event_body(event_type: str, data: Any, created_at: datetime, log: Any) -> bytes:
+def event_body(event_type: str, data: Any, created_at: datetime, log: Any) -> bytes | UnreadablePayload:
     """:func:`encode_body`, or plain JSON when that fails: one odd event must
     never block the outbox. Its bytes are still exact and signed; only the
     JavaScript re-serialisation nicety is lost. Deterministic either way, so
-    any worker that encodes an event gets the same bytes."""
+    any worker that encodes an event gets the same bytes. A payload that
+    could not be read at all is passed on: its deliveries fail alone."""
+    if isinstance(data, UnreadablePayload):
+        return data
     try:
         return encode_body(event_type, data, created_at)
     except Exception:
