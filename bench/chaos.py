@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from outbox_worker import embedded, migrate, webhooks
-from outbox_worker.demo import serve_on_loopback
+from outbox_worker.loopback import serve_on_loopback
 from outbox_worker.sql import query
 
 console = Console(stderr=True)

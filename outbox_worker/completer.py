@@ -20,7 +20,7 @@ import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Outcome, bodies_params
+from outbox_worker.jobs import Outcome, bodies_params
 from outbox_worker.settings import Settings
 
 # Outcomes that trickle in wait this long for company before a write: each

@@ -48,22 +48,10 @@ from rich.table import Table
 
 from outbox_worker import db, logs, migrate, signing, webhooks
 from outbox_worker.emit import emit_async
+from outbox_worker.loopback import serve_on_loopback
 from outbox_worker.settings import Settings
 from outbox_worker.sql import parse_queries, sql_dir
 from outbox_worker.worker import Worker
-
-
-async def serve_on_loopback(app: web.Application, **runner_options: Any) -> tuple[web.AppRunner, str]:
-    """Serve ``app`` on a free port of 127.0.0.1; returns its runner (to clean
-    up) and base URL. The demo's receiver, the test receiver and the bench
-    scripts all listen this way."""
-    runner = web.AppRunner(app, access_log=None, **runner_options)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
 
 OWNER = "demo-vendor"
 ROLLED_BACK_ORDER = "ord_rolled_back"

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.delivery import Job, bodies_params, lease_limit_per_webhook, readable_bodies
+from outbox_worker.jobs import Handoff, Job, bodies_params, lease_limit_per_webhook, readable_bodies
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
@@ -42,23 +40,19 @@ class Dispatcher:
         pool: AsyncConnectionPool[Any],
         settings: Settings,
         box: SecretBox | None,
-        reserve_slots: Callable[[int], int],
-        hand_over: Callable[[list[Job], int], None],
-        busy_webhooks: Callable[[], list[uuid.UUID]],
+        sender: Handoff,
         log: Any,
     ) -> None:
         self._pool = pool
         self._settings = settings
         self._box = box
-        self._reserve = reserve_slots
-        self._hand_over = hand_over
-        self._busy_webhooks = busy_webhooks
+        self._sender = sender
         self._log = log.bind(component="dispatcher")
         self.unleased = 0  # deliveries of the last batch left for the sender to claim
 
     async def dispatch_batch(self) -> int:
         """Dispatch one batch; returns how many events it took."""
-        reserved = self._reserve(self._settings.batch_size)
+        reserved = self._sender.reserve(self._settings.batch_size)
         settings = self._settings
         handed = False
         self.unleased = 0
@@ -71,7 +65,7 @@ class Dispatcher:
                     {
                         "limit": settings.batch_size,
                         "lease_limit": reserved,
-                        "busy_webhooks": self._busy_webhooks(),
+                        "busy_webhooks": self._sender.busy_webhooks(),
                         "per_webhook": lease_limit_per_webhook(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
@@ -101,7 +95,7 @@ class Dispatcher:
                         )
                 self.unleased = len(unleased)
                 # The statement has committed: the leased rows may be sent now.
-                self._hand_over(jobs, reserved)
+                self._sender.hand_over(jobs, reserved)
                 handed = True
                 if for_others:
                     if jobs:
@@ -117,4 +111,4 @@ class Dispatcher:
                 # An empty batch, or an error: if the statement failed it
                 # rolled back; if it committed, its leased rows are sent by
                 # whoever claims them once the lease expires.
-                self._hand_over([], reserved)
+                self._sender.hand_over([], reserved)

@@ -23,7 +23,8 @@ import asyncio
 import bisect
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +39,19 @@ from outbox_worker import db
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from outbox_worker.delivery import Outcome
-    from outbox_worker.worker import Worker
+    from outbox_worker.jobs import Outcome
+    from outbox_worker.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What the ops server reads from its worker, as callables: the server
+    needs no more of the worker than these three answers."""
+
+    in_flight: Callable[[], int]
+    ready: Callable[[], bool]
+    # The LISTEN connection is up (true when the worker does not listen).
+    listening: Callable[[], bool]
 
 
 class _Buckets:
@@ -189,11 +201,11 @@ def _set_queue(row: db.Row) -> None:
 class OpsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` for one worker."""
 
-    def __init__(self, worker: Worker, pool: AsyncConnectionPool[Any]) -> None:
-        self._worker = worker
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any], probes: Probes, log: Any) -> None:
+        self._probes = probes
         self._pool = pool
-        self._settings = worker.settings
-        self._log = worker.log.bind(component="metrics")
+        self._settings = settings
+        self._log = log.bind(component="metrics")
         self._runner: web.AppRunner | None = None
         self._poller: asyncio.Task[None] | None = None
         self.port = 0
@@ -216,7 +228,7 @@ class OpsServer:
             ) from exc
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.metrics_port
-        IN_FLIGHT.set_function(lambda: self._worker.sender.in_flight if self._worker.sender else 0)
+        IN_FLIGHT.set_function(self._probes.in_flight)
         self._poller = asyncio.create_task(self._poll_queue(), name="metrics-queue")
         self._log.info("metrics listening", host=self._settings.metrics_host, port=self.port)
         return self
@@ -240,13 +252,9 @@ class OpsServer:
                 self._log.warning("queue metrics query failed", error=str(exc).strip())
             await asyncio.sleep(self._settings.metrics_interval)
 
-    def _listen_ok(self) -> bool:
-        listener = self._worker.listener
-        return not self._settings.listen or (listener is not None and listener.connected)
-
     async def _metrics(self, _: web.Request) -> web.Response:
-        READY.set(1 if self._worker.ready else 0)
-        LISTEN_UP.set(1 if self._settings.listen and self._listen_ok() else 0)
+        READY.set(1 if self._probes.ready() else 0)
+        LISTEN_UP.set(1 if self._settings.listen and self._probes.listening() else 0)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
@@ -254,9 +262,9 @@ class OpsServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         checks: dict[str, bool] = {
-            "worker": self._worker.ready,
+            "worker": self._probes.ready(),
             "database": False,
-            "listen": self._listen_ok(),
+            "listen": self._probes.listening(),
         }
         try:
             async with self._pool.connection(timeout=2) as conn:
@@ -270,8 +278,10 @@ class OpsServer:
         )
 
 
-async def start_server(worker: Worker, pool: AsyncConnectionPool[Any]) -> OpsServer | None:
+async def start_server(
+    settings: Settings, pool: AsyncConnectionPool[Any], probes: Probes, log: Any
+) -> OpsServer | None:
     """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0."""
-    if worker.settings.metrics_port == 0:
+    if settings.metrics_port == 0:
         return None
-    return await OpsServer(worker, pool).start()
+    return await OpsServer(settings, pool, probes, log).start()

@@ -15,19 +15,18 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
+from outbox_worker.attempt import Attempter, make_session
 from outbox_worker.completer import Completer
-from outbox_worker.delivery import Sender
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
 from outbox_worker.maintenance import FailingWebhookDisabler, SecretSealer
-from outbox_worker.netpolicy import GuardedResolver
+from outbox_worker.sender import Sender
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
 
@@ -57,6 +56,11 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _listening(self) -> bool:
+        """The LISTEN connection is up, or the worker does not listen (readiness)."""
+        listener = self.listener
+        return not self.settings.listen or (listener is not None and listener.connected)
 
     def _pool(self) -> AsyncConnectionPool[Any]:
         settings = self.settings
@@ -101,25 +105,6 @@ class Worker:
             configure=configure,
             open=False,
             name="outbox-worker",
-        )
-
-    def _session(self) -> aiohttp.ClientSession:
-        settings = self.settings
-        connector = aiohttp.TCPConnector(
-            limit=settings.concurrency,
-            limit_per_host=settings.per_host_concurrency,
-            resolver=GuardedResolver(allow_private=settings.allow_private_networks),
-            ttl_dns_cache=30,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            # sock_connect, not connect: it times opening a connection only, not
-            # a wait for a pooled one, and costs no timer per request. No
-            # total: the sender's sweep times whole requests (delivery.py).
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
-            headers={"User-Agent": settings.user_agent},
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender, busy: BusyFlag | None) -> None:
@@ -167,14 +152,18 @@ class Worker:
     async def run(self) -> int:
         settings = self.settings
         pool = self._pool()
-        self.ops = await metrics.start_server(self, pool)  # /metrics, /healthz, /readyz
-        await pool.open(wait=False)
-        session = self._session()
-        self.completer = completer = Completer(pool, settings, self.log)
-        self.sender = sender = Sender(pool, session, settings, completer.record, self.log)
-        dispatcher = Dispatcher(
-            pool, settings, sender.box, sender.reserve, sender.hand_over, sender.busy_webhooks, self.log
+        probes = metrics.Probes(
+            in_flight=lambda: self.sender.in_flight if self.sender else 0,
+            ready=lambda: self.ready,
+            listening=self._listening,
         )
+        self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
+        await pool.open(wait=False)
+        session = make_session(settings)
+        self.completer = completer = Completer(pool, settings, self.log)
+        attempter = Attempter(session, settings)
+        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log)
+        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log)
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from outbox_worker.demo import serve_on_loopback
+from outbox_worker.loopback import serve_on_loopback
 
 Behaviour = int | str | Callable[[web.Request], Awaitable[web.StreamResponse]]
 

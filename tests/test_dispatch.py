@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +14,10 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import emit, webhooks
+from outbox_worker.attempt import storable_text
 from outbox_worker.completer import Completer
-from outbox_worker.delivery import Job, Outcome, _text
 from outbox_worker.dispatch import Dispatcher
+from outbox_worker.jobs import Job, Outcome
 from outbox_worker.logs import get_logger
 from outbox_worker.sql import query
 from tests.helpers import complete_delivered, delivered_outcomes, positional
@@ -34,8 +36,29 @@ def an_event_for_two_webhooks(conn: psycopg.Connection[Any]) -> int:
     return emit(conn, "v", "order.created", {"id": "ord_1"})
 
 
+class Slots:
+    """The sender's side of the handoff, reduced to a fixed number of slots
+    and a record of what it is handed."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.handed: list[Job] = []
+
+    def reserve(self, wanted: int) -> int:
+        return min(wanted, self.slots)
+
+    def hand_over(self, jobs: list[Job], reserved: int) -> None:
+        self.handed.extend(jobs)
+
+    def busy_webhooks(self) -> list[uuid.UUID]:
+        return []
+
+    def note_backlog(self) -> None:
+        pass
+
+
 async def dispatch_once(database_url: str, slots: int) -> tuple[list[Job], AsyncConnectionPool[Any]]:
-    handed: list[Job] = []
+    sender = Slots(slots)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         database_url, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False
     )
@@ -44,13 +67,11 @@ async def dispatch_once(database_url: str, slots: int) -> tuple[list[Job], Async
         pool,
         settings(database_url),
         None,
-        reserve_slots=lambda wanted: min(wanted, slots),
-        hand_over=lambda jobs, reserved: handed.extend(jobs),
-        busy_webhooks=list,
+        sender,
         log=get_logger(),
     )
     assert await dispatcher.dispatch_batch() == 1
-    return handed, pool
+    return sender.handed, pool
 
 
 async def test_bytes_of_a_fully_leased_event_ride_with_its_first_outcome(
@@ -242,10 +263,10 @@ async def test_an_outcome_text_with_a_lone_surrogate_is_still_written(
         failing, raw = handed
         completer.record(
             Outcome(failing, "pending", 60.0, datetime.now(UTC), 1.0, error_class="connection",
-                    error=_text("OSError: bad name \udcff\x00"))
+                    error=storable_text("OSError: bad name \udcff\x00"))
         )  # fmt: skip
         unchecked = Outcome(raw, "pending", 60.0, datetime.now(UTC), 1.0, error_class="connection")
-        unchecked.error = "raw \ud800"  # past the sender's _text
+        unchecked.error = "raw \ud800"  # past storable_text
         completer.record(unchecked)
         await completer.flush()
     finally:

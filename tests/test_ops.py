@@ -196,7 +196,7 @@ def test_attempt_metrics_count_like_prometheus_client_would() -> None:
     from prometheus_client import REGISTRY
 
     from outbox_worker import metrics
-    from outbox_worker.delivery import Job, Outcome
+    from outbox_worker.jobs import Job, Outcome
 
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0

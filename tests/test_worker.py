@@ -21,7 +21,10 @@ import structlog
 from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
-from outbox_worker import db, delivery, emit, migrate, secretbox, webhooks
+from outbox_worker import db, emit, migrate, secretbox, webhooks
+from outbox_worker.attempt import Attempter, make_session
+from outbox_worker.jobs import Job, Outcome, timeout_tick
+from outbox_worker.sender import Sender
 from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
@@ -720,8 +723,9 @@ async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
         database_url, concurrency=32, per_host_concurrency=2, batch_size=50, request_timeout=20.0
     ) as worker:
         await eventually(lambda: len(receiver.on("/hang")) >= 2, what="two hung requests")
-        await asyncio.sleep(0.5)  # dispatch and claims have run meanwhile
         assert worker.sender is not None
+        for _ in range(2):  # claims that could lease the webhook more
+            await worker.sender.signals.claimed.next()
         assert worker.sender.in_flight == 2
         leased = conn.execute(
             "select count(*) from outbox.deliveries where leased_by is not null and status = 'pending'"
@@ -745,8 +749,8 @@ async def test_a_saturated_worker_leases_one_refill_ahead_and_sends_it_as_slots_
         sender = worker.sender
         assert sender is not None
         await eventually(lambda: answer.running == 8, what="eight requests running")
-        await asyncio.sleep(0.3)  # fan-out and claims have run meanwhile
-        assert (sender.in_flight, len(sender._waiting)) == (8, 2)  # waiting for any slot
+        await sender.signals.claimed.next()  # a claim with all its slots running leases nothing more
+        assert (sender.in_flight, len(sender.ledger.waiting)) == (8, 2)  # waiting for any slot
         assert conn.execute(
             "select count(*) filter (where leased_by is not null), count(*) from outbox.deliveries"
         ).fetchone() == (10, 12)
@@ -777,9 +781,10 @@ async def test_a_webhook_at_its_limit_is_claimed_for_before_its_queue_runs_dry(
         assert row is not None
         return int(row[0])
 
-    async with running_worker(database_url, concurrency=64, per_host_concurrency=4):
+    async with running_worker(database_url, concurrency=64, per_host_concurrency=4) as worker:
         await eventually(lambda: answer.running == 4, what="four requests running")
-        await asyncio.sleep(0.3)  # the fan-out's leases, and no claim for a webhook holding 8
+        assert worker.sender is not None
+        await worker.sender.signals.claimed.next()  # no claim for a webhook holding 8
         assert leased() == 8
         for _ in range(4):
             done.release()
@@ -811,20 +816,21 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
     assert "localhost" in b_url
     secret = secretbox.new_secret()
     hook_a, hook_b = uuid.uuid4(), uuid.uuid4()
-    jobs = [delivery.Job(i, i, hook_b, 1, b_url, (secret,), b"{}") for i in range(1, 5)]
-    jobs += [delivery.Job(i, i, hook_a, 1, a_url, (secret,), b"{}") for i in range(5, 11)]
-    outcomes: list[delivery.Outcome] = []
-    async with Worker(config)._session() as session:
-        sender = delivery.Sender(None, session, config, outcomes.append, structlog.get_logger())  # type: ignore[arg-type]
+    jobs = [Job(i, i, hook_b, 1, b_url, (secret,), b"{}") for i in range(1, 5)]
+    jobs += [Job(i, i, hook_a, 1, a_url, (secret,), b"{}") for i in range(5, 11)]
+    outcomes: list[Outcome] = []
+    async with make_session(config) as session:
+        log = structlog.get_logger()
+        sender = Sender(None, Attempter(session, config), config, outcomes.append, log)  # type: ignore[arg-type]
         assert sender.reserve(20) == 10  # 8 slots and a refill of 2 ahead
         sender.hand_over(jobs, 10)
-        assert sender.in_flight == 8 and [job.id for job in sender._waiting] == [9, 10]
+        assert sender.in_flight == 8 and sender.ledger.waiting == [9, 10]
         await eventually(lambda: a.running + b.running == 8, what="eight requests running")
         b_done.release()
         await eventually(lambda: a.running == 5, what="a's 5th request in b's slot")
         b_done.release()
         await eventually(lambda: len(outcomes) == 2, what="b's second answer")
-        assert not sender._waiting and sender._queued_count == 1 and sender.in_flight == 7
+        assert not sender.ledger.waiting and sender.ledger.queued == 1 and sender.in_flight == 7
         a_done.set()
         b_done.release()
         b_done.release()
@@ -892,14 +898,14 @@ async def test_timeouts_end_hanging_requests_one_after_another_on_one_lane(
         "select error_class, status_code, duration_ms from outbox.delivery_attempts order by attempted_at"
     ).fetchall()
     assert [(e, c) for e, c, _ in rows] == [("timeout", None), ("timeout", None), (None, 200)]
-    tick = delivery.timeout_tick(settings(database_url, request_timeout=0.5, lease_seconds=5.0))
+    tick = timeout_tick(settings(database_url, request_timeout=0.5, lease_seconds=5.0))
     for _, _, duration in rows[:2]:
         assert 500 <= duration < 500 + tick * 1000 + 300  # the rest: a loaded CI machine
 
 
 def test_the_timeout_tick_ends_a_request_before_its_lease() -> None:
     def tick(timeout: float, lease: float) -> float:
-        return delivery.timeout_tick(settings("postgresql://", request_timeout=timeout, lease_seconds=lease))
+        return timeout_tick(settings("postgresql://", request_timeout=timeout, lease_seconds=lease))
 
     assert tick(15, 60) == 0.25  # the defaults
     assert tick(0.5, 60) == 0.125  # a quarter of a short timeout
@@ -922,7 +928,7 @@ async def test_a_request_cancelled_outside_shutdown_is_sent_again_and_its_lane_g
         await eventually(lambda: len(receiver.on("/h")) == 1, what="the first request hanging")
         sender = worker.sender
         assert sender is not None
-        ((lane, _),) = sender._tasks.values()
+        ((lane, _),) = sender.ledger.running()
         lane.cancel()
         second = emit(conn, "v", "order.created", {"n": 2})
         await until_settled(database_url, 2, timeout=20)

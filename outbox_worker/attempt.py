@@ -1,0 +1,239 @@
+"""One signed HTTP attempt, turned into an :class:`~outbox_worker.jobs.Outcome`.
+
+No queues and no database: given a leased :class:`~outbox_worker.jobs.Job`,
+sign its body, POST it under the send-time network policy, read at most
+``max_response_bytes`` of the answer and say what happened, including when
+the next attempt is due. Nothing the receiver does raises out of here.
+
+Whole-request timeouts are the sender's sweep (it cancels an attempt past
+``job.deadline`` and marks ``job.timed_out``), not a timer per request:
+aiohttp's own ``total`` timeout cost 6-14 us of client CPU per request
+(docs/performance.md). This module sets the deadline and tells that
+cancellation from shutdown's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+from yarl import URL
+
+from outbox_worker.jobs import Job, Outcome
+from outbox_worker.netpolicy import BlockedTarget, GuardedResolver, check_url
+from outbox_worker.retry import next_delay, parse_retry_after
+from outbox_worker.settings import Settings
+from outbox_worker.signing import sign_headers
+
+
+def make_session(settings: Settings) -> aiohttp.ClientSession:
+    """The one HTTP client of a worker process: its connection pool, the
+    resolver that refuses blocked addresses, and no cookies, redirects or
+    decompression."""
+    connector = aiohttp.TCPConnector(
+        limit=settings.concurrency,
+        limit_per_host=settings.per_host_concurrency,
+        resolver=GuardedResolver(allow_private=settings.allow_private_networks),
+        ttl_dns_cache=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # sock_connect, not connect: it times opening a connection only, not
+        # a wait for a pooled one, and costs no timer per request. No
+        # total: the sender's sweep times whole requests.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
+        headers={"User-Agent": settings.user_agent},
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+def storable_text(raw: bytes | str) -> str:
+    """``raw`` as text PostgreSQL can store in a text column and its JSON."""
+    # Postgres text cannot hold NUL, nor its JSON a lone surrogate (an
+    # exception's text can carry one); receivers can send anything.
+    if isinstance(raw, bytes):
+        text = raw.decode("utf-8", "replace")
+    else:
+        text = raw.encode("utf-8", "replace").decode()
+    return text.replace("\x00", "\ufffd")
+
+
+def timed_out(job: Job) -> bool:
+    """Whether a cancellation caught in ``job``'s attempt was the timeout
+    sweep's (then it is taken back: the lane goes on), not shutdown's."""
+    if not job.timed_out:
+        return False
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int, job: Job) -> bytes:
+    """Up to ``limit`` bytes of the response body; a slow or endless body
+    costs at most the request timeout, never unbounded memory."""
+    chunks: list[bytes] = []
+    remaining = limit
+    try:
+        while remaining > 0:
+            chunk = await response.content.read(remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the status already decided the outcome; keep what arrived
+    except asyncio.CancelledError:
+        if not timed_out(job):
+            raise
+    return b"".join(chunks)
+
+
+class Attempter:
+    """Sends one job's request and judges the answer."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self._session = session
+        self._settings = settings
+        self._urls: dict[str, URL] = {}
+
+    def failure(
+        self,
+        job: Job,
+        attempted_at: datetime,
+        duration_ms: float,
+        error_class: str,
+        error: str,
+        *,
+        status_code: int | None = None,
+        response_body: str | None = None,
+        retry_after: float | None = None,
+        final: bool = False,
+        disable_reason: str | None = None,
+    ) -> Outcome:
+        """A failed attempt: retried on the schedule, or ``failed`` when it
+        was the last one (or ``final``: retrying cannot help)."""
+        schedule = self._settings.retry_schedule
+        last = final or job.attempt >= len(schedule) + 1
+        return Outcome(
+            job=job,
+            status="failed" if last else "pending",
+            retry_in=0.0
+            if last
+            else next_delay(
+                schedule, job.attempt, jitter=self._settings.retry_jitter, retry_after=retry_after
+            ),
+            attempted_at=attempted_at,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error_class=error_class,
+            error=storable_text(error)[:1000],
+            response_body=response_body,
+            disable_reason=disable_reason,
+        )
+
+    def internal_error(self, job: Job, exc: BaseException) -> Outcome:
+        """The outcome of an attempt that crashed on a bug of ours: it costs
+        one attempt, never the delivery."""
+        return self.failure(job, datetime.now(UTC), 0.0, "connection", f"internal error: {exc!r}")
+
+    def _checked_url(self, raw: str) -> URL:
+        """The parsed, policy-checked URL; a webhook's URL is parsed once,
+        not on every request (yarl parsing showed in the profile)."""
+        url = self._urls.get(raw)
+        if url is None:
+            url = URL(raw, encoded=False)
+            check_url(
+                url, allow_http=self._settings.allow_http, allow_private=self._settings.allow_private_networks
+            )
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            self._urls[raw] = url
+        return url
+
+    async def attempt(self, job: Job) -> Outcome:
+        """One HTTP attempt; never raises for anything the receiver does."""
+        settings = self._settings
+        attempted_at = datetime.now(UTC)
+        started = time.perf_counter()
+
+        def elapsed() -> float:
+            return (time.perf_counter() - started) * 1000
+
+        if not job.enabled:
+            return self.failure(job, attempted_at, 0.0, "invalid_target", "webhook disabled", final=True)
+        if job.secret_error:
+            return self.failure(job, attempted_at, 0.0, "invalid_target", job.secret_error)
+        if job.payload_error:
+            return self.failure(job, attempted_at, 0.0, "invalid_payload", job.payload_error, final=True)
+        headers = sign_headers(
+            event_id=job.event_id,
+            body=job.body,
+            secrets=job.secrets,
+            timestamp=int(time.time()),
+            signature_header=settings.signature_header,
+        )
+        headers["Content-Type"] = "application/json"
+        job.deadline = time.monotonic() + settings.request_timeout
+        try:
+            url = self._checked_url(job.url)
+            async with self._session.post(url, data=job.body, headers=headers, allow_redirects=False) as resp:
+                raw = await _read_capped(resp, settings.max_response_bytes, job)
+                status = resp.status
+                retry_after_header = resp.headers.get("Retry-After")
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not timed_out(job):
+                raise
+            return self.failure(
+                job, attempted_at, elapsed(), "timeout", f"no response within {settings.request_timeout}s"
+            )
+        except BlockedTarget as exc:
+            return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc))
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, BlockedTarget):
+                return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc.os_error))
+            return self.failure(job, attempted_at, elapsed(), "dns", str(exc))
+        except (aiohttp.ClientError, ValueError, OSError) as exc:
+            return self.failure(job, attempted_at, elapsed(), "connection", f"{type(exc).__name__}: {exc}")
+        return self._judge(job, attempted_at, elapsed(), status, storable_text(raw), retry_after_header)
+
+    def _judge(
+        self,
+        job: Job,
+        attempted_at: datetime,
+        duration_ms: float,
+        status: int,
+        body_text: str,
+        retry_after_header: str | None,
+    ) -> Outcome:
+        """The outcome of an answer: 2xx delivered, a redirect or any other
+        status retried, 410 Gone final (and the webhook disabled)."""
+        if 200 <= status < 300:
+            return Outcome(
+                job=job,
+                status="delivered",
+                retry_in=0.0,
+                attempted_at=attempted_at,
+                duration_ms=duration_ms,
+                status_code=status,
+                response_body=body_text,
+            )
+        if 300 <= status < 400:
+            return self.failure(
+                job, attempted_at, duration_ms, "redirect", f"HTTP {status}: redirects are not followed",
+                status_code=status, response_body=body_text,
+            )  # fmt: skip
+        if status == 410:
+            return self.failure(
+                job, attempted_at, duration_ms, "http", "HTTP 410 Gone: the receiver asked to stop",
+                status_code=status, response_body=body_text, final=True,
+                disable_reason="receiver answered 410 Gone",
+            )  # fmt: skip
+        retry_after = parse_retry_after(retry_after_header) if status in (429, 503) else None
+        return self.failure(
+            job, attempted_at, duration_ms, "http", f"HTTP {status}",
+            status_code=status, response_body=body_text, retry_after=retry_after,
+        )  # fmt: skip

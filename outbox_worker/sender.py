@@ -1,0 +1,365 @@
+"""Sender: leased deliveries -> lanes -> outcomes. Scheduling only.
+
+The sender claims due deliveries in batches of at most its free slots
+(``concurrency`` plus one refill leased ahead, so that a slot that frees
+starts its next request without waiting for a claim), commits the lease,
+and only then sends, with no transaction open. Requests run in lanes,
+long-lived tasks that each send one request at a time (no more lanes than
+requests ever ran at once); each request is one :mod:`~outbox_worker.attempt`
+and its outcome goes to the completer, which writes outcomes in batches.
+Leases expire on the database clock, so a delivery held by a dead worker is
+claimed again by any replica. What this process holds is counted in its
+:class:`~outbox_worker.capacity.CapacityLedger`, and nowhere else.
+
+At most ``per_host_concurrency`` (the cap) requests per receiver origin
+(scheme, host, port: what aiohttp's per-host limit counts) run at once, so
+at most that many per webhook. A claim or a fan-out leases a webhook at
+most twice its cap, and nothing while it holds its cap plus a quarter of it
+(``ahead``: queued ready, so that the slots its requests free are refilled
+while the next claim is on its way), so a slow receiver holds at most 3 x
+cap + ahead - 1 slots per webhook (5 x cap + ahead - 1 when a claim and a
+fan-out overlap), never all of them. Those beyond the cap wait here, not in
+aiohttp's connection pool: a request's timeouts start when it is sent,
+never while it queues, however many webhooks share a host, and the
+webhooks queued for one host take turns at its slots.
+
+Request timeouts are one sweep, not a timer per request: every ``tick``
+while requests run, the sender cancels those past their deadline, so a
+request ends at most one tick after ``request_timeout``; the tick is short
+enough that it still ends before its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from yarl import URL
+
+from outbox_worker import db
+from outbox_worker.attempt import Attempter
+from outbox_worker.capacity import CapacityLedger, Lane
+from outbox_worker.jobs import (
+    Job,
+    Outcome,
+    bodies_params,
+    lease_limit_per_webhook,
+    readable_bodies,
+    timeout_tick,
+)
+from outbox_worker.secretbox import SecretBox
+from outbox_worker.settings import Settings
+from outbox_worker.signals import SenderSignals
+from outbox_worker.signing import event_body
+
+
+class Sender:
+    """Claims, hands jobs to lanes, sweeps timeouts, drains on shutdown.
+    Implements :class:`~outbox_worker.jobs.Handoff` for the dispatcher."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        attempter: Attempter,
+        settings: Settings,
+        record: Callable[[Outcome], None],
+        log: Any,
+    ) -> None:
+        self._pool = pool
+        self._attempter = attempter
+        self._settings = settings
+        self.box = SecretBox.from_keys(settings.secret_keys)
+        self._record = record
+        self._log = log.bind(component="sender")
+        self.ledger = CapacityLedger(settings)
+        self.signals = SenderSignals()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._tick = timeout_tick(settings)
+        self._idle: list[tuple[Lane, asyncio.Future[Job | None]]] = []
+        self._origins: dict[str, str] = {}
+        self._skipped: list[uuid.UUID] = []  # saturated webhooks the last claim left out
+        self._claim_was_full = False
+        self._slot_freed = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.claiming = True
+        # True while due rows may be waiting that a claim has not taken (a
+        # full claim, saturated webhooks skipped, rows the dispatcher could
+        # not lease to us). Only then does a finished request trigger a
+        # claim; otherwise each delivery would cost an empty claim round trip.
+        self.backlog = True
+
+    # -- the handoff (jobs.Handoff) ---------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self.ledger.in_flight
+
+    def reserve(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` send slots (for a claim or a dispatch)."""
+        return self.ledger.reserve(wanted) if self.claiming else 0
+
+    def hand_over(self, jobs: list[Job], reserved: int) -> None:
+        """Start the leased ``jobs`` and return the rest of a reservation."""
+        ledger = self.ledger
+        ledger.release(reserved)
+        for job in jobs:
+            job.origin = self._origin(job.url)
+            if ledger.admit(job):
+                self._start(job)
+        if reserved > len(jobs):
+            self._slot_freed.set()
+        self.signals.handed_over.fire()
+
+    def busy_webhooks(self) -> list[uuid.UUID]:
+        return self.ledger.busy_webhooks()
+
+    def note_backlog(self) -> None:
+        """Due rows exist that nobody leased (the dispatcher had no room)."""
+        self.backlog = True
+        self.wake.set()
+
+    # -- claiming ---------------------------------------------------------
+
+    async def claim_batch(self) -> int:
+        """Lease due deliveries for the free slots and hand them over; how
+        many. Fires ``signals.claimed`` whatever happened, room or none."""
+        try:
+            return await self._claim()
+        finally:
+            self.signals.claimed.fire()
+
+    async def _claim(self) -> int:
+        reserved = self.reserve(self._settings.batch_size)
+        if not reserved:
+            self._claim_was_full = False
+            return 0
+        jobs: list[Job] = []
+        try:
+            busy = self._skipped = self.busy_webhooks()
+            async with self._pool.connection() as conn:
+                lease_ends = time.monotonic() + self._settings.lease_seconds
+                rows = await db.fetch_async(
+                    conn,
+                    "claim_deliveries",
+                    {
+                        "limit": reserved,
+                        "busy_webhooks": busy,
+                        "per_webhook": lease_limit_per_webhook(self._settings),
+                        "lease_seconds": self._settings.lease_seconds,
+                        "worker_id": self._settings.worker_id,
+                    },
+                )
+                # Events whose dispatcher died before storing their bytes.
+                bodies = {
+                    r["event_id"]: event_body(r["event_type"], r["data"], r["created_at"], self._log)
+                    for r in rows
+                    if r["body"] is None
+                }
+                jobs = [
+                    Job.from_row(r, self.box, bodies.get(r["event_id"]), lease_ends=lease_ends) for r in rows
+                ]
+                # A claim short of its room took every due row it could: claiming
+                # again at once would only come back empty.
+                self._claim_was_full = len(jobs) >= reserved
+                self.hand_over(jobs, reserved)
+                # Rows may remain for webhooks skipped as saturated, or capped
+                # at their limit by this claim (saturated now).
+                self.backlog = self._claim_was_full or bool(busy) or bool(self.busy_webhooks())
+                reserved = 0
+                if bodies:
+                    await db.fetch_async(conn, "store_bodies", bodies_params(readable_bodies(bodies)))
+            return len(jobs)
+        finally:
+            if reserved:
+                self.hand_over(jobs, reserved)
+
+    async def run(self) -> None:
+        """Claim whenever there is work and room: on a wake-up, a freed slot
+        after a full claim, or the poll interval."""
+        delay = 0.1
+        refill_at = self.ledger.refill_at
+        while self.claiming:
+            # Cleared before claiming, not after: a wake-up arriving while the
+            # claim is in flight (rows the dispatcher could not lease) must
+            # lead to another claim, not be lost until the poll interval.
+            self.wake.clear()
+            try:
+                await self.claim_batch()
+                delay = 0.1
+            except Exception as exc:  # database down: keep sending what we hold, retry
+                self._log.warning("claim failed", error=str(exc).strip(), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._claim_was_full and self.ledger.free_slots() >= refill_at:
+                continue  # more may be due right now
+            full = self.backlog
+            self._slot_freed.clear()
+            if full and self.ledger.free_slots() >= refill_at and self.ledger.any_unsaturated(self._skipped):
+                continue  # a webhook the claim skipped has room again: that wake-up was just cleared
+            waiters = [asyncio.ensure_future(self.wake.wait())]
+            if full:
+                # The queue may hold more than we had room for (including rows
+                # the dispatcher inserted unleased): claim again once enough
+                # slots are free, not after the poll interval.
+                waiters.append(asyncio.ensure_future(self._slot_freed.wait()))
+            _, pending = await asyncio.wait(
+                waiters, timeout=self._settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in pending:
+                waiter.cancel()
+
+    # -- lanes --------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        while self._idle:
+            lane, waiter = self._idle.pop()
+            if not waiter.done():  # else cancelled while it waited (shutdown)
+                self._bind(job, lane)
+                waiter.set_result(job)
+                return
+        self._bind(job, asyncio.create_task(self._lane(job), name="sender-lane"))
+
+    def _bind(self, job: Job, lane: Lane) -> None:
+        """Count ``job`` as running, sent by ``lane``."""
+        self.ledger.start(job, lane)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(self._tick, self._sweep_timeouts)
+
+    def _sweep_timeouts(self) -> None:
+        """Cancel the requests past their deadline; again after a tick while
+        any runs. A lane is inside its job's attempt whenever this runs (it
+        leaves the ledger's running jobs before it awaits anything else), so
+        the cancellation lands in that request, never in the lane's next one."""
+        now = time.monotonic()
+        for lane, job in self.ledger.running():
+            if job.deadline <= now and not job.timed_out:
+                job.timed_out = True
+                lane.cancel()
+        self._sweep = (
+            asyncio.get_running_loop().call_later(self._tick, self._sweep_timeouts)
+            if self.ledger.in_flight
+            else None
+        )
+
+    async def _lane(self, job: Job | None) -> None:
+        """Send jobs one after another: the origin's next queued job at once,
+        else wait for :meth:`_start` to hand one over. Lanes live as long as
+        the sender and there are at most as many as requests ever ran at
+        once; a task per delivery cost its creation, first scheduling and
+        teardown (on CPython 3.11 its registration in a Python-level WeakSet
+        too): ~7 us against ~1 us for a hand-over, here (docs/performance.md,
+        "Fixed on the way")."""
+        lane = asyncio.current_task()
+        assert lane is not None
+        loop = asyncio.get_running_loop()
+        while job is not None:
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                if not self.claiming:
+                    raise  # shutdown: drain() hands the lease back
+                # Only shutdown cancels a request; this one came from a
+                # timeout that fired as its request ended (docs/performance.md).
+                # The delivery's outcome is not recorded: its lease expires and
+                # it is sent again.
+                lane.uncancel()
+                self._log.warning("request cancelled outside shutdown: sent again when its lease expires",
+                                  delivery_id=job.id)  # fmt: skip
+            except Exception:  # a bug in the bookkeeping must not stop the lane
+                self._log.exception("sender bookkeeping failed", delivery_id=job.id)
+            job = self._next(job.origin)
+            if job is not None:
+                self._bind(job, lane)
+                continue
+            if not self.claiming:
+                return
+            waiter: asyncio.Future[Job | None] = loop.create_future()
+            self._idle.append((lane, waiter))
+            job = await waiter
+
+    async def _run(self, job: Job) -> None:
+        # Cancellation (shutdown) skips the record: the worker hands the lease back.
+        try:
+            try:
+                outcome = await self._attempter.attempt(job)
+            except Exception as exc:  # a bug must cost one attempt, never the delivery
+                self._log.exception("attempt crashed", delivery_id=job.id)
+                outcome = self._attempter.internal_error(job, exc)
+            self._record(outcome)
+        finally:
+            ledger = self.ledger
+            ledger.finish(job)
+            # Claim again when there is room for a batch and this webhook is
+            # no longer saturated (a claim would skip a saturated one).
+            room = ledger.free_slots() >= ledger.refill_at
+            if self.backlog and room and not ledger.saturated(job.webhook_id):
+                self._slot_freed.set()
+            self.signals.slot_freed.fire()
+
+    def _next(self, origin: str) -> Job | None:
+        """The job for a lane that just finished one at ``origin``: that
+        origin's next queued job, else the oldest leased ahead."""
+        if not self.claiming:
+            return None
+        job, skipped = self.ledger.next_queued(origin)
+        self._log_skipped(skipped, origin)
+        if job is None:
+            job, skipped = self.ledger.next_waiting()
+            self._log_skipped(skipped, None)
+        return job
+
+    def _log_skipped(self, skipped: list[int], origin: str | None) -> None:
+        if skipped:
+            self._log.info(
+                "queued deliveries left to a later claim: their lease would end before a request could",
+                origin=origin,
+                delivery_ids=skipped,
+                lease_seconds=self._settings.lease_seconds,
+            )
+
+    def _origin(self, raw: str) -> str:
+        """The key aiohttp's per-host limit counts a URL under (its
+        connection key, less TLS and proxy settings, which are the same for
+        every request here): scheme, host and port."""
+        origin = self._origins.get(raw)
+        if origin is None:
+            try:
+                url = URL(raw)
+                origin = f"{url.scheme}://{url.host}:{url.port}"
+            except ValueError:
+                origin = raw  # refused when sent; queued on its own meanwhile
+            if len(self._origins) >= 4096:
+                self._origins.clear()
+            self._origins[raw] = origin
+        return origin
+
+    # -- shutdown ---------------------------------------------------------
+
+    async def drain(self, grace: float) -> list[int]:
+        """Stop claiming, let requests finish within ``grace`` seconds, cancel
+        the rest; returns the ids whose leases must be handed back."""
+        self.claiming = False
+        self.wake.set()
+        for _, waiter in self._idle:  # idle lanes end; busy ones after their request
+            if not waiter.done():
+                waiter.set_result(None)
+        self._idle.clear()
+        unsent = self.ledger.take_unsent()  # never sent: straight back to the queue
+        tasks = {job.id: lane for lane, job in self.ledger.running()}
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=grace)
+        unfinished = [delivery_id for delivery_id, task in tasks.items() if not task.done()]
+        for delivery_id in unfinished:
+            tasks[delivery_id].cancel()
+        if unfinished:
+            await asyncio.gather(*(tasks[i] for i in unfinished), return_exceptions=True)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        self.signals.drained.fire()
+        return unsent + unfinished
