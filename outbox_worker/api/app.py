@@ -1,0 +1,119 @@
+"""The management API as one ASGI app: the pool's lifespan, the body limit, both routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from outbox_worker import db
+from outbox_worker.api.brand import router as brand_router
+from outbox_worker.api.deps import Database
+from outbox_worker.api.errors import add_exception_handlers, error_response
+from outbox_worker.api.models import MAX_BODY_BYTES
+from outbox_worker.api.vendor import router as vendor_router
+from outbox_worker.secretbox import SecretBox
+from outbox_worker.settings import Settings
+
+
+class _BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with a 413 in the error envelope.
+
+    A declared Content-Length is judged before anything is read; a chunked
+    body is counted as it arrives.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # FastAPI re-raises an HTTPException from the body read as
+                    # is, so it reaches the HTTPException handler of errors.py.
+                    raise StarletteHTTPException(413, "Content Too Large")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(413, "payload_too_large", "Content Too Large")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("outbox-worker")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    database: Database = app.state.outbox_database
+    await database.open()
+    try:
+        yield
+    finally:
+        await database.close()
+
+
+def create_app(
+    settings_or_database_url: Settings | str,
+    *,
+    pool_max_size: int = 10,
+    pool_timeout: float = 5.0,
+    openapi_url: str | None = "/openapi.json",
+    docs_url: str | None = "/docs",
+) -> FastAPI:
+    """The management API as an ASGI app: serve it (``outbox-worker api``) or mount it.
+
+    ``pool_timeout`` is how long a request waits for a database connection
+    before it gets a 503.
+    """
+    if isinstance(settings_or_database_url, Settings):
+        settings = settings_or_database_url
+    else:
+        overrides: dict[str, Any] = {"database_url": settings_or_database_url}
+        settings = Settings(**overrides)
+    app = FastAPI(
+        title="outbox_worker management API",
+        version=_version(),
+        description="Manage webhooks over the outbox SQL functions. Authenticate with `X-Api-Key`.",
+        lifespan=_lifespan,
+        openapi_url=openapi_url,
+        docs_url=docs_url,
+        redoc_url=None,
+    )
+    # With OUTBOX_SECRET_KEYS set, secrets are sealed before the database sees them.
+    app.state.outbox_box = SecretBox.from_keys(settings.secret_keys)
+    app.state.outbox_database = Database(
+        db.libpq_url(settings.database_url),
+        max_size=pool_max_size,
+        timeout=pool_timeout,
+        prepare=settings.prepare_statements,
+    )
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.include_router(vendor_router)
+    app.include_router(brand_router)
+    add_exception_handlers(app)
+    return app
