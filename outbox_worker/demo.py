@@ -106,7 +106,7 @@ class DemoReceiver:
             await self._runner.cleanup()
 
     def verify(self, hook: Hook, headers: dict[str, str], body: bytes) -> bool:
-        hex_ok = signing.verify_brutlers(body, headers.get(self.signature_header, ""), hook.secret)
+        hex_ok = signing.verify_body_signature(body, headers.get(self.signature_header, ""), hook.secret)
         msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
         if not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:
             return False

@@ -3,12 +3,13 @@
 Body: compact JSON ``{"event","data","timestamp"}``, fixed once at dispatch.
 Keys and numbers are written the way JavaScript's ``JSON.stringify`` writes
 them (integer-like keys first, ``20.0`` as ``20``), so a receiver that
-re-serialises the parsed body, as the seeds' Node example does, gets the
+re-serialises the parsed body, as the vendor API's Node example does, gets the
 same bytes back. Where JavaScript cannot (integers beyond 2**53, floats it
 prints in exponent form), receivers must verify the raw body.
 
-Signatures: ``X-Brutlers-Signature`` is the hex HMAC-SHA256 of the body keyed
-with the secret string itself (the seeds' example); the Standard Webhooks
+Signatures: the configured signature header (``OUTBOX_SIGNATURE_HEADER``, by
+default the vendor API's ``X-Brutlers-Signature``) is the hex HMAC-SHA256 of the body keyed
+with the secret string itself (the vendor API's example); the Standard Webhooks
 ``webhook-signature`` is ``v1,<base64 HMAC>`` of ``id.timestamp.body`` keyed
 with the base64-decoded part of ``whsec_...``.
 """
@@ -154,7 +155,7 @@ def load_payload(text: str | bytes) -> Any:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and ``Z``, as in the seeds."""
+    """ISO-8601 UTC with milliseconds and ``Z``, as the vendor API documents it."""
     # isoformat is several times cheaper than strftime; both give 4-digit
     # years. An aware UTC time ends in "+00:00": cut, not replace(tzinfo=None).
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
@@ -198,7 +199,7 @@ def event_body(event_type: str, data: Any, created_at: datetime, log: Any) -> by
 # pads again (1.7 -> 0.9 us per signature here; each request signs twice).
 # The cache holds what Job.secrets already holds in memory.
 @functools.lru_cache(maxsize=1024)
-def _brutlers_mac(secret: str) -> hmac.HMAC:
+def _body_mac(secret: str) -> hmac.HMAC:
     return hmac.new(secret.encode(), digestmod=hashlib.sha256)
 
 
@@ -207,8 +208,8 @@ def _standard_mac(secret: str) -> hmac.HMAC:
     return hmac.new(base64.b64decode(secret.removeprefix("whsec_")), digestmod=hashlib.sha256)
 
 
-def brutlers_signature(body: bytes, secret: str) -> str:
-    mac = _brutlers_mac(secret).copy()
+def body_signature(body: bytes, secret: str) -> str:
+    mac = _body_mac(secret).copy()
     mac.update(body)
     return mac.hexdigest()
 
@@ -236,23 +237,24 @@ def sign_headers(
 
     During a rotation's overlap both secrets sign: space-separated in
     ``webhook-signature`` (the Standard Webhooks libraries try each), and the
-    old one in ``<signature_header>-Previous``, because the seeds' check
-    compares the whole ``X-Brutlers-Signature`` value and one value cannot
+    old one in ``<signature_header>-Previous``, because the vendor API's check
+    compares the whole signature header's value and one value cannot
     match two secrets.
     """
     secrets = list(secrets)
     msg_id = message_id(event_id)
     headers = {
-        signature_header: brutlers_signature(body, secrets[0]),
+        signature_header: body_signature(body, secrets[0]),
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(standard_signature(msg_id, timestamp, body, s) for s in secrets),
     }
     if len(secrets) > 1:
-        headers[f"{signature_header}-Previous"] = brutlers_signature(body, secrets[1])
+        headers[f"{signature_header}-Previous"] = body_signature(body, secrets[1])
     return headers
 
 
-def verify_brutlers(body: bytes, signature: str, secret: str) -> bool:
-    """Constant-time check of an ``X-Brutlers-Signature`` value (for receivers and tests)."""
-    return hmac.compare_digest(brutlers_signature(body, secret), signature)
+def verify_body_signature(body: bytes, signature: str, secret: str) -> bool:
+    """Constant-time check of a signature header's value, the hex HMAC-SHA256 of
+    the body (for receivers and tests)."""
+    return hmac.compare_digest(body_signature(body, secret), signature)

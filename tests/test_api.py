@@ -20,7 +20,7 @@ from outbox_worker.api import MAX_BODY_BYTES, MAX_PAGE_SIZE, create_app
 from tests.live_server import serve
 
 # The request of the vendor docs' curl example, byte for byte.
-SEED_BODY = (
+DOC_BODY = (
     b'{\n"url": "https://meine-app.de/webhooks/brutlers",\n'
     b'"events": ["order.created", "order.status_changed"]\n}'
 )
@@ -119,7 +119,7 @@ def test_the_docs_curl_example_registers_a_webhook_and_shows_its_secret_once(
     client: httpx.Client, conn: psycopg.Connection[Any]
 ) -> None:
     key = issue_key(conn, "vendor-1")
-    r = client.post(HOOKS, content=SEED_BODY, headers={"X-Api-Key": key, "Content-Type": "application/json"})
+    r = client.post(HOOKS, content=DOC_BODY, headers={"X-Api-Key": key, "Content-Type": "application/json"})
 
     assert r.status_code == 201
     body = r.json()
@@ -755,7 +755,7 @@ def test_the_app_mounts_into_an_existing_app(conn: psycopg.Connection[Any], data
     with serve(parent) as base, httpx.Client(base_url=base, timeout=10) as c:
         assert c.get("/health").json() == {"status": "ok"}
         json_headers = {**auth(key), "Content-Type": "application/json"}
-        created = c.post(f"/outbox{HOOKS}", content=SEED_BODY, headers=json_headers)
+        created = c.post(f"/outbox{HOOKS}", content=DOC_BODY, headers=json_headers)
         assert created.status_code == 201
         assert c.get(f"/lazy{HOOKS}", headers=auth(key)).json()["data"][0]["id"] == created.json()["id"]
         assert c.get("/outbox/openapi.json").json()["info"]["title"] == "outbox_worker management API"

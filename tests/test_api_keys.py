@@ -184,7 +184,7 @@ def test_cli_errors_are_one_line(database_url: str) -> None:
     assert "invalid owner id" in bad_owner.output
 
 
-def test_cli_api_serves_the_seed_request_with_a_cli_issued_key(database_url: str) -> None:
+def test_cli_api_serves_the_vendor_api_request_with_a_cli_issued_key(database_url: str) -> None:
     created = run_cli(database_url, "--json", "api-keys", "create", "--owner", "vendor-1")
     key = json.loads(created.output)[0]["key"]
     # Port 0: the server picks a free port and logs it, so parallel workers never race for one.

@@ -1,4 +1,4 @@
-"""Body bytes and signatures, checked against the seeds' Node code and the standardwebhooks library."""
+"""Body bytes and signatures, checked against the vendor API's Node code and the standardwebhooks library."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import pytest
 from standardwebhooks import Webhook as StandardWebhook
 
 from outbox_worker.signing import (
-    brutlers_signature,
+    body_signature,
     encode_body,
     format_timestamp,
     load_payload,
     sign_headers,
-    verify_brutlers,
+    verify_body_signature,
 )
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -77,7 +77,7 @@ def test_documented_limits_of_reserialisation(text: str) -> None:
     # receivers must verify the raw body. The raw-body signature still holds.
     body = encode_body("order.created", load_payload(text), MOMENT)
     assert node_roundtrip([body]) != [body.decode()]
-    assert verify_brutlers(body, brutlers_signature(body, SECRET), SECRET)
+    assert verify_body_signature(body, body_signature(body, SECRET), SECRET)
 
 
 def test_headers_verify_with_both_schemes() -> None:
@@ -99,8 +99,8 @@ def test_rotation_overlap_signs_with_both_secrets() -> None:
     assert len(headers["webhook-signature"].split(" ")) == 2
     StandardWebhook(SECRET).verify(body, headers)  # receivers already on the new secret
     StandardWebhook(OLD_SECRET).verify(body, headers)  # receivers not yet switched
-    assert verify_brutlers(body, headers["X-Sig"], SECRET)
-    assert verify_brutlers(body, headers["X-Sig-Previous"], OLD_SECRET)
+    assert verify_body_signature(body, headers["X-Sig"], SECRET)
+    assert verify_body_signature(body, headers["X-Sig-Previous"], OLD_SECRET)
 
 
 def test_tampering_is_detected() -> None:
@@ -110,7 +110,7 @@ def test_tampering_is_detected() -> None:
         event_id=1, body=body, secrets=[SECRET], timestamp=now, signature_header="X-Sig"
     )
     forged = body.replace(b"10", b"99")
-    assert not verify_brutlers(forged, headers["X-Sig"], SECRET)
+    assert not verify_body_signature(forged, headers["X-Sig"], SECRET)
     with pytest.raises(Exception, match="signature"):
         StandardWebhook(SECRET).verify(forged, headers)
 

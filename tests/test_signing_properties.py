@@ -1,4 +1,4 @@
-"""Property: any payload JavaScript can represent exactly verifies with the seeds' re-serialising check.
+"""Property: any payload JavaScript can represent exactly verifies with the vendor API's re-serialising check.
 
 Payloads go through Postgres jsonb exactly as in production (jsonb
 normalises numbers and key order), then through the dispatcher's encoder;
@@ -26,7 +26,7 @@ from psycopg.types.json import set_json_loads
 from outbox_worker.signing import (
     _ENCODER,
     JsonObject,
-    brutlers_signature,
+    body_signature,
     encode_body,
     format_timestamp,
     load_payload,
@@ -92,7 +92,7 @@ def test_any_representable_payload_verifies_after_reserialisation(
     secret = "whsec_test"
     reserialised = javascript_reserialises(node, body)
     assert reserialised == body.decode()
-    assert brutlers_signature(reserialised.encode(), secret) == brutlers_signature(body, secret)
+    assert body_signature(reserialised.encode(), secret) == body_signature(body, secret)
 
 
 # Anything jsonb holds: every float (tiny ones included), integers far past

@@ -70,18 +70,18 @@ NODE_CHECK = """
 const { createHmac } = require("crypto");
 let input = ""; process.stdin.on("data", d => input += d).on("end", () => {
   const { raw, signature, secret } = JSON.parse(input);
-  const req = { body: JSON.parse(raw) };           // what express.json() hands the seeds' handler
-  const body = JSON.stringify(req.body);           // the seeds' re-serialisation
+  const req = { body: JSON.parse(raw) };           // what express.json() hands the vendor API's handler
+  const body = JSON.stringify(req.body);           // the vendor API's re-serialisation
   const expected = createHmac("sha256", secret).update(body).digest("hex");
   process.stdout.write(signature === expected ? "valid" : "invalid");
 });
 """
 
 
-def seeds_node_check(raw: bytes, signature: str, secret: str) -> str:
-    """Run the seeds' verification code, verbatim in substance, in Node."""
+def node_check(raw: bytes, signature: str, secret: str) -> str:
+    """Run the vendor API's verification code, verbatim in substance, in Node."""
     node = shutil.which("node")
-    assert node, "node is needed to run the seeds' JavaScript check"
+    assert node, "node is needed to run the vendor API's JavaScript check"
     payload = json.dumps({"raw": raw.decode(), "signature": signature, "secret": secret})
     return subprocess.run(
         [node, "-e", NODE_CHECK], input=payload, capture_output=True, text=True, check=True
@@ -114,11 +114,11 @@ async def test_committed_events_reach_every_matching_webhook(
     assert json.loads(got.body)["data"] == {"id": "clx1", "total": 20, "note": "Grüße €"}
     assert got.headers["webhook-id"] == f"evt_{order_id}"
     assert got.headers["Content-Type"] == "application/json"
-    # The seeds' check (hex HMAC of the body with the secret), in Python and in Node.
+    # The vendor API's check (hex HMAC of the body with the secret), in Python and in Node.
     expected = hmac.new(orders.secret.encode(), got.body, hashlib.sha256).hexdigest()
     assert got.headers["X-Brutlers-Signature"] == expected
-    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature"], orders.secret) == "valid"
-    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature"], customers.secret) == "invalid"
+    assert node_check(got.body, got.headers["X-Brutlers-Signature"], orders.secret) == "valid"
+    assert node_check(got.body, got.headers["X-Brutlers-Signature"], customers.secret) == "invalid"
     # The standardwebhooks library verifies the same request.
     StandardWebhook(orders.secret).verify(got.body, got.headers)
     with pytest.raises(Exception, match="signature"):
@@ -127,7 +127,7 @@ async def test_committed_events_reach_every_matching_webhook(
     assert attempts_of(conn, receiver.url("/orders")) == [(1, 200, None, "delivered")]
 
 
-async def test_body_matches_the_seed_shape(
+async def test_body_matches_the_vendor_api_shape(
     database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
     webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.status_changed"])
@@ -451,8 +451,8 @@ async def test_rotation_overlap_sends_both_signatures(
     [got] = receiver.requests
     StandardWebhook(rotated.secret).verify(got.body, got.headers)
     StandardWebhook(created.secret).verify(got.body, got.headers)
-    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature"], rotated.secret) == "valid"
-    assert seeds_node_check(got.body, got.headers["X-Brutlers-Signature-Previous"], created.secret) == "valid"
+    assert node_check(got.body, got.headers["X-Brutlers-Signature"], rotated.secret) == "valid"
+    assert node_check(got.body, got.headers["X-Brutlers-Signature-Previous"], created.secret) == "valid"
     # Once the overlap is over, only the new secret signs.
     conn.execute("update outbox.webhooks set previous_secret_expires_at = now() - interval '1 s'")
     emit(conn, "v", "order.created", {"id": 2})
