@@ -745,7 +745,7 @@ select 'bench', 'order.created', jsonb_build_object('id', o.id, 'total', o.total
 commit;
 """
 # A real-sized event (LARGE_PAYLOAD, 4.3 KB): compressed in the emitting
-# transaction (lz4 since migration 0008, pglz before).
+# transaction (lz4 where the server has it, else pglz).
 PGBENCH_EMIT_LARGE = (
     "\\set total random(1, 100000)\n"
     "begin;\n"
@@ -792,7 +792,7 @@ class _Drainer:
 
 @contextlib.contextmanager
 def _busy_worker(url: str) -> Iterator[None]:
-    """What a draining worker holds under quiet NOTIFY (migration 0003), and nothing else."""
+    """What a draining worker holds under quiet NOTIFY, and nothing else."""
     with psycopg.connect(url, autocommit=True) as conn:
         assert conn.execute("select pg_try_advisory_lock(1869968482, 2)").fetchone() == (True,)
         yield
@@ -817,8 +817,8 @@ def pgbench(db: BenchDatabase, script: str, clients: int, seconds: int) -> float
 
 
 # (label, clients, mode, script, target). Modes: "always" = every emitting
-# transaction notifies (no worker busy: the state at low load, and before
-# 0003); "quiet" = a worker is busy draining, so emitters skip NOTIFY (the
+# transaction notifies (no worker busy: the state at low load, and without
+# quiet NOTIFY); "quiet" = a worker is busy draining, so emitters skip NOTIFY (the
 # state under load); "off" = outbox.config.notify off (poll only), the floor;
 # "worker" = quiet NOTIFY with a real worker process dispatching the events
 # on the same 2 cores (both scripts measured with it running). The scripts

@@ -1,9 +1,8 @@
 """Exceptions raised by outbox_worker.
 
 The SQL functions raise SQLSTATEs of class ``OW`` (listed at the top of
-``sql/migrations/0001_initial.up.sql``, later ones in the migration that
-added them); :func:`from_sqlstate` maps them to the
-classes below, so callers catch one Python type whatever driver they use.
+``sql/schema.sql``); :func:`from_sqlstate` maps them to the classes below,
+so callers catch one Python type whatever driver they use.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ class InvalidApiKeyPrefix(ValidationError):
 
 
 class FixedId(OutboxError):
-    """An UPDATE named the id of an event, webhook or delivery (migration 0007)."""
+    """An UPDATE named the id of an event, webhook or delivery (their children refer to it)."""
 
     sqlstate = "OW011"
 

@@ -57,7 +57,7 @@ class Listener:
 
 
 class BusyFlag:
-    """Quiet NOTIFY, the worker's side (``sql/migrations/0003_quiet_notify.up.sql``).
+    """Quiet NOTIFY, the worker's side (the emit trigger's comment in ``sql/schema.sql``).
 
     While a worker holds "busy", emitting transactions skip their NOTIFY, so
     under load they no longer commit one at a time behind PostgreSQL's notify

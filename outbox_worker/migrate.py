@@ -39,11 +39,31 @@ def engine(database_url: str) -> Engine:
     )
 
 
+class UnknownRevision(Exception):
+    """The database records a revision that these migrations do not have."""
+
+
+def _check_known_revision(database_url: str) -> None:
+    # Alembic says only "Can't locate revision identified by '0009'"; the
+    # likely causes are the pre-release chain squashed into 0001, or a newer
+    # outbox-worker, and each has its own remedy.
+    current = current_revision(database_url)
+    script = ScriptDirectory.from_config(alembic_config(""))
+    if current is not None and current not in {s.revision for s in script.walk_revisions()}:
+        raise UnknownRevision(
+            f"this database is at revision {current}, unknown to this outbox-worker: migrated by a "
+            "pre-release chain of revisions (recreate it or drop the outbox schema) or by a newer "
+            "outbox-worker (migrate with that one)"
+        )
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
+    _check_known_revision(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:
+    _check_known_revision(database_url)
     command.downgrade(alembic_config(database_url), revision)
 
 

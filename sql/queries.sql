@@ -55,10 +55,10 @@ with claimed as materialized (
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
     returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
 ), hooks as materialized (
-    -- The lock a foreign key's check would take per delivery, once per
-    -- webhook and batch (migration 0006): a webhook deleted meanwhile is
-    -- skipped, and a delete that comes later waits for these deliveries to
-    -- commit, so its cascade removes them too.
+    -- The lock a foreign key's check would take per delivery (there is none:
+    -- docs/dba.md), once per webhook and batch: a webhook deleted meanwhile
+    -- is skipped, and a delete that comes later waits for these deliveries
+    -- to commit, so its cascade removes them too.
     select w.id, w.owner_id, w.events
       from outbox.webhooks w
      where w.owner_id = any (array(select distinct m.owner_id from marked m))
@@ -204,7 +204,7 @@ with outcome as (
     returning d.id, d.webhook_id, d.status
 ), logged as (
     -- An attempt is logged for a delivery that exists and stays until this
-    -- commits (no foreign key checks it, migration 0006): the moved ones are
+    -- commits (no foreign key checks it, docs/dba.md): the moved ones are
     -- locked by their update, the others (already delivered by a duplicate,
     -- or no longer this worker's) here, FOR KEY SHARE in one scan. A
     -- delivery deleted meanwhile is skipped; a delete that comes later
@@ -338,7 +338,7 @@ select coalesce(sum(q.pending), 0)::bigint as pending,
            as oldest_undispatched_seconds
   from outbox.queue_stats q;
 
--- orphans: children without their parent, which migration 0006's locks and cascades must keep at zero (reads whole tables: for checks, not for a hot path)
+-- orphans: children without their parent, which the batched locks and set-based cascades standing in for foreign keys must keep at zero (reads whole tables: for checks, not for a hot path)
 select (select count(*) from outbox.deliveries d
          where not exists (select from outbox.events e where e.id = d.event_id)) as deliveries_without_event,
        (select count(*) from outbox.deliveries d
@@ -381,7 +381,7 @@ select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s
 -- get_delivery: one delivery of an owner's webhook, with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
 
--- ============================================================ quiet NOTIFY (migration 0003)
+-- ============================================================ quiet NOTIFY (sql/schema.sql, the emit trigger)
 
 -- busy_acquire: hold "busy" (session-level) so emitting transactions skip NOTIFY while this worker drains
 select pg_try_advisory_lock(1869968482, 2) as held;

@@ -57,7 +57,7 @@ def positional(statement: str) -> tuple[str, list[str]]:
 
 
 def compiled_emit_trigger(conn: Any) -> str:
-    """The current body of the generated ``outbox.events_emit()`` (migration 0005)."""
+    """The current body of the generated ``outbox.events_emit()``."""
     row = conn.execute(
         "select prosrc from pg_proc where oid = 'outbox.events_emit()'::regprocedure"
     ).fetchone()
@@ -67,9 +67,9 @@ def compiled_emit_trigger(conn: Any) -> str:
 
 def orphans(conn: Any) -> tuple[int, int, int]:
     """Deliveries without their event, without their webhook, attempts
-    without their delivery (the ``orphans`` query): what the foreign keys
-    forbade before migration 0006, and what its locks and cascades must keep
-    at (0, 0, 0)."""
+    without their delivery (the ``orphans`` query): what foreign keys would
+    forbid, and what the set-based cascades and batched locks that stand in
+    for them must keep at (0, 0, 0)."""
     row = conn.execute(query("orphans")).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])

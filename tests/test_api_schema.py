@@ -92,7 +92,7 @@ def owned_objects(database_url: str) -> None:
             (OWNER, api_keys.key_hash(KEY), KEY[:13]),
         )
         created = webhooks.create_webhook(conn, OWNER, "https://example.com/hook", ["order.created"])
-        # An id change is refused (migration 0007); a superuser can make one
+        # An id change is refused (OW011); a superuser can make one
         # on a webhook without deliveries yet, with triggers skipped.
         with conn.transaction():
             conn.execute("set local session_replication_role = replica")

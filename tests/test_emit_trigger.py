@@ -1,4 +1,4 @@
-"""The compiled emit trigger (migration 0005) follows the catalogue it was compiled from.
+"""The compiled emit trigger follows the catalogue it was compiled from.
 
 outbox.events_emit() carries the event type names, the payload limit and
 config.notify as constants; these tests change the tables from one session

@@ -1,4 +1,4 @@
-"""Integrity of the hot tables without foreign keys (migration 0006).
+"""Integrity of the hot tables without foreign keys (set-based cascades and batched locks).
 
 Deleting a parent deletes its children, whoever deletes it and however;
 and a parent deleted while the worker's statements write children can

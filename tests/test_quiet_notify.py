@@ -1,9 +1,9 @@
-"""Quiet NOTIFY (migration 0003): emitters skip NOTIFY while a worker is busy,
-and a worker lets go of "busy" only when no such emitter is uncommitted.
+"""Quiet NOTIFY: emitters skip NOTIFY while a worker is busy, and a worker
+lets go of "busy" only when no such emitter is uncommitted.
 
 The protocol is tested on plain connections first (each step of the proof in
-the migration's comment), then end to end with a worker that would otherwise
-only find events on a 10 s poll.
+the comment above the emit trigger in sql/schema.sql), then end to end with
+a worker that would otherwise only find events on a 10 s poll.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_emitters_skip_notify_only_while_a_worker_holds_busy(
     database_url: str, listener: psycopg.Connection[Any]
 ) -> None:
     emit_committed(database_url)
-    assert drain(listener) == [""]  # nobody busy: as before 0003
+    assert drain(listener) == [""]  # nobody busy: every emitter notifies
 
     with psycopg.connect(database_url, autocommit=True) as worker:
         assert worker.execute(BUSY).fetchone() == (True,)

@@ -1,4 +1,4 @@
-"""Initial schema: events, webhooks, deliveries, attempts, views and SQL API.
+"""The whole schema: events, webhooks, deliveries, attempts, API keys, views, triggers and the SQL API.
 
 Revision ID: 0001
 Revises:

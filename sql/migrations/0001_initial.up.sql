@@ -1,12 +1,23 @@
--- outbox_worker schema, revision 0001.
+-- outbox_worker schema, revision 0001: the whole schema as it stood when the
+-- pre-release revisions were squashed into this one (sql/schema.sql was this
+-- file then). Frozen: a later change goes into sql/schema.sql and a new
+-- revision; tests/test_schema.py checks that migrating to head and running
+-- sql/schema.sql build the same schema.
 --
 -- Error codes raised by the functions below (class "OW", outside every
--- standard SQLSTATE class, so clients can match them exactly):
---   OW001 invalid owner id          OW005 webhook not found
---   OW002 unknown event type        OW006 invalid payload
---   OW003 invalid URL               OW007 payload too large
---   OW004 webhook limit reached     OW008 delivery not found
---   OW009 invalid event type name   OW010 invalid sealed secret
+-- standard SQLSTATE class, so clients can match them exactly; OW02x is
+-- reserved for API keys):
+--   OW001 invalid owner id          OW007 payload too large
+--   OW002 unknown event type        OW008 delivery not found
+--   OW003 invalid URL               OW009 invalid event type name
+--   OW004 webhook limit reached     OW010 invalid sealed secret
+--   OW005 webhook not found         OW011 id cannot be changed
+--   OW006 invalid payload           OW012 payload beyond receivers' limits
+--   OW020 API key not found         OW021 invalid API key prefix
+--
+-- Advisory locks of the class 1869968482 ('outb', docs/dba.md): (.., 1) "in
+-- flight" and (.., 2) "busy" for quiet NOTIFY, (.., 3) serialises the emit
+-- trigger's recompiles.
 
 create schema outbox;
 comment on schema outbox is 'Transactional outbox and webhook deliveries, managed by outbox_worker (alembic)';
@@ -20,10 +31,13 @@ create table outbox.config (
     max_payload_bytes integer not null default 262144 check (max_payload_bytes > 0),
     allow_http boolean not null default false,
     allow_private_networks boolean not null default false,
-    secret_rotation_overlap interval not null default '24 hours'
+    secret_rotation_overlap interval not null default '24 hours',
+    notify boolean not null default true
 );
 insert into outbox.config default values;
 comment on table outbox.config is 'Single-row settings enforced by the outbox SQL functions';
+comment on column outbox.config.notify is
+    'Emitting transactions wake workers with NOTIFY (skipped while a worker drains); false: workers only poll';
 
 -- ---------------------------------------------------------------- event types
 create table outbox.event_types (
@@ -33,6 +47,7 @@ create table outbox.event_types (
     created_at timestamptz not null default now()
 );
 comment on table outbox.event_types is 'Catalogue of event types webhooks may subscribe to; extend with outbox.add_event_type()';
+-- The topics of the brand webhooks API are event types like any other.
 insert into outbox.event_types (name, description) values
     ('order.created', 'New order created'),
     ('order.status_changed', 'Order status changed'),
@@ -40,7 +55,10 @@ insert into outbox.event_types (name, description) values
     ('appointment.confirmed', 'Appointment confirmed'),
     ('appointment.cancelled', 'Appointment cancelled'),
     ('customer.created', 'New customer created'),
-    ('webhook.disabled', 'A webhook was disabled after failing for too long (emitted by the worker)');
+    ('webhook.disabled', 'A webhook was disabled after failing for too long (emitted by the worker)'),
+    ('Deals', 'Brand topic: deals'),
+    ('Showings', 'Brand topic: showings'),
+    ('Contacts', 'Brand topic: contacts');
 
 -- ---------------------------------------------------------------- webhooks
 create table outbox.webhooks (
@@ -70,11 +88,13 @@ select id, owner_id, url, events, enabled, disabled_reason, created_at, updated_
   from outbox.webhooks;
 
 -- ---------------------------------------------------------------- events (the outbox)
+-- No CHECK on data: the emit trigger refuses a non-object first, with OW006,
+-- and a CHECK is re-read from the catalogue at every statement.
 create table outbox.events (
     id bigint generated always as identity primary key,
     owner_id text not null,
     event_type text not null,
-    data jsonb not null check (jsonb_typeof(data) = 'object'),
+    data jsonb not null,
     created_at timestamptz not null default clock_timestamp(),
     dispatched_at timestamptz,
     body bytea
@@ -82,15 +102,55 @@ create table outbox.events (
 -- The dispatcher's claim: oldest undispatched first. Tiny, because
 -- dispatched rows leave it.
 create index events_undispatched_idx on outbox.events (id) where dispatched_at is null;
-comment on column outbox.events.body is 'Exact bytes POSTed for this event, fixed at dispatch, identical for every webhook and retry';
+comment on column outbox.events.body is
+    'Exact bytes POSTed for this event, identical for every webhook and retry; written with the first recorded attempt (NULL while the first requests are in flight)';
+
+-- lz4 instead of pglz for the payload and the body, where the server has it
+-- (PostgreSQL 14+ built --with-lz4, as Debian's and the official images
+-- are); elsewhere the server's default_toast_compression. A payload of more
+-- than ~2 KB is compressed in the emitting transaction, and its body copy
+-- again when the worker stores it: pglz took ~9% of PostgreSQL's time in a
+-- drain of 4.3 KB events, lz4 gave the emitting transaction ~8% more tx/s
+-- and the drain ~10% less CPU per delivery, at the same stored size
+-- (docs/performance.md). Payloads under ~2 KB are not compressed either way.
+do $$
+begin
+    if exists (select from pg_catalog.pg_settings
+                where name = 'default_toast_compression' and 'lz4' = any (enumvals)) then
+        alter table outbox.events
+            alter column data set compression lz4,
+            alter column body set compression lz4;
+    end if;
+end $$;
 
 -- ---------------------------------------------------------------- deliveries
+-- deliveries.event_id, deliveries.webhook_id and delivery_attempts.delivery_id
+-- are not foreign keys. A key checks each inserted row with a query of its
+-- own (a row trigger running SELECT ... FOR KEY SHARE on the parent), so
+-- every delivery would pay two and every attempt one, in the worker's
+-- hottest statements: without them a 20,000-event drain took 0.084 instead of 0.107
+-- ms of PostgreSQL CPU per delivery (docs/performance.md). What the keys
+-- guaranteed holds, batched ("Integrity without foreign keys" in
+-- docs/dba.md, whose orphans query should always return nothing):
+-- * a delivery's event exists: dispatch inserts deliveries only for events
+--   it holds FOR UPDATE in the same statement, so nothing deletes them
+--   meanwhile;
+-- * a delivery's webhook exists: dispatch locks the batch's webhooks FOR KEY
+--   SHARE (the foreign key's own lock), once per webhook and batch instead
+--   of once per delivery. A webhook deleted meanwhile is skipped; a delete
+--   that comes after waits for the dispatch to commit, and its cascade sees
+--   the new deliveries;
+-- * an attempt's delivery exists: complete_deliveries logs attempts for the
+--   deliveries it updates (locked by the update) and locks the others FOR
+--   KEY SHARE in one scan;
+-- * deleting or truncating a parent removes its children, and a parent's id
+--   cannot change: the triggers in "Integrity without foreign keys" below.
 create type outbox.delivery_status as enum ('pending', 'delivered', 'failed');
 
 create table outbox.deliveries (
     id bigint generated always as identity primary key,
-    event_id bigint not null references outbox.events (id) on delete cascade,
-    webhook_id uuid not null references outbox.webhooks (id) on delete cascade,
+    event_id bigint not null,
+    webhook_id uuid not null,
     status outbox.delivery_status not null default 'pending',
     attempts integer not null default 0,
     next_attempt_at timestamptz not null default now(),
@@ -110,20 +170,141 @@ create index deliveries_due_idx on outbox.deliveries (next_attempt_at) where sta
 create index deliveries_failed_idx on outbox.deliveries (webhook_id, completed_at) where status = 'failed';
 create index deliveries_event_idx on outbox.deliveries (event_id);
 comment on column outbox.deliveries.attempts is 'Attempts logged in the current round (outbox.redeliver starts a new round)';
+comment on column outbox.deliveries.event_id is
+    'outbox.events.id (kept by dispatch and a delete cascade, not a foreign key: docs/dba.md)';
+comment on column outbox.deliveries.webhook_id is
+    'outbox.webhooks.id (kept by dispatch and a delete cascade, not a foreign key: docs/dba.md)';
 
+-- error_class "invalid_payload": the worker's JSON reader refused the event's
+-- payload, so nothing was sent. emit refuses such payloads; this covers rows
+-- written around the emit trigger.
 create table outbox.delivery_attempts (
     id bigint generated always as identity primary key,
-    delivery_id bigint not null references outbox.deliveries (id) on delete cascade,
+    delivery_id bigint not null,
     attempt integer not null,
     attempted_at timestamptz not null,
     duration_ms double precision not null,
     status_code integer,
-    error_class text check (error_class in ('http', 'timeout', 'connection', 'dns', 'invalid_target', 'redirect')),
+    error_class text check (
+        error_class in ('http', 'timeout', 'connection', 'dns', 'invalid_target', 'redirect', 'invalid_payload')
+    ),
     error text,
     response_body text,
     worker_id text
 );
 create index delivery_attempts_delivery_idx on outbox.delivery_attempts (delivery_id);
+comment on column outbox.delivery_attempts.delivery_id is
+    'outbox.deliveries.id (kept by complete_deliveries and a delete cascade, not a foreign key: docs/dba.md)';
+
+-- ---------------------------------------------------------------- integrity without foreign keys
+-- One function for the three cascades: the trigger's arguments name the
+-- child table and its column. AFTER DELETE statement triggers with
+-- transition tables make one set-based DELETE per statement (a foreign
+-- key's cascade is one DELETE per parent row). "= any(array(...))": an
+-- index lookup per deleted parent, whatever the planner thinks of a
+-- transition table's size. The trigger functions run as their owner, like a
+-- key's cascade, so whoever may delete a webhook removes its history too.
+create function outbox.cascade_delete() returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('delete from outbox.%I c where c.%I = any (array(select gone.id from gone))',
+                   tg_argv[0], tg_argv[1]);
+    return null;
+end $$;
+
+-- A truncated parent leaves no child behind: events and webhooks take the
+-- deliveries with them, deliveries their attempts (through the delete
+-- trigger). DELETE, not TRUNCATE: a child truncated by the same statement
+-- (TRUNCATE events, deliveries, ...) is still open in it, and TRUNCATE
+-- refuses it; it is empty by now, so the DELETE costs nothing.
+create function outbox.cascade_truncate() returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_table_name = 'deliveries' then
+        delete from outbox.delivery_attempts;
+    else
+        delete from outbox.deliveries;
+    end if;
+    return null;
+end $$;
+
+revoke execute on function outbox.cascade_delete(), outbox.cascade_truncate() from public;
+comment on function outbox.cascade_delete() is
+    'Deletes the rows of table TG_ARGV[0] whose column TG_ARGV[1] names a deleted row (in place of a foreign key)';
+comment on function outbox.cascade_truncate() is 'Empties the children of a truncated outbox table';
+
+create trigger events_cascade after delete on outbox.events
+    referencing old table as gone for each statement
+    execute function outbox.cascade_delete('deliveries', 'event_id');
+create trigger webhooks_cascade after delete on outbox.webhooks
+    referencing old table as gone for each statement
+    execute function outbox.cascade_delete('deliveries', 'webhook_id');
+create trigger deliveries_cascade after delete on outbox.deliveries
+    referencing old table as gone for each statement
+    execute function outbox.cascade_delete('delivery_attempts', 'delivery_id');
+create trigger events_cascade_truncate after truncate on outbox.events
+    for each statement execute function outbox.cascade_truncate();
+create trigger webhooks_cascade_truncate after truncate on outbox.webhooks
+    for each statement execute function outbox.cascade_truncate();
+create trigger deliveries_cascade_truncate after truncate on outbox.deliveries
+    for each statement execute function outbox.cascade_truncate();
+
+-- Nothing in the product changes an id, but a statement by hand (UPDATE
+-- outbox.webhooks SET id = ..., or SET id = DEFAULT on events and
+-- deliveries, the one change their GENERATED ALWAYS identity allows) would
+-- orphan every delivery and attempt below the row; a foreign key's NO
+-- ACTION would have refused it. A statement-level trigger refuses such an
+-- UPDATE before it touches a row. It fires only for an UPDATE that names
+-- "id" among its targets (PostgreSQL checks the column list once per
+-- statement), so the worker's updates, which never do, pay one check per
+-- statement, where a row-level trigger is considered for every row they
+-- update.
+create function outbox.refuse_id_change() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception 'outbox.%.id cannot be changed: the rows below it refer to it', tg_table_name
+        using errcode = 'OW011',
+              hint = case tg_table_name
+                         when 'webhooks' then 'create a new webhook (outbox.create_webhook) and delete the old one'
+                         else 'ids are assigned once, at insert' end;
+end $$;
+comment on function outbox.refuse_id_change() is
+    'Refuses an UPDATE that names id on events, webhooks or deliveries (children refer to it)';
+
+create trigger events_id_fixed before update of id on outbox.events
+    for each statement execute function outbox.refuse_id_change();
+create trigger webhooks_id_fixed before update of id on outbox.webhooks
+    for each statement execute function outbox.refuse_id_change();
+create trigger deliveries_id_fixed before update of id on outbox.deliveries
+    for each statement execute function outbox.refuse_id_change();
+
+-- ---------------------------------------------------------------- API keys
+-- Credentials of the management HTTP API (X-Api-Key).
+-- A key is a prefix plus 32 random bytes in hex, so an unsalted SHA-256 is
+-- enough: there is no dictionary to try. Only the hash is stored; the key
+-- itself exists once, in the answer of create_api_key().
+create table outbox.api_keys (
+    id uuid primary key default gen_random_uuid(),
+    owner_id text not null,
+    key_hash bytea not null unique check (octet_length(key_hash) = 32),
+    display_prefix text not null,
+    created_at timestamptz not null default now(),
+    revoked_at timestamptz
+);
+create index api_keys_owner_idx on outbox.api_keys (owner_id);
+comment on table outbox.api_keys is 'X-Api-Key credentials of the management API: SHA-256 of each key, never the key';
+comment on column outbox.api_keys.display_prefix is 'First characters of the key, to tell keys apart; not enough to use it';
+
+-- The hash-free face of a key, for listings and the read-only DBA role.
+create view outbox.api_key_info as
+select id, owner_id, display_prefix, created_at, revoked_at
+  from outbox.api_keys;
 
 -- ---------------------------------------------------------------- views for DBAs
 create view outbox.delivery_log as
@@ -173,6 +354,37 @@ select count(*) as undispatched,
  where dispatched_at is null;
 comment on view outbox.event_backlog is 'Events committed but not yet fanned out into deliveries';
 
+-- One row per delivery with its attempts as a JSON array, newest attempt
+-- last. The attempts subquery runs only for the rows a caller selects.
+create view outbox.delivery_info as
+select d.id,
+       d.webhook_id,
+       w.owner_id,
+       d.event_id,
+       e.event_type,
+       d.status,
+       d.attempts,
+       d.created_at,
+       d.next_attempt_at,
+       d.completed_at,
+       d.last_status_code,
+       d.last_error,
+       coalesce((select jsonb_agg(jsonb_build_object(
+                            'attempt', a.attempt,
+                            'attempted_at', a.attempted_at,
+                            'duration_ms', a.duration_ms,
+                            'status_code', a.status_code,
+                            'error_class', a.error_class,
+                            'error', a.error,
+                            'response_body', a.response_body)
+                        order by a.id)
+                   from outbox.delivery_attempts a
+                  where a.delivery_id = d.id), '[]'::jsonb) as attempt_log
+  from outbox.deliveries d
+  join outbox.webhooks w on w.id = d.webhook_id
+  join outbox.events e on e.id = d.event_id;
+comment on view outbox.delivery_info is 'One row per delivery with its attempts (JSON array), as the management API shows it';
+
 -- ---------------------------------------------------------------- helpers
 -- 32 bytes from the server's strong random source without pgcrypto (absent
 -- from some embedded builds): the 14 fully random bytes of each of three v4
@@ -204,15 +416,27 @@ begin
 end $$;
 
 -- Patterns that match an event type: '*', each 'prefix.*' and the type
--- itself. Fan-out uses it with the array overlap operator.
+-- itself. Fan-out uses it with the array overlap operator; dispatch calls it
+-- once per claimed event. plpgsql without a SET clause: as a SQL function
+-- with "set search_path" it could not be inlined, paid a GUC save/restore
+-- per call and planned its body again in every statement that called it
+-- (~8 us per event instead of ~3 us). plpgsql caches its expressions per
+-- session. Every function and operator is named by schema, so the caller's
+-- search_path cannot redirect it.
 create function outbox.event_patterns(p_event_type text) returns text[]
-language sql immutable parallel safe
-set search_path = pg_catalog, pg_temp
+language plpgsql immutable parallel safe
 as $$
-    select array['*', p_event_type] || coalesce(array_agg(array_to_string(parts[1:n], '.') || '.*'), '{}')
-      from (select string_to_array(p_event_type, '.') as parts) p,
-           generate_series(1, cardinality(parts) - 1) as n
-$$;
+declare
+    parts text[] := pg_catalog.string_to_array(p_event_type, '.');
+    patterns text[] := array['*', p_event_type];
+begin
+    -- 'a.b.c' also matches 'a.*' and 'a.b.*'.
+    for n in 1 .. coalesce(pg_catalog.cardinality(parts), 1) - 1 loop
+        patterns := patterns operator(pg_catalog.||)
+                    (pg_catalog.array_to_string(parts[1:n], '.') operator(pg_catalog.||) '.*');
+    end loop;
+    return patterns;
+end $$;
 
 create function outbox.check_events(p_events text[]) returns text[]
 language plpgsql stable
@@ -369,21 +593,83 @@ begin
     return p_url;
 end $$;
 
--- ---------------------------------------------------------------- event validation and wake-up
--- Validates every insert, so a plain INSERT from the app is as safe as emit().
--- This runs inside every business transaction that emits, so it is lean: one
--- lookup for both the catalogue and the size limit, the stored (jsonb) size
--- instead of re-serialising the payload, and no SET clause (a per-call GUC
--- save/restore that defeated plan caching and cost ~0.1 ms a call). It runs
--- as the caller and names every object by schema, so the caller's search_path
--- cannot redirect it.
-create function outbox.events_validate() returns trigger
-language plpgsql
-as $$
+
+-- ---------------------------------------------------------------- emit trigger and wake-up
+-- One row trigger validates every insert, so a plain INSERT from the app is
+-- as safe as emit(), and wakes workers. It runs inside every business
+-- transaction that emits, so it is lean: the catalogue (event type names,
+-- max_payload_bytes) and config.notify are compiled into the trigger
+-- function as constants, so a valid event costs no query; the size is the
+-- stored (jsonb) size, not a re-serialisation; there is no SET clause (a
+-- per-call GUC save/restore that defeats plan caching), and no CHECK
+-- constraint or second trigger per statement. Measured (pgbench, 8 clients,
+-- a worker holding "busy"; PostgreSQL CPU per transaction above a plain
+-- one-insert transaction): an emit fused into the business INSERT costs
+-- +64-99 us, against +112-144 us for a trigger that looked the catalogue up
+-- (docs/performance.md). It runs as the caller and names every object by
+-- schema, so the caller's search_path cannot redirect it.
+--
+-- A statement trigger compiles it again whenever outbox.event_types or
+-- outbox.config change: CREATE OR REPLACE FUNCTION is transactional, and
+-- every session sees the new body at its next statement after the change
+-- commits, without the events table being locked. The compiled constants
+-- are only a fast path: a type missing from them, or a payload above the
+-- compiled limit, is checked against the tables themselves, so a copy
+-- compiled a moment too early (two catalogue changes at once at REPEATABLE
+-- READ) can never reject what the tables accept.
+--
+-- Payload limits (OW012): jsonb that PostgreSQL stores but receivers' JSON
+-- readers (and the worker's) cannot read, values nested more than 100
+-- objects or arrays deep and numbers beyond +/-1e308, is refused. Two
+-- jsonpath walks of the payload: ~0.5 us (depth) and ~1.7 us (numbers) for
+-- a 230-byte payload here.
+--
+-- Quiet NOTIFY: an emitting transaction notifies only when no worker is
+-- already draining the outbox. At commit, a transaction that issued NOTIFY
+-- takes a database-wide lock held until its commit record is flushed
+-- (async.c, PreCommit_Notify), so notifying transactions commit one at a
+-- time and group commit is lost; under load a worker is awake anyway and a
+-- notification wakes nobody. Two advisory locks:
+--   (1869968482, 2) "busy": a worker holds it (session-level, exclusive) while
+--       it drains. Emitters only try it, shared, and let go at once: if they
+--       get it, no worker is busy and they notify.
+--   (1869968482, 1) "in flight": every emitting statement holds it shared
+--       until its transaction ends. A busy worker may stop being busy only
+--       once it gets this lock exclusively (it only tries, never waits, so an
+--       emitter is never blocked by more than that one statement), i.e. when
+--       no emitter that may have skipped its NOTIFY is still uncommitted; its
+--       next claim then sees all their events.
+-- Locks are not snapshots, so this holds at every isolation level, and a
+-- worker that dies drops "busy" with its connection: emitters notify again.
+-- The payload is empty: a notification only wakes workers; they read the
+-- table.
+--
+-- compile_emit_trigger() writes outbox.events_emit() from the tables.
+-- SECURITY DEFINER: whoever may change the catalogue may have it
+-- recompiled, not write functions. The advisory lock (1869968482, 3)
+-- serialises two recompiles; the second then reads what the first
+-- committed (each statement takes a new snapshot at READ COMMITTED).
+create function outbox.compile_emit_trigger() returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $compile$
 declare
-    size_limit integer;
-    known boolean;
+    v_types text[];
+    v_limit integer;
+    v_notify boolean;
+begin
+    perform pg_advisory_xact_lock(1869968482, 3);
+    select coalesce(array_agg(t.name order by t.name), '{}') into v_types from outbox.event_types t;
+    select c.max_payload_bytes, c.notify into v_limit, v_notify from outbox.config c;
+    execute format($f$
+create or replace function outbox.events_emit() returns trigger
+language plpgsql
+as $body$
+-- Generated by outbox.compile_emit_trigger() from outbox.event_types and
+-- outbox.config; do not edit (the next change to either overwrites it).
+declare
     size integer;
+    size_limit integer;
 begin
     if new.owner_id is null or length(new.owner_id) = 0 or length(new.owner_id) > 255
        or new.owner_id ~ '[[:cntrl:]]' or new.owner_id <> pg_catalog.btrim(new.owner_id) then
@@ -391,45 +677,90 @@ begin
             using errcode = 'OW001';
     end if;
     if new.data is null or pg_catalog.jsonb_typeof(new.data) <> 'object' then
-        raise exception 'invalid payload: data must be a JSON object, got %',
+        raise exception 'invalid payload: data must be a JSON object, got %%',
             coalesce(pg_catalog.jsonb_typeof(new.data), 'null')
             using errcode = 'OW006';
     end if;
-    select c.max_payload_bytes, exists (select 1 from outbox.event_types t where t.name = new.event_type)
-      into size_limit, known
-      from outbox.config c;
-    if not known then
-        raise exception 'unknown event type "%"', new.event_type
-            using errcode = 'OW002', hint = 'register it with outbox.add_event_type()';
+    -- What JSON readers refuse (payload limits in docs/dba.md): Python's int
+    -- parse stops at 4,300 digits and its parser at ~1,000 levels, Ruby's at
+    -- 100 levels; JavaScript reads a number beyond 1.8e308 as Infinity.
+    if pg_catalog.jsonb_path_exists(new.data, 'strict $.**{101}') then
+        raise exception 'invalid payload: values nested deeper than the limit of 100 objects or arrays'
+            using errcode = 'OW012', hint = 'flatten the payload: receivers'' JSON parsers refuse deeper nesting';
+    end if;
+    if pg_catalog.jsonb_path_exists(new.data, 'strict $.** ? (@.abs() > 1e308)') then
+        raise exception 'invalid payload: a number beyond the limit of +/-1e308'
+            using errcode = 'OW012', hint = 'send such a number as a JSON string';
+    end if;
+    -- Separate ifs: a condition with a subquery would run as a query every time.
+    if not coalesce(new.event_type = any (%L::text[]), false) then
+        if not exists (select 1 from outbox.event_types t where t.name = new.event_type) then
+            raise exception 'unknown event type "%%"', new.event_type
+                using errcode = 'OW002', hint = 'register it with outbox.add_event_type()';
+        end if;
     end if;
     size := pg_catalog.pg_column_size(new.data);
-    if size > size_limit then
-        raise exception 'payload too large: % bytes, the limit is % bytes', size, size_limit
-            using errcode = 'OW007', hint = 'outbox.config.max_payload_bytes';
-    end if;
+    if size > %s then
+        size_limit := (select c.max_payload_bytes from outbox.config c);
+        if size > size_limit then
+            raise exception 'payload too large: %% bytes, the limit is %% bytes', size, size_limit
+                using errcode = 'OW007', hint = 'outbox.config.max_payload_bytes';
+        end if;
+    end if;%s
     return new;
-end $$;
+end
+$body$;
+comment on function outbox.events_emit() is
+    'Validates each new event and wakes workers (generated by outbox.compile_emit_trigger())';
+$f$,
+        v_types::text,
+        v_limit,
+        case when v_notify then $wake$
+    -- Quiet NOTIFY (docs/dba.md): "in flight" until this transaction ends,
+    -- and NOTIFY only when no worker is "busy". Postgres folds the repeats of
+    -- one notification in a transaction into one.
+    perform pg_catalog.pg_advisory_xact_lock_shared(1869968482, 1);
+    if pg_catalog.pg_try_advisory_lock_shared(1869968482, 2) then
+        perform pg_catalog.pg_advisory_unlock_shared(1869968482, 2);
+        perform pg_catalog.pg_notify('outbox_events', '');
+    end if;$wake$ else '' end);
+    return null;
+end $compile$;
+revoke execute on function outbox.compile_emit_trigger() from public;
+comment on function outbox.compile_emit_trigger() is
+    'Recompiles outbox.events_emit() when outbox.event_types or outbox.config change';
 
-create trigger events_validate before insert on outbox.events
-    for each row execute function outbox.events_validate();
+create trigger event_types_compile after insert or update or delete or truncate on outbox.event_types
+    for each statement execute function outbox.compile_emit_trigger();
+create trigger config_compile after update on outbox.config
+    for each statement execute function outbox.compile_emit_trigger();
 
--- One NOTIFY per statement, and Postgres folds identical notifications in a
--- transaction into one, so a transaction costs at most one. The payload is
--- empty: a notification only wakes workers; they read the table.
-create function outbox.events_notify() returns trigger
-language plpgsql
+-- Compile it once now (fires config_compile), then attach it.
+update outbox.config set notify = notify;
+create trigger events_emit before insert on outbox.events
+    for each row execute function outbox.events_emit();
+
+-- A worker's way out of "busy": true when it let go of it, false when an
+-- emitting transaction is still in flight (the caller keeps polling). The
+-- exclusive "in flight" lock is transaction-level, so it cannot outlive this
+-- call, not even on an error.
+create function outbox.release_busy() returns boolean
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
 as $$
 begin
-    perform pg_catalog.pg_notify('outbox_events', '');
-    return null;
+    if not pg_try_advisory_xact_lock(1869968482, 1) then
+        return false;
+    end if;
+    perform pg_advisory_unlock(1869968482, 2);
+    return true;
 end $$;
+comment on function outbox.release_busy() is
+    'Worker: stop suppressing NOTIFY, once no emitter that skipped it is uncommitted';
 
-create trigger events_notify after insert on outbox.events
-    for each statement execute function outbox.events_notify();
-
--- ---------------------------------------------------------------- SQL API
+-- ---------------------------------------------------------------- SQL API: events and webhooks
 -- plpgsql (not SQL) so the INSERT's plan is cached per session, and no SET
--- clause, for the same reason as events_validate: this is the app's hot path.
+-- clause, for the same reason as the emit trigger: this is the app's hot path.
 create function outbox.emit(owner_id text, event_type text, data jsonb) returns bigint
 language plpgsql volatile
 as $$
@@ -501,6 +832,12 @@ begin
         returning w.id, w.secret;
 end $$;
 
+-- Locks its row FOR NO KEY UPDATE, the lock its own UPDATE takes anyway:
+-- FOR UPDATE would conflict with the FOR KEY SHARE that dispatch takes on
+-- the webhooks of a batch, so a caller holding its transaction open after
+-- update_webhook() would stop every worker's dispatch, for every owner in
+-- the batch, until it ended. Two updates of one webhook still take turns,
+-- and delete_webhook() still waits for a dispatch in progress.
 create function outbox.update_webhook(owner_id text, webhook_id uuid, url text default null,
                                       events text[] default null, enabled boolean default null)
 returns setof outbox.webhook_info
@@ -519,10 +856,12 @@ begin
     if update_webhook.events is not null then
         v_events := outbox.check_events(update_webhook.events);
     end if;
+    -- NO KEY UPDATE: nothing here changes the webhook's id, and a FOR UPDATE
+    -- lock would make dispatch's FOR KEY SHARE wait.
     select w.enabled into v_was_enabled
       from outbox.webhooks w
      where w.id = update_webhook.webhook_id and w.owner_id = update_webhook.owner_id
-       for update;
+       for no key update;
     if not found then
         raise exception 'webhook % not found', update_webhook.webhook_id using errcode = 'OW005';
     end if;
@@ -664,3 +1003,109 @@ begin
     return n;
 end $$;
 comment on function outbox.replay_failed(text, uuid, timestamptz) is 'Re-queue every failed delivery of a webhook that failed since a time; returns how many';
+
+-- ---------------------------------------------------------------- SQL API: API keys
+create function outbox.create_api_key(owner_id text, prefix text default 'brut_')
+returns table (id uuid, key text)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key text;
+begin
+    perform outbox.check_owner_id(create_api_key.owner_id);
+    -- The key travels in an HTTP header: keep the prefix to header-safe characters.
+    if create_api_key.prefix is null or create_api_key.prefix !~ '^[A-Za-z0-9_-]{0,32}$' then
+        raise exception 'invalid API key prefix: use at most 32 letters, digits, "_" or "-"'
+            using errcode = 'OW021';
+    end if;
+    v_key := create_api_key.prefix || encode(outbox.random_bytes_32(), 'hex');
+    return query
+        insert into outbox.api_keys as k (owner_id, key_hash, display_prefix)
+        values (create_api_key.owner_id, sha256(convert_to(v_key, 'UTF8')),
+                left(v_key, length(create_api_key.prefix) + 8))
+        returning k.id, v_key;
+end $$;
+comment on function outbox.create_api_key(text, text) is 'Issue an API key for an owner; the only time the key is returned';
+
+-- Takes the hash, not the key, so the key never reaches the server's
+-- statement log. From psql: outbox.api_key_owner(sha256(convert_to(key, 'UTF8'))).
+create function outbox.api_key_owner(key_hash bytea) returns text
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select k.owner_id from outbox.api_keys k
+     where k.key_hash = api_key_owner.key_hash and k.revoked_at is null
+$$;
+comment on function outbox.api_key_owner(bytea) is 'Owner of the live API key with this SHA-256, or NULL';
+
+create function outbox.list_api_keys(owner_id text) returns setof outbox.api_key_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(list_api_keys.owner_id);
+    return query
+        select k.* from outbox.api_key_info k
+         where k.owner_id = list_api_keys.owner_id
+         order by k.created_at, k.id;
+end $$;
+
+-- Idempotent: revoking a revoked key keeps its first revocation time.
+create function outbox.revoke_api_key(key_id uuid, owner_id text default null)
+returns setof outbox.api_key_info
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return query
+        update outbox.api_keys k
+           set revoked_at = coalesce(k.revoked_at, now())
+         where k.id = revoke_api_key.key_id
+           and (revoke_api_key.owner_id is null or k.owner_id = revoke_api_key.owner_id)
+        returning k.id, k.owner_id, k.display_prefix, k.created_at, k.revoked_at;
+    if not found then
+        raise exception 'API key % not found', revoke_api_key.key_id using errcode = 'OW020';
+    end if;
+end $$;
+
+-- ---------------------------------------------------------------- SQL API: delivery log per webhook
+-- Keyset pagination, newest first: pass the last id of a page as before_id.
+create function outbox.list_deliveries(owner_id text, webhook_id uuid, before_id bigint default null,
+                                       max_rows integer default 50)
+returns setof outbox.delivery_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(list_deliveries.owner_id);
+    perform 1 from outbox.webhooks w
+     where w.id = list_deliveries.webhook_id and w.owner_id = list_deliveries.owner_id;
+    if not found then
+        raise exception 'webhook % not found', list_deliveries.webhook_id using errcode = 'OW005';
+    end if;
+    return query
+        select d.* from outbox.delivery_info d
+         where d.webhook_id = list_deliveries.webhook_id
+           and (list_deliveries.before_id is null or d.id < list_deliveries.before_id)
+         order by d.id desc
+         limit greatest(coalesce(list_deliveries.max_rows, 50), 0);
+end $$;
+comment on function outbox.list_deliveries(text, uuid, bigint, integer) is 'A page of a webhook''s deliveries, newest first, with their attempts';
+
+create function outbox.get_delivery(owner_id text, webhook_id uuid, delivery_id bigint)
+returns setof outbox.delivery_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(get_delivery.owner_id);
+    return query
+        select d.* from outbox.delivery_info d
+         where d.id = get_delivery.delivery_id and d.webhook_id = get_delivery.webhook_id
+           and d.owner_id = get_delivery.owner_id;
+    if not found then
+        raise exception 'delivery % not found', get_delivery.delivery_id using errcode = 'OW008';
+    end if;
+end $$;
+

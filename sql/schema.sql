@@ -1,0 +1,1111 @@
+-- The outbox schema as it stands: what `outbox-worker migrate` builds at the
+-- head revision, in one file for reading and review. Create databases with
+-- the migrations (they record the revision); a change goes here and into a
+-- new revision under sql/migrations/, and tests/test_schema.py checks that
+-- the two build the same schema.
+--
+-- Error codes raised by the functions below (class "OW", outside every
+-- standard SQLSTATE class, so clients can match them exactly; OW02x is
+-- reserved for API keys):
+--   OW001 invalid owner id          OW007 payload too large
+--   OW002 unknown event type        OW008 delivery not found
+--   OW003 invalid URL               OW009 invalid event type name
+--   OW004 webhook limit reached     OW010 invalid sealed secret
+--   OW005 webhook not found         OW011 id cannot be changed
+--   OW006 invalid payload           OW012 payload beyond receivers' limits
+--   OW020 API key not found         OW021 invalid API key prefix
+--
+-- Advisory locks of the class 1869968482 ('outb', docs/dba.md): (.., 1) "in
+-- flight" and (.., 2) "busy" for quiet NOTIFY, (.., 3) serialises the emit
+-- trigger's recompiles.
+
+create schema outbox;
+comment on schema outbox is 'Transactional outbox and webhook deliveries, managed by outbox_worker (alembic)';
+
+-- ---------------------------------------------------------------- config
+-- One row. Rules the database enforces for every client language live here,
+-- not in a worker's environment, so a psql user and the worker agree.
+create table outbox.config (
+    singleton boolean primary key default true check (singleton),
+    max_webhooks_per_owner integer not null default 5 check (max_webhooks_per_owner > 0),
+    max_payload_bytes integer not null default 262144 check (max_payload_bytes > 0),
+    allow_http boolean not null default false,
+    allow_private_networks boolean not null default false,
+    secret_rotation_overlap interval not null default '24 hours',
+    notify boolean not null default true
+);
+insert into outbox.config default values;
+comment on table outbox.config is 'Single-row settings enforced by the outbox SQL functions';
+comment on column outbox.config.notify is
+    'Emitting transactions wake workers with NOTIFY (skipped while a worker drains); false: workers only poll';
+
+-- ---------------------------------------------------------------- event types
+create table outbox.event_types (
+    name text primary key
+        check (name ~ '^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$' and length(name) <= 100),
+    description text not null default '',
+    created_at timestamptz not null default now()
+);
+comment on table outbox.event_types is 'Catalogue of event types webhooks may subscribe to; extend with outbox.add_event_type()';
+-- The topics of the brand webhooks API are event types like any other.
+insert into outbox.event_types (name, description) values
+    ('order.created', 'New order created'),
+    ('order.status_changed', 'Order status changed'),
+    ('inquiry.received', 'New inquiry received'),
+    ('appointment.confirmed', 'Appointment confirmed'),
+    ('appointment.cancelled', 'Appointment cancelled'),
+    ('customer.created', 'New customer created'),
+    ('webhook.disabled', 'A webhook was disabled after failing for too long (emitted by the worker)'),
+    ('Deals', 'Brand topic: deals'),
+    ('Showings', 'Brand topic: showings'),
+    ('Contacts', 'Brand topic: contacts');
+
+-- ---------------------------------------------------------------- webhooks
+create table outbox.webhooks (
+    id uuid primary key default gen_random_uuid(),
+    owner_id text not null,
+    url text not null,
+    events text[] not null check (cardinality(events) > 0),
+    secret text not null,
+    previous_secret text,
+    previous_secret_expires_at timestamptz,
+    enabled boolean not null default true,
+    disabled_reason text,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    last_success_at timestamptz,
+    failing_since timestamptz
+);
+create index webhooks_owner_idx on outbox.webhooks (owner_id);
+comment on column outbox.webhooks.events is 'Subscribed event types; "*" and "prefix.*" are wildcards';
+comment on column outbox.webhooks.failing_since is 'First failed attempt since the last success; drives auto-disable';
+
+-- The secret-free face of a webhook: what list/get return, and what the
+-- read-only DBA role may see.
+create view outbox.webhook_info as
+select id, owner_id, url, events, enabled, disabled_reason, created_at, updated_at,
+       last_success_at, failing_since
+  from outbox.webhooks;
+
+-- ---------------------------------------------------------------- events (the outbox)
+-- No CHECK on data: the emit trigger refuses a non-object first, with OW006,
+-- and a CHECK is re-read from the catalogue at every statement.
+create table outbox.events (
+    id bigint generated always as identity primary key,
+    owner_id text not null,
+    event_type text not null,
+    data jsonb not null,
+    created_at timestamptz not null default clock_timestamp(),
+    dispatched_at timestamptz,
+    body bytea
+);
+-- The dispatcher's claim: oldest undispatched first. Tiny, because
+-- dispatched rows leave it.
+create index events_undispatched_idx on outbox.events (id) where dispatched_at is null;
+comment on column outbox.events.body is
+    'Exact bytes POSTed for this event, identical for every webhook and retry; written with the first recorded attempt (NULL while the first requests are in flight)';
+
+-- lz4 instead of pglz for the payload and the body, where the server has it
+-- (PostgreSQL 14+ built --with-lz4, as Debian's and the official images
+-- are); elsewhere the server's default_toast_compression. A payload of more
+-- than ~2 KB is compressed in the emitting transaction, and its body copy
+-- again when the worker stores it: pglz took ~9% of PostgreSQL's time in a
+-- drain of 4.3 KB events, lz4 gave the emitting transaction ~8% more tx/s
+-- and the drain ~10% less CPU per delivery, at the same stored size
+-- (docs/performance.md). Payloads under ~2 KB are not compressed either way.
+do $$
+begin
+    if exists (select from pg_catalog.pg_settings
+                where name = 'default_toast_compression' and 'lz4' = any (enumvals)) then
+        alter table outbox.events
+            alter column data set compression lz4,
+            alter column body set compression lz4;
+    end if;
+end $$;
+
+-- ---------------------------------------------------------------- deliveries
+-- deliveries.event_id, deliveries.webhook_id and delivery_attempts.delivery_id
+-- are not foreign keys. A key checks each inserted row with a query of its
+-- own (a row trigger running SELECT ... FOR KEY SHARE on the parent), so
+-- every delivery would pay two and every attempt one, in the worker's
+-- hottest statements: without them a 20,000-event drain took 0.084 instead of 0.107
+-- ms of PostgreSQL CPU per delivery (docs/performance.md). What the keys
+-- guaranteed holds, batched ("Integrity without foreign keys" in
+-- docs/dba.md, whose orphans query should always return nothing):
+-- * a delivery's event exists: dispatch inserts deliveries only for events
+--   it holds FOR UPDATE in the same statement, so nothing deletes them
+--   meanwhile;
+-- * a delivery's webhook exists: dispatch locks the batch's webhooks FOR KEY
+--   SHARE (the foreign key's own lock), once per webhook and batch instead
+--   of once per delivery. A webhook deleted meanwhile is skipped; a delete
+--   that comes after waits for the dispatch to commit, and its cascade sees
+--   the new deliveries;
+-- * an attempt's delivery exists: complete_deliveries logs attempts for the
+--   deliveries it updates (locked by the update) and locks the others FOR
+--   KEY SHARE in one scan;
+-- * deleting or truncating a parent removes its children, and a parent's id
+--   cannot change: the triggers in "Integrity without foreign keys" below.
+create type outbox.delivery_status as enum ('pending', 'delivered', 'failed');
+
+create table outbox.deliveries (
+    id bigint generated always as identity primary key,
+    event_id bigint not null,
+    webhook_id uuid not null,
+    status outbox.delivery_status not null default 'pending',
+    attempts integer not null default 0,
+    next_attempt_at timestamptz not null default now(),
+    leased_until timestamptz,
+    leased_by text,
+    created_at timestamptz not null default now(),
+    completed_at timestamptz,
+    last_status_code integer,
+    last_error text,
+    -- Fan-out is idempotent: a re-run dispatch cannot create a second row.
+    constraint deliveries_webhook_event_key unique (webhook_id, event_id)
+);
+-- The sender's claim. A leased row stays 'pending' with next_attempt_at
+-- pushed to the lease end, so an expired lease is simply due again: no
+-- separate rescuer and one index for both.
+create index deliveries_due_idx on outbox.deliveries (next_attempt_at) where status = 'pending';
+create index deliveries_failed_idx on outbox.deliveries (webhook_id, completed_at) where status = 'failed';
+create index deliveries_event_idx on outbox.deliveries (event_id);
+comment on column outbox.deliveries.attempts is 'Attempts logged in the current round (outbox.redeliver starts a new round)';
+comment on column outbox.deliveries.event_id is
+    'outbox.events.id (kept by dispatch and a delete cascade, not a foreign key: docs/dba.md)';
+comment on column outbox.deliveries.webhook_id is
+    'outbox.webhooks.id (kept by dispatch and a delete cascade, not a foreign key: docs/dba.md)';
+
+-- error_class "invalid_payload": the worker's JSON reader refused the event's
+-- payload, so nothing was sent. emit refuses such payloads; this covers rows
+-- written around the emit trigger.
+create table outbox.delivery_attempts (
+    id bigint generated always as identity primary key,
+    delivery_id bigint not null,
+    attempt integer not null,
+    attempted_at timestamptz not null,
+    duration_ms double precision not null,
+    status_code integer,
+    error_class text check (
+        error_class in ('http', 'timeout', 'connection', 'dns', 'invalid_target', 'redirect', 'invalid_payload')
+    ),
+    error text,
+    response_body text,
+    worker_id text
+);
+create index delivery_attempts_delivery_idx on outbox.delivery_attempts (delivery_id);
+comment on column outbox.delivery_attempts.delivery_id is
+    'outbox.deliveries.id (kept by complete_deliveries and a delete cascade, not a foreign key: docs/dba.md)';
+
+-- ---------------------------------------------------------------- integrity without foreign keys
+-- One function for the three cascades: the trigger's arguments name the
+-- child table and its column. AFTER DELETE statement triggers with
+-- transition tables make one set-based DELETE per statement (a foreign
+-- key's cascade is one DELETE per parent row). "= any(array(...))": an
+-- index lookup per deleted parent, whatever the planner thinks of a
+-- transition table's size. The trigger functions run as their owner, like a
+-- key's cascade, so whoever may delete a webhook removes its history too.
+create function outbox.cascade_delete() returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('delete from outbox.%I c where c.%I = any (array(select gone.id from gone))',
+                   tg_argv[0], tg_argv[1]);
+    return null;
+end $$;
+
+-- A truncated parent leaves no child behind: events and webhooks take the
+-- deliveries with them, deliveries their attempts (through the delete
+-- trigger). DELETE, not TRUNCATE: a child truncated by the same statement
+-- (TRUNCATE events, deliveries, ...) is still open in it, and TRUNCATE
+-- refuses it; it is empty by now, so the DELETE costs nothing.
+create function outbox.cascade_truncate() returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_table_name = 'deliveries' then
+        delete from outbox.delivery_attempts;
+    else
+        delete from outbox.deliveries;
+    end if;
+    return null;
+end $$;
+
+revoke execute on function outbox.cascade_delete(), outbox.cascade_truncate() from public;
+comment on function outbox.cascade_delete() is
+    'Deletes the rows of table TG_ARGV[0] whose column TG_ARGV[1] names a deleted row (in place of a foreign key)';
+comment on function outbox.cascade_truncate() is 'Empties the children of a truncated outbox table';
+
+create trigger events_cascade after delete on outbox.events
+    referencing old table as gone for each statement
+    execute function outbox.cascade_delete('deliveries', 'event_id');
+create trigger webhooks_cascade after delete on outbox.webhooks
+    referencing old table as gone for each statement
+    execute function outbox.cascade_delete('deliveries', 'webhook_id');
+create trigger deliveries_cascade after delete on outbox.deliveries
+    referencing old table as gone for each statement
+    execute function outbox.cascade_delete('delivery_attempts', 'delivery_id');
+create trigger events_cascade_truncate after truncate on outbox.events
+    for each statement execute function outbox.cascade_truncate();
+create trigger webhooks_cascade_truncate after truncate on outbox.webhooks
+    for each statement execute function outbox.cascade_truncate();
+create trigger deliveries_cascade_truncate after truncate on outbox.deliveries
+    for each statement execute function outbox.cascade_truncate();
+
+-- Nothing in the product changes an id, but a statement by hand (UPDATE
+-- outbox.webhooks SET id = ..., or SET id = DEFAULT on events and
+-- deliveries, the one change their GENERATED ALWAYS identity allows) would
+-- orphan every delivery and attempt below the row; a foreign key's NO
+-- ACTION would have refused it. A statement-level trigger refuses such an
+-- UPDATE before it touches a row. It fires only for an UPDATE that names
+-- "id" among its targets (PostgreSQL checks the column list once per
+-- statement), so the worker's updates, which never do, pay one check per
+-- statement, where a row-level trigger is considered for every row they
+-- update.
+create function outbox.refuse_id_change() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception 'outbox.%.id cannot be changed: the rows below it refer to it', tg_table_name
+        using errcode = 'OW011',
+              hint = case tg_table_name
+                         when 'webhooks' then 'create a new webhook (outbox.create_webhook) and delete the old one'
+                         else 'ids are assigned once, at insert' end;
+end $$;
+comment on function outbox.refuse_id_change() is
+    'Refuses an UPDATE that names id on events, webhooks or deliveries (children refer to it)';
+
+create trigger events_id_fixed before update of id on outbox.events
+    for each statement execute function outbox.refuse_id_change();
+create trigger webhooks_id_fixed before update of id on outbox.webhooks
+    for each statement execute function outbox.refuse_id_change();
+create trigger deliveries_id_fixed before update of id on outbox.deliveries
+    for each statement execute function outbox.refuse_id_change();
+
+-- ---------------------------------------------------------------- API keys
+-- Credentials of the management HTTP API (X-Api-Key).
+-- A key is a prefix plus 32 random bytes in hex, so an unsalted SHA-256 is
+-- enough: there is no dictionary to try. Only the hash is stored; the key
+-- itself exists once, in the answer of create_api_key().
+create table outbox.api_keys (
+    id uuid primary key default gen_random_uuid(),
+    owner_id text not null,
+    key_hash bytea not null unique check (octet_length(key_hash) = 32),
+    display_prefix text not null,
+    created_at timestamptz not null default now(),
+    revoked_at timestamptz
+);
+create index api_keys_owner_idx on outbox.api_keys (owner_id);
+comment on table outbox.api_keys is 'X-Api-Key credentials of the management API: SHA-256 of each key, never the key';
+comment on column outbox.api_keys.display_prefix is 'First characters of the key, to tell keys apart; not enough to use it';
+
+-- The hash-free face of a key, for listings and the read-only DBA role.
+create view outbox.api_key_info as
+select id, owner_id, display_prefix, created_at, revoked_at
+  from outbox.api_keys;
+
+-- ---------------------------------------------------------------- views for DBAs
+create view outbox.delivery_log as
+select a.id as attempt_id,
+       a.delivery_id,
+       d.event_id,
+       e.event_type,
+       w.owner_id,
+       w.id as webhook_id,
+       w.url,
+       a.attempt,
+       a.attempted_at,
+       a.duration_ms,
+       a.status_code,
+       a.error_class,
+       a.error,
+       a.response_body,
+       d.status as delivery_status,
+       a.worker_id
+  from outbox.delivery_attempts a
+  join outbox.deliveries d on d.id = a.delivery_id
+  join outbox.webhooks w on w.id = d.webhook_id
+  join outbox.events e on e.id = d.event_id;
+comment on view outbox.delivery_log is 'One row per HTTP attempt, with its webhook URL and event type';
+
+-- Reads only undelivered rows (both partial indexes), so it stays cheap
+-- however long the delivered history grows.
+create view outbox.queue_stats as
+select w.owner_id,
+       w.id as webhook_id,
+       w.url,
+       w.enabled,
+       count(d.id) filter (where d.status = 'pending' and (d.leased_until is null or d.leased_until <= now())) as pending,
+       count(d.id) filter (where d.status = 'pending' and d.attempts > 0 and (d.leased_until is null or d.leased_until <= now())) as retrying,
+       count(d.id) filter (where d.status = 'pending' and d.leased_until > now()) as in_flight,
+       count(d.id) filter (where d.status = 'failed') as failed,
+       now() - min(d.created_at) filter (where d.status = 'pending') as oldest_pending_age
+  from outbox.webhooks w
+  left join outbox.deliveries d on d.webhook_id = w.id and d.status in ('pending', 'failed')
+ group by w.owner_id, w.id, w.url, w.enabled;
+comment on view outbox.queue_stats is 'Queue health per webhook: pending, retrying, in flight, failed, oldest pending age';
+
+create view outbox.event_backlog as
+select count(*) as undispatched,
+       now() - min(created_at) as oldest_undispatched_age
+  from outbox.events
+ where dispatched_at is null;
+comment on view outbox.event_backlog is 'Events committed but not yet fanned out into deliveries';
+
+-- One row per delivery with its attempts as a JSON array, newest attempt
+-- last. The attempts subquery runs only for the rows a caller selects.
+create view outbox.delivery_info as
+select d.id,
+       d.webhook_id,
+       w.owner_id,
+       d.event_id,
+       e.event_type,
+       d.status,
+       d.attempts,
+       d.created_at,
+       d.next_attempt_at,
+       d.completed_at,
+       d.last_status_code,
+       d.last_error,
+       coalesce((select jsonb_agg(jsonb_build_object(
+                            'attempt', a.attempt,
+                            'attempted_at', a.attempted_at,
+                            'duration_ms', a.duration_ms,
+                            'status_code', a.status_code,
+                            'error_class', a.error_class,
+                            'error', a.error,
+                            'response_body', a.response_body)
+                        order by a.id)
+                   from outbox.delivery_attempts a
+                  where a.delivery_id = d.id), '[]'::jsonb) as attempt_log
+  from outbox.deliveries d
+  join outbox.webhooks w on w.id = d.webhook_id
+  join outbox.events e on e.id = d.event_id;
+comment on view outbox.delivery_info is 'One row per delivery with its attempts (JSON array), as the management API shows it';
+
+-- ---------------------------------------------------------------- helpers
+-- 32 bytes from the server's strong random source without pgcrypto (absent
+-- from some embedded builds): the 14 fully random bytes of each of three v4
+-- UUIDs (version and variant bits skipped).
+create function outbox.random_bytes_32() returns bytea
+language sql volatile parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select substring(r from 1 for 32)
+      from (select string_agg(substring(b from 1 for 6) || substring(b from 8 for 1) || substring(b from 10 for 7), ''::bytea) as r
+              from (select uuid_send(gen_random_uuid()) as b from generate_series(1, 3)) u) s
+$$;
+
+create function outbox.new_secret() returns text
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select 'whsec_' || encode(outbox.random_bytes_32(), 'base64') $$;
+
+create function outbox.check_owner_id(p_owner_id text) returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_owner_id is null or length(p_owner_id) = 0 or length(p_owner_id) > 255
+       or p_owner_id ~ '[[:cntrl:]]' or p_owner_id <> btrim(p_owner_id) then
+        raise exception 'invalid owner id: must be 1-255 characters, no control characters or surrounding spaces'
+            using errcode = 'OW001';
+    end if;
+end $$;
+
+-- Patterns that match an event type: '*', each 'prefix.*' and the type
+-- itself. Fan-out uses it with the array overlap operator; dispatch calls it
+-- once per claimed event. plpgsql without a SET clause: as a SQL function
+-- with "set search_path" it could not be inlined, paid a GUC save/restore
+-- per call and planned its body again in every statement that called it
+-- (~8 us per event instead of ~3 us). plpgsql caches its expressions per
+-- session. Every function and operator is named by schema, so the caller's
+-- search_path cannot redirect it.
+create function outbox.event_patterns(p_event_type text) returns text[]
+language plpgsql immutable parallel safe
+as $$
+declare
+    parts text[] := pg_catalog.string_to_array(p_event_type, '.');
+    patterns text[] := array['*', p_event_type];
+begin
+    -- 'a.b.c' also matches 'a.*' and 'a.b.*'.
+    for n in 1 .. coalesce(pg_catalog.cardinality(parts), 1) - 1 loop
+        patterns := patterns operator(pg_catalog.||)
+                    (pg_catalog.array_to_string(parts[1:n], '.') operator(pg_catalog.||) '.*');
+    end loop;
+    return patterns;
+end $$;
+
+create function outbox.check_events(p_events text[]) returns text[]
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    e text;
+    result text[] := '{}';
+begin
+    if p_events is null or cardinality(p_events) = 0 then
+        raise exception 'events must list at least one event type' using errcode = 'OW002';
+    end if;
+    foreach e in array p_events loop
+        if e is null then
+            raise exception 'events must not contain null' using errcode = 'OW002';
+        end if;
+        if e = '*' then
+            null;
+        elsif e like '%.*' then
+            if not exists (select 1 from outbox.event_types t
+                            where starts_with(t.name, left(e, -1))) then
+                raise exception 'unknown event type pattern "%": no event type starts with "%"', e, left(e, -1)
+                    using errcode = 'OW002', hint = 'see select name from outbox.event_types';
+            end if;
+        elsif not exists (select 1 from outbox.event_types t where t.name = e) then
+            raise exception 'unknown event type "%"', e
+                using errcode = 'OW002', hint = 'see select name from outbox.event_types';
+        end if;
+        if not e = any(result) then
+            result := result || e;
+        end if;
+    end loop;
+    return result;
+end $$;
+
+-- True for addresses a webhook must never reach: loopback, private,
+-- link-local (cloud metadata), CGNAT, multicast, reserved, documentation,
+-- and their IPv6 forms. IPv4-mapped and NAT64 addresses are judged by the
+-- IPv4 address they carry; deprecated 6to4 and IPv4-compatible are refused.
+create function outbox.is_blocked_address(p_addr inet) returns boolean
+language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if family(p_addr) = 6 then
+        if p_addr <<= '::ffff:0:0/96' then
+            return outbox.is_blocked_address('0.0.0.0'::inet + (p_addr - '::ffff:0:0'::inet));
+        end if;
+        if p_addr <<= '64:ff9b::/96' then
+            return outbox.is_blocked_address('0.0.0.0'::inet + (p_addr - '64:ff9b::'::inet));
+        end if;
+        return p_addr <<= '::/96' or p_addr <<= 'fc00::/7' or p_addr <<= 'fe80::/10'
+            or p_addr <<= 'fec0::/10' or p_addr <<= 'ff00::/8' or p_addr <<= '2001:db8::/32'
+            or p_addr <<= '100::/64' or p_addr <<= '2001::/23' or p_addr <<= '2002::/16';
+    end if;
+    return p_addr <<= '0.0.0.0/8' or p_addr <<= '10.0.0.0/8' or p_addr <<= '100.64.0.0/10'
+        or p_addr <<= '127.0.0.0/8' or p_addr <<= '169.254.0.0/16' or p_addr <<= '172.16.0.0/12'
+        or p_addr <<= '192.0.0.0/24' or p_addr <<= '192.0.2.0/24' or p_addr <<= '192.88.99.0/24'
+        or p_addr <<= '192.168.0.0/16' or p_addr <<= '198.18.0.0/15' or p_addr <<= '198.51.100.0/24'
+        or p_addr <<= '203.0.113.0/24' or p_addr <<= '224.0.0.0/4' or p_addr <<= '240.0.0.0/4';
+end $$;
+
+-- Syntax, scheme, credentials and literal-address checks. Names that resolve
+-- to private addresses are caught by the worker at send time (it resolves and
+-- connects to the checked address); SQL cannot resolve DNS.
+create function outbox.check_url(p_url text) returns text
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    cfg outbox.config;
+    m text[];
+    scheme text;
+    authority text;
+    host text;
+    port integer;
+    labels text[];
+    addr inet;
+begin
+    select * into cfg from outbox.config;
+    if p_url is null or length(p_url) = 0 then
+        raise exception 'invalid URL: empty' using errcode = 'OW003';
+    end if;
+    if length(p_url) > 2048 then
+        raise exception 'invalid URL: longer than 2048 characters' using errcode = 'OW003';
+    end if;
+    if p_url ~ '[[:space:][:cntrl:]]' then
+        raise exception 'invalid URL "%": contains whitespace or control characters', p_url using errcode = 'OW003';
+    end if;
+    m := regexp_match(p_url, '^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([/?][^#]*)?(#.*)?$');
+    if m is null then
+        raise exception 'invalid URL "%": expected scheme://host[:port]/path', p_url using errcode = 'OW003';
+    end if;
+    scheme := lower(m[1]);
+    authority := m[2];
+    if scheme not in ('http', 'https') then
+        raise exception 'invalid URL "%": scheme "%" is not http or https', p_url, scheme using errcode = 'OW003';
+    end if;
+    if scheme = 'http' and not cfg.allow_http then
+        raise exception 'invalid URL "%": https is required', p_url
+            using errcode = 'OW003', hint = 'set outbox.config.allow_http for development';
+    end if;
+    if m[4] is not null then
+        raise exception 'invalid URL "%": fragments (#...) are not allowed', p_url using errcode = 'OW003';
+    end if;
+    if position('@' in authority) > 0 then
+        raise exception 'invalid URL: credentials in the URL are not allowed' using errcode = 'OW003';
+    end if;
+    m := regexp_match(authority, '^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:([0-9]{1,5}))?$');
+    if m is null then
+        raise exception 'invalid URL "%": invalid host or port', p_url using errcode = 'OW003';
+    end if;
+    host := lower(m[1]);
+    if m[3] is not null then
+        port := m[3]::integer;
+        if port < 1 or port > 65535 then
+            raise exception 'invalid URL "%": port out of range', p_url using errcode = 'OW003';
+        end if;
+    end if;
+    if left(host, 1) = '[' then
+        begin
+            addr := substring(host from 2 for length(host) - 2)::inet;
+        exception when others then
+            raise exception 'invalid URL "%": invalid IPv6 address', p_url using errcode = 'OW003';
+        end;
+    else
+        host := rtrim(host, '.');
+        labels := string_to_array(host, '.');
+        if host = '' or exists (select 1 from unnest(labels) l
+                                 where l = '' or length(l) > 63 or l like '-%' or l like '%-') then
+            raise exception 'invalid URL "%": invalid host name', p_url using errcode = 'OW003';
+        end if;
+        -- A numeric last label means an IPv4 literal; resolvers also accept
+        -- 127.1, 0x7f.0.0.1 and 2130706433, so only the dotted quad is allowed.
+        if labels[cardinality(labels)] ~ '^(0x[0-9a-f]*|[0-9]+)$' then
+            if host !~ '^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$' then
+                raise exception 'invalid URL "%": IPv4 addresses must be written as four decimal numbers', p_url
+                    using errcode = 'OW003';
+            end if;
+            addr := host::inet;
+        end if;
+    end if;
+    if not cfg.allow_private_networks then
+        if addr is not null and outbox.is_blocked_address(addr) then
+            raise exception 'invalid URL "%": % is a loopback, private, link-local or reserved address', p_url, host(addr)
+                using errcode = 'OW003', hint = 'set outbox.config.allow_private_networks for development';
+        end if;
+        if host = 'localhost' or host like '%.localhost' or host like '%.internal' or host like '%.local'
+           or host in ('metadata', 'instance-data') then
+            raise exception 'invalid URL "%": host "%" is internal', p_url, host
+                using errcode = 'OW003', hint = 'set outbox.config.allow_private_networks for development';
+        end if;
+    end if;
+    return p_url;
+end $$;
+
+
+-- ---------------------------------------------------------------- emit trigger and wake-up
+-- One row trigger validates every insert, so a plain INSERT from the app is
+-- as safe as emit(), and wakes workers. It runs inside every business
+-- transaction that emits, so it is lean: the catalogue (event type names,
+-- max_payload_bytes) and config.notify are compiled into the trigger
+-- function as constants, so a valid event costs no query; the size is the
+-- stored (jsonb) size, not a re-serialisation; there is no SET clause (a
+-- per-call GUC save/restore that defeats plan caching), and no CHECK
+-- constraint or second trigger per statement. Measured (pgbench, 8 clients,
+-- a worker holding "busy"; PostgreSQL CPU per transaction above a plain
+-- one-insert transaction): an emit fused into the business INSERT costs
+-- +64-99 us, against +112-144 us for a trigger that looked the catalogue up
+-- (docs/performance.md). It runs as the caller and names every object by
+-- schema, so the caller's search_path cannot redirect it.
+--
+-- A statement trigger compiles it again whenever outbox.event_types or
+-- outbox.config change: CREATE OR REPLACE FUNCTION is transactional, and
+-- every session sees the new body at its next statement after the change
+-- commits, without the events table being locked. The compiled constants
+-- are only a fast path: a type missing from them, or a payload above the
+-- compiled limit, is checked against the tables themselves, so a copy
+-- compiled a moment too early (two catalogue changes at once at REPEATABLE
+-- READ) can never reject what the tables accept.
+--
+-- Payload limits (OW012): jsonb that PostgreSQL stores but receivers' JSON
+-- readers (and the worker's) cannot read, values nested more than 100
+-- objects or arrays deep and numbers beyond +/-1e308, is refused. Two
+-- jsonpath walks of the payload: ~0.5 us (depth) and ~1.7 us (numbers) for
+-- a 230-byte payload here.
+--
+-- Quiet NOTIFY: an emitting transaction notifies only when no worker is
+-- already draining the outbox. At commit, a transaction that issued NOTIFY
+-- takes a database-wide lock held until its commit record is flushed
+-- (async.c, PreCommit_Notify), so notifying transactions commit one at a
+-- time and group commit is lost; under load a worker is awake anyway and a
+-- notification wakes nobody. Two advisory locks:
+--   (1869968482, 2) "busy": a worker holds it (session-level, exclusive) while
+--       it drains. Emitters only try it, shared, and let go at once: if they
+--       get it, no worker is busy and they notify.
+--   (1869968482, 1) "in flight": every emitting statement holds it shared
+--       until its transaction ends. A busy worker may stop being busy only
+--       once it gets this lock exclusively (it only tries, never waits, so an
+--       emitter is never blocked by more than that one statement), i.e. when
+--       no emitter that may have skipped its NOTIFY is still uncommitted; its
+--       next claim then sees all their events.
+-- Locks are not snapshots, so this holds at every isolation level, and a
+-- worker that dies drops "busy" with its connection: emitters notify again.
+-- The payload is empty: a notification only wakes workers; they read the
+-- table.
+--
+-- compile_emit_trigger() writes outbox.events_emit() from the tables.
+-- SECURITY DEFINER: whoever may change the catalogue may have it
+-- recompiled, not write functions. The advisory lock (1869968482, 3)
+-- serialises two recompiles; the second then reads what the first
+-- committed (each statement takes a new snapshot at READ COMMITTED).
+create function outbox.compile_emit_trigger() returns trigger
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $compile$
+declare
+    v_types text[];
+    v_limit integer;
+    v_notify boolean;
+begin
+    perform pg_advisory_xact_lock(1869968482, 3);
+    select coalesce(array_agg(t.name order by t.name), '{}') into v_types from outbox.event_types t;
+    select c.max_payload_bytes, c.notify into v_limit, v_notify from outbox.config c;
+    execute format($f$
+create or replace function outbox.events_emit() returns trigger
+language plpgsql
+as $body$
+-- Generated by outbox.compile_emit_trigger() from outbox.event_types and
+-- outbox.config; do not edit (the next change to either overwrites it).
+declare
+    size integer;
+    size_limit integer;
+begin
+    if new.owner_id is null or length(new.owner_id) = 0 or length(new.owner_id) > 255
+       or new.owner_id ~ '[[:cntrl:]]' or new.owner_id <> pg_catalog.btrim(new.owner_id) then
+        raise exception 'invalid owner id: must be 1-255 characters, no control characters or surrounding spaces'
+            using errcode = 'OW001';
+    end if;
+    if new.data is null or pg_catalog.jsonb_typeof(new.data) <> 'object' then
+        raise exception 'invalid payload: data must be a JSON object, got %%',
+            coalesce(pg_catalog.jsonb_typeof(new.data), 'null')
+            using errcode = 'OW006';
+    end if;
+    -- What JSON readers refuse (payload limits in docs/dba.md): Python's int
+    -- parse stops at 4,300 digits and its parser at ~1,000 levels, Ruby's at
+    -- 100 levels; JavaScript reads a number beyond 1.8e308 as Infinity.
+    if pg_catalog.jsonb_path_exists(new.data, 'strict $.**{101}') then
+        raise exception 'invalid payload: values nested deeper than the limit of 100 objects or arrays'
+            using errcode = 'OW012', hint = 'flatten the payload: receivers'' JSON parsers refuse deeper nesting';
+    end if;
+    if pg_catalog.jsonb_path_exists(new.data, 'strict $.** ? (@.abs() > 1e308)') then
+        raise exception 'invalid payload: a number beyond the limit of +/-1e308'
+            using errcode = 'OW012', hint = 'send such a number as a JSON string';
+    end if;
+    -- Separate ifs: a condition with a subquery would run as a query every time.
+    if not coalesce(new.event_type = any (%L::text[]), false) then
+        if not exists (select 1 from outbox.event_types t where t.name = new.event_type) then
+            raise exception 'unknown event type "%%"', new.event_type
+                using errcode = 'OW002', hint = 'register it with outbox.add_event_type()';
+        end if;
+    end if;
+    size := pg_catalog.pg_column_size(new.data);
+    if size > %s then
+        size_limit := (select c.max_payload_bytes from outbox.config c);
+        if size > size_limit then
+            raise exception 'payload too large: %% bytes, the limit is %% bytes', size, size_limit
+                using errcode = 'OW007', hint = 'outbox.config.max_payload_bytes';
+        end if;
+    end if;%s
+    return new;
+end
+$body$;
+comment on function outbox.events_emit() is
+    'Validates each new event and wakes workers (generated by outbox.compile_emit_trigger())';
+$f$,
+        v_types::text,
+        v_limit,
+        case when v_notify then $wake$
+    -- Quiet NOTIFY (docs/dba.md): "in flight" until this transaction ends,
+    -- and NOTIFY only when no worker is "busy". Postgres folds the repeats of
+    -- one notification in a transaction into one.
+    perform pg_catalog.pg_advisory_xact_lock_shared(1869968482, 1);
+    if pg_catalog.pg_try_advisory_lock_shared(1869968482, 2) then
+        perform pg_catalog.pg_advisory_unlock_shared(1869968482, 2);
+        perform pg_catalog.pg_notify('outbox_events', '');
+    end if;$wake$ else '' end);
+    return null;
+end $compile$;
+revoke execute on function outbox.compile_emit_trigger() from public;
+comment on function outbox.compile_emit_trigger() is
+    'Recompiles outbox.events_emit() when outbox.event_types or outbox.config change';
+
+create trigger event_types_compile after insert or update or delete or truncate on outbox.event_types
+    for each statement execute function outbox.compile_emit_trigger();
+create trigger config_compile after update on outbox.config
+    for each statement execute function outbox.compile_emit_trigger();
+
+-- Compile it once now (fires config_compile), then attach it.
+update outbox.config set notify = notify;
+create trigger events_emit before insert on outbox.events
+    for each row execute function outbox.events_emit();
+
+-- A worker's way out of "busy": true when it let go of it, false when an
+-- emitting transaction is still in flight (the caller keeps polling). The
+-- exclusive "in flight" lock is transaction-level, so it cannot outlive this
+-- call, not even on an error.
+create function outbox.release_busy() returns boolean
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not pg_try_advisory_xact_lock(1869968482, 1) then
+        return false;
+    end if;
+    perform pg_advisory_unlock(1869968482, 2);
+    return true;
+end $$;
+comment on function outbox.release_busy() is
+    'Worker: stop suppressing NOTIFY, once no emitter that skipped it is uncommitted';
+
+-- ---------------------------------------------------------------- SQL API: events and webhooks
+-- plpgsql (not SQL) so the INSERT's plan is cached per session, and no SET
+-- clause, for the same reason as the emit trigger: this is the app's hot path.
+create function outbox.emit(owner_id text, event_type text, data jsonb) returns bigint
+language plpgsql volatile
+as $$
+declare
+    new_id bigint;
+begin
+    insert into outbox.events (owner_id, event_type, data)
+    values (emit.owner_id, emit.event_type, emit.data)
+    returning id into new_id;
+    return new_id;
+end $$;
+comment on function outbox.emit(text, text, jsonb) is 'Queue an event in the caller''s transaction; returns the event id';
+
+create function outbox.add_event_type(name text, description text default '') returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if name is null or name !~ '^[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$' or length(name) > 100 then
+        raise exception 'invalid event type name "%": use dot-separated words like "invoice.paid"', name
+            using errcode = 'OW009';
+    end if;
+    insert into outbox.event_types as t (name, description)
+    values (add_event_type.name, coalesce(add_event_type.description, ''))
+    on conflict on constraint event_types_pkey do update set description = excluded.description;
+end $$;
+
+-- A caller holding the encryption key passes its own sealed secret, so the
+-- plaintext never reaches the database (nor its WAL and backups).
+create function outbox.check_sealed_secret(p_secret text) returns text
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_secret is not null and (p_secret !~ '^(whsec_|enc:v1:)[A-Za-z0-9+/=_-]+$' or length(p_secret) > 1000) then
+        raise exception 'invalid secret: expected whsec_... or enc:v1:...' using errcode = 'OW010';
+    end if;
+    return p_secret;
+end $$;
+
+create function outbox.create_webhook(owner_id text, url text, events text[], sealed_secret text default null)
+returns table (id uuid, secret text)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_limit integer;
+    v_count integer;
+    v_events text[];
+    v_url text;
+begin
+    perform outbox.check_owner_id(create_webhook.owner_id);
+    v_url := outbox.check_url(create_webhook.url);
+    v_events := outbox.check_events(create_webhook.events);
+    -- Serialise creates per owner so the limit holds under concurrency;
+    -- other owners are not blocked.
+    perform pg_advisory_xact_lock(hashtextextended('outbox.webhooks:' || create_webhook.owner_id, 0));
+    select max_webhooks_per_owner into v_limit from outbox.config;
+    select count(*) into v_count from outbox.webhooks w where w.owner_id = create_webhook.owner_id;
+    if v_count >= v_limit then
+        raise exception 'webhook limit reached: owner "%" already has % webhooks (maximum %)',
+            create_webhook.owner_id, v_count, v_limit
+            using errcode = 'OW004', hint = 'delete a webhook or raise outbox.config.max_webhooks_per_owner';
+    end if;
+    return query
+        insert into outbox.webhooks as w (owner_id, url, events, secret)
+        values (create_webhook.owner_id, v_url, v_events,
+                coalesce(outbox.check_sealed_secret(create_webhook.sealed_secret), outbox.new_secret()))
+        returning w.id, w.secret;
+end $$;
+
+-- Locks its row FOR NO KEY UPDATE, the lock its own UPDATE takes anyway:
+-- FOR UPDATE would conflict with the FOR KEY SHARE that dispatch takes on
+-- the webhooks of a batch, so a caller holding its transaction open after
+-- update_webhook() would stop every worker's dispatch, for every owner in
+-- the batch, until it ended. Two updates of one webhook still take turns,
+-- and delete_webhook() still waits for a dispatch in progress.
+create function outbox.update_webhook(owner_id text, webhook_id uuid, url text default null,
+                                      events text[] default null, enabled boolean default null)
+returns setof outbox.webhook_info
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_url text;
+    v_events text[];
+    v_was_enabled boolean;
+begin
+    perform outbox.check_owner_id(update_webhook.owner_id);
+    if update_webhook.url is not null then
+        v_url := outbox.check_url(update_webhook.url);
+    end if;
+    if update_webhook.events is not null then
+        v_events := outbox.check_events(update_webhook.events);
+    end if;
+    -- NO KEY UPDATE: nothing here changes the webhook's id, and a FOR UPDATE
+    -- lock would make dispatch's FOR KEY SHARE wait.
+    select w.enabled into v_was_enabled
+      from outbox.webhooks w
+     where w.id = update_webhook.webhook_id and w.owner_id = update_webhook.owner_id
+       for no key update;
+    if not found then
+        raise exception 'webhook % not found', update_webhook.webhook_id using errcode = 'OW005';
+    end if;
+    if update_webhook.enabled is false and v_was_enabled then
+        -- Queued work for a disabled endpoint fails now rather than piling
+        -- up; replay_failed() brings it back after re-enabling.
+        update outbox.deliveries d
+           set status = 'failed', completed_at = now(), last_error = 'webhook disabled'
+         where d.webhook_id = update_webhook.webhook_id and d.status = 'pending'
+           and (d.leased_until is null or d.leased_until <= now());
+    end if;
+    return query
+        update outbox.webhooks w
+           set url = coalesce(v_url, w.url),
+               events = coalesce(v_events, w.events),
+               enabled = coalesce(update_webhook.enabled, w.enabled),
+               disabled_reason = case when update_webhook.enabled is null then w.disabled_reason
+                                      when update_webhook.enabled then null
+                                      else 'disabled by owner' end,
+               failing_since = case when update_webhook.enabled then null else w.failing_since end,
+               updated_at = now()
+         where w.id = update_webhook.webhook_id
+        returning w.id, w.owner_id, w.url, w.events, w.enabled, w.disabled_reason, w.created_at, w.updated_at,
+                  w.last_success_at, w.failing_since;
+end $$;
+
+create function outbox.delete_webhook(owner_id text, webhook_id uuid) returns void
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(delete_webhook.owner_id);
+    delete from outbox.webhooks w
+     where w.id = delete_webhook.webhook_id and w.owner_id = delete_webhook.owner_id;
+    if not found then
+        raise exception 'webhook % not found', delete_webhook.webhook_id using errcode = 'OW005';
+    end if;
+end $$;
+
+create function outbox.list_webhooks(owner_id text, event_type text default null)
+returns setof outbox.webhook_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(list_webhooks.owner_id);
+    return query
+        select w.* from outbox.webhook_info w
+         where w.owner_id = list_webhooks.owner_id
+           and (list_webhooks.event_type is null
+                or w.events && outbox.event_patterns(list_webhooks.event_type))
+         order by w.created_at, w.id;
+end $$;
+
+create function outbox.get_webhook(owner_id text, webhook_id uuid)
+returns setof outbox.webhook_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(get_webhook.owner_id);
+    return query
+        select w.* from outbox.webhook_info w
+         where w.id = get_webhook.webhook_id and w.owner_id = get_webhook.owner_id;
+    if not found then
+        raise exception 'webhook % not found', get_webhook.webhook_id using errcode = 'OW005';
+    end if;
+end $$;
+
+-- The old secret keeps signing (alongside the new one) for the configured
+-- overlap, so receivers can switch without dropping a request.
+create function outbox.rotate_webhook_secret(owner_id text, webhook_id uuid, sealed_secret text default null)
+returns table (id uuid, secret text)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(rotate_webhook_secret.owner_id);
+    return query
+        update outbox.webhooks w
+           set previous_secret = w.secret,
+               previous_secret_expires_at = now() + (select c.secret_rotation_overlap from outbox.config c),
+               secret = coalesce(outbox.check_sealed_secret(rotate_webhook_secret.sealed_secret), outbox.new_secret()),
+               updated_at = now()
+         where w.id = rotate_webhook_secret.webhook_id and w.owner_id = rotate_webhook_secret.owner_id
+        returning w.id, w.secret;
+    if not found then
+        raise exception 'webhook % not found', rotate_webhook_secret.webhook_id using errcode = 'OW005';
+    end if;
+end $$;
+
+-- Starts a new round of attempts for one delivery (keeping its webhook-id, so
+-- receivers can deduplicate). A delivery in flight is left to finish.
+create function outbox.redeliver(delivery_id bigint, owner_id text default null) returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id bigint;
+begin
+    update outbox.deliveries d
+       set status = 'pending', attempts = 0, next_attempt_at = now(), completed_at = null,
+           leased_until = null, leased_by = null
+      from outbox.webhooks w
+     where d.id = redeliver.delivery_id and w.id = d.webhook_id
+       and (redeliver.owner_id is null or w.owner_id = redeliver.owner_id)
+       and (d.leased_until is null or d.leased_until <= now())
+    returning d.id into v_id;
+    if v_id is null then
+        if exists (select 1 from outbox.deliveries d join outbox.webhooks w on w.id = d.webhook_id
+                    where d.id = redeliver.delivery_id
+                      and (redeliver.owner_id is null or w.owner_id = redeliver.owner_id)) then
+            return redeliver.delivery_id;  -- in flight right now: it is being delivered
+        end if;
+        raise exception 'delivery % not found', redeliver.delivery_id using errcode = 'OW008';
+    end if;
+    return v_id;
+end $$;
+
+create function outbox.replay_failed(owner_id text, webhook_id uuid, since timestamptz) returns integer
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    n integer;
+begin
+    perform outbox.check_owner_id(replay_failed.owner_id);
+    perform 1 from outbox.webhooks w
+     where w.id = replay_failed.webhook_id and w.owner_id = replay_failed.owner_id;
+    if not found then
+        raise exception 'webhook % not found', replay_failed.webhook_id using errcode = 'OW005';
+    end if;
+    update outbox.deliveries d
+       set status = 'pending', attempts = 0, next_attempt_at = now(), completed_at = null,
+           leased_until = null, leased_by = null
+     where d.webhook_id = replay_failed.webhook_id and d.status = 'failed'
+       and d.completed_at >= replay_failed.since;
+    get diagnostics n = row_count;
+    return n;
+end $$;
+comment on function outbox.replay_failed(text, uuid, timestamptz) is 'Re-queue every failed delivery of a webhook that failed since a time; returns how many';
+
+-- ---------------------------------------------------------------- SQL API: API keys
+create function outbox.create_api_key(owner_id text, prefix text default 'brut_')
+returns table (id uuid, key text)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key text;
+begin
+    perform outbox.check_owner_id(create_api_key.owner_id);
+    -- The key travels in an HTTP header: keep the prefix to header-safe characters.
+    if create_api_key.prefix is null or create_api_key.prefix !~ '^[A-Za-z0-9_-]{0,32}$' then
+        raise exception 'invalid API key prefix: use at most 32 letters, digits, "_" or "-"'
+            using errcode = 'OW021';
+    end if;
+    v_key := create_api_key.prefix || encode(outbox.random_bytes_32(), 'hex');
+    return query
+        insert into outbox.api_keys as k (owner_id, key_hash, display_prefix)
+        values (create_api_key.owner_id, sha256(convert_to(v_key, 'UTF8')),
+                left(v_key, length(create_api_key.prefix) + 8))
+        returning k.id, v_key;
+end $$;
+comment on function outbox.create_api_key(text, text) is 'Issue an API key for an owner; the only time the key is returned';
+
+-- Takes the hash, not the key, so the key never reaches the server's
+-- statement log. From psql: outbox.api_key_owner(sha256(convert_to(key, 'UTF8'))).
+create function outbox.api_key_owner(key_hash bytea) returns text
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select k.owner_id from outbox.api_keys k
+     where k.key_hash = api_key_owner.key_hash and k.revoked_at is null
+$$;
+comment on function outbox.api_key_owner(bytea) is 'Owner of the live API key with this SHA-256, or NULL';
+
+create function outbox.list_api_keys(owner_id text) returns setof outbox.api_key_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(list_api_keys.owner_id);
+    return query
+        select k.* from outbox.api_key_info k
+         where k.owner_id = list_api_keys.owner_id
+         order by k.created_at, k.id;
+end $$;
+
+-- Idempotent: revoking a revoked key keeps its first revocation time.
+create function outbox.revoke_api_key(key_id uuid, owner_id text default null)
+returns setof outbox.api_key_info
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return query
+        update outbox.api_keys k
+           set revoked_at = coalesce(k.revoked_at, now())
+         where k.id = revoke_api_key.key_id
+           and (revoke_api_key.owner_id is null or k.owner_id = revoke_api_key.owner_id)
+        returning k.id, k.owner_id, k.display_prefix, k.created_at, k.revoked_at;
+    if not found then
+        raise exception 'API key % not found', revoke_api_key.key_id using errcode = 'OW020';
+    end if;
+end $$;
+
+-- ---------------------------------------------------------------- SQL API: delivery log per webhook
+-- Keyset pagination, newest first: pass the last id of a page as before_id.
+create function outbox.list_deliveries(owner_id text, webhook_id uuid, before_id bigint default null,
+                                       max_rows integer default 50)
+returns setof outbox.delivery_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(list_deliveries.owner_id);
+    perform 1 from outbox.webhooks w
+     where w.id = list_deliveries.webhook_id and w.owner_id = list_deliveries.owner_id;
+    if not found then
+        raise exception 'webhook % not found', list_deliveries.webhook_id using errcode = 'OW005';
+    end if;
+    return query
+        select d.* from outbox.delivery_info d
+         where d.webhook_id = list_deliveries.webhook_id
+           and (list_deliveries.before_id is null or d.id < list_deliveries.before_id)
+         order by d.id desc
+         limit greatest(coalesce(list_deliveries.max_rows, 50), 0);
+end $$;
+comment on function outbox.list_deliveries(text, uuid, bigint, integer) is 'A page of a webhook''s deliveries, newest first, with their attempts';
+
+create function outbox.get_delivery(owner_id text, webhook_id uuid, delivery_id bigint)
+returns setof outbox.delivery_info
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(get_delivery.owner_id);
+    return query
+        select d.* from outbox.delivery_info d
+         where d.id = get_delivery.delivery_id and d.webhook_id = get_delivery.webhook_id
+           and d.owner_id = get_delivery.owner_id;
+    if not found then
+        raise exception 'delivery % not found', get_delivery.delivery_id using errcode = 'OW008';
+    end if;
+end $$;
+
