@@ -1,0 +1,91 @@
+"""One attempt against a real loopback receiver: no queues, no database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from outbox_worker.attempt import Attempter, make_session
+from outbox_worker.jobs import Job
+from outbox_worker.signing import verify_body_signature
+from tests.receiver import Receiver
+from tests.workers import settings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+async def attempter() -> AsyncIterator[Attempter]:
+    config = settings("postgresql://", max_response_bytes=16)
+    async with make_session(config) as session:
+        yield Attempter(session, config)
+
+
+def job(url: str, attempt: int = 1, **fields: Any) -> Job:
+    return Job(7, 42, uuid.uuid4(), attempt, url, (SECRET,), b'{"event":"order.created"}', **fields)
+
+
+async def test_a_2xx_is_delivered_signed_and_its_answer_capped(
+    attempter: Attempter, receiver: Receiver
+) -> None:
+    async def long_answer(_: web.Request) -> web.Response:
+        return web.Response(text="x" * 10_000)
+
+    outcome = await attempter.attempt(job(receiver.script("/ok", long_answer)))
+    assert (outcome.status, outcome.status_code, outcome.error_class) == ("delivered", 200, None)
+    assert outcome.response_body == "x" * 16
+    [got] = receiver.requests
+    assert got.headers["webhook-id"] == "evt_42"
+    assert verify_body_signature(got.body, got.headers["X-Brutlers-Signature"], SECRET)
+
+
+async def test_a_failure_is_retried_on_the_schedule_until_the_last_attempt(
+    attempter: Attempter, receiver: Receiver
+) -> None:
+    first = await attempter.attempt(job(receiver.script("/a", 500)))
+    assert (first.status, first.error_class, first.retry_in) == ("pending", "http", 0.2)
+    last = await attempter.attempt(job(receiver.script("/b", 500), attempt=4))
+    assert (last.status, last.retry_in) == ("failed", 0.0)
+
+
+async def test_redirects_are_not_followed_and_410_is_final(attempter: Attempter, receiver: Receiver) -> None:
+    moved = await attempter.attempt(job(receiver.script("/moved", 302)))
+    assert (moved.status, moved.error_class, moved.status_code) == ("pending", "redirect", 302)
+    assert [r.path for r in receiver.requests] == ["/moved"]
+    gone = await attempter.attempt(job(receiver.script("/gone", 410)))
+    assert (gone.status, gone.disable_reason) == ("failed", "receiver answered 410 Gone")
+
+
+async def test_what_cannot_be_sent_fails_without_a_request(attempter: Attempter, receiver: Receiver) -> None:
+    url = receiver.url("/never")
+    unreadable = await attempter.attempt(job(url, payload_error="payload cannot be read: nested too deep"))
+    assert (unreadable.status, unreadable.error_class) == ("failed", "invalid_payload")
+    disabled = await attempter.attempt(job(url, enabled=False))
+    assert (disabled.status, disabled.error_class) == ("failed", "invalid_target")
+    assert receiver.requests == []
+
+
+async def test_a_blocked_address_is_refused_at_send_time(receiver: Receiver) -> None:
+    config = settings("postgresql://", allow_private_networks=False)
+    async with make_session(config) as session:
+        outcome = await Attempter(session, config).attempt(job(receiver.url("/private")))
+    assert outcome.error_class == "invalid_target"
+    assert receiver.requests == []
+
+
+async def test_the_sweeps_cancellation_ends_an_attempt_as_a_timeout(
+    attempter: Attempter, receiver: Receiver
+) -> None:
+    hanging = job(receiver.script("/hang", "hang"))
+    task = asyncio.create_task(attempter.attempt(hanging))
+    while not receiver.requests:
+        await receiver.arrived.wait()
+    hanging.timed_out = True  # what the sender's sweep does at the deadline
+    task.cancel()
+    outcome = await task
+    assert (outcome.status, outcome.error_class) == ("pending", "timeout")
