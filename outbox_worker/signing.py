@@ -69,7 +69,7 @@ _INDEX_KEY = re.compile(rb'"(?:0|[1-9][0-9]*)"\s*:')
 # Below this magnitude Python writes a float in exponent form with two
 # digits ("1.5e-05") and orjson in fixed or short form ("0.000015", "1e-7").
 # Every other float, and every string and integer orjson can hold, comes
-# out of both byte for byte (tests/test_signing_properties.py).
+# out of both byte for byte (tests/integration/test_signing_properties.py).
 _ORJSON_FLOAT_MIN = 1e-4
 
 

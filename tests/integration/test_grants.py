@@ -13,9 +13,9 @@ from psycopg import sql
 
 from outbox_worker import emit, webhooks
 from outbox_worker.db import as_url
+from tests.cli import run
 from tests.helpers import eventually
 from tests.receiver import Receiver
-from tests.test_cli import run
 from tests.workers import running_worker, settled
 
 

@@ -12,9 +12,9 @@ from standardwebhooks import Webhook as StandardWebhook
 from outbox_worker import db, emit, webhooks
 from outbox_worker.errors import InvalidSecret
 from outbox_worker.secretbox import PREFIX, SecretBox, generate_key
+from tests.cli import create_hook, run
 from tests.helpers import eventually
 from tests.receiver import Receiver
-from tests.test_cli import create_hook, run
 from tests.workers import running_worker, settled
 
 KEY, NEW_KEY = generate_key(), generate_key()

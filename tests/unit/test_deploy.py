@@ -14,7 +14,7 @@ import yaml
 from outbox_worker.cli import main
 from outbox_worker.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 

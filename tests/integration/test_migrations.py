@@ -10,8 +10,8 @@ import pytest
 
 from outbox_worker import migrate
 from outbox_worker.sql import queries
+from tests.cli import run
 from tests.helpers import compiled_emit_trigger, positional
-from tests.test_cli import run
 
 EXPECTED_RELATIONS = {
     ("config", "r"),
@@ -198,7 +198,7 @@ def _event_guards(conn: psycopg.Connection[Any]) -> set[str]:
 def test_inserts_are_guarded_by_one_compiled_trigger(conn: psycopg.Connection[Any]) -> None:
     """No CHECK constraint and no second trigger: each would cost every
     emitting transaction a statement's worth of work (what the trigger
-    refuses: tests/test_emit.py, test_payload_limits.py)."""
+    refuses: tests/integration/test_emit.py, test_payload_limits.py)."""
     assert _event_guards(conn) == {"events_emit"}
     assert "order.created" in compiled_emit_trigger(conn)
 

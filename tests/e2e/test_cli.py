@@ -3,41 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import psycopg
 
 from outbox_worker import migrate
+from tests.cli import create_hook, run
 from tests.helpers import orphans
-
-
-def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OUTBOX_DATABASE_URL": database_url, "OUTBOX_LOG_FORMAT": "json"}
-    return subprocess.run(
-        [sys.executable, "-m", "outbox_worker.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def create_hook(database_url: str, owner: str = "v") -> subprocess.CompletedProcess[str]:
-    return run(
-        database_url,
-        "--json",
-        "webhooks",
-        "create",
-        "--owner",
-        owner,
-        "--url",
-        "https://e.com/",
-        "--event",
-        "*",
-    )
 
 
 def test_migrate_on_an_empty_database(make_database: Any) -> None:
