@@ -75,7 +75,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outbox_worker import api_keys, db, errors, logs, webhooks
+from outbox_worker import api_keys, db, errors, logs, pooling, webhooks
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 
@@ -481,8 +481,11 @@ class _Database:
     """The app's connection pool: opened by the lifespan, or by the first
     request when the app is mounted (mounted apps get no lifespan)."""
 
-    def __init__(self, conninfo: str, *, max_size: int, timeout: float, prepare: bool) -> None:
+    def __init__(
+        self, conninfo: str, *, max_size: int, timeout: float, prepare: bool, policy: pooling.Policy
+    ) -> None:
         self._conninfo = conninfo
+        self._policy = policy
         self._max_size = max_size
         self._timeout = timeout
         self._prepare = prepare
@@ -502,6 +505,8 @@ class _Database:
                     kwargs={} if self._prepare else {"prepare_threshold": None},
                     # A connection killed by a database restart is replaced, not handed out.
                     check=AsyncConnectionPool.check_connection,
+                    # Nothing kept on a session behind a transaction-mode pooler.
+                    configure=self._policy.configure,
                     name="outbox-api",
                 )
                 # Not waiting for the first connection: the API starts while
@@ -783,6 +788,7 @@ def create_app(
         max_size=pool_max_size,
         timeout=pool_timeout,
         prepare=settings.prepare_statements,
+        policy=pooling.Policy(settings.pooler, _log, "api"),
     )
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     app.include_router(vendor)

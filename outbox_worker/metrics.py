@@ -241,12 +241,17 @@ class OpsServer:
             await asyncio.sleep(self._settings.metrics_interval)
 
     def _listen_ok(self) -> bool:
+        # A listener that found no session to LISTEN on (a transaction-mode
+        # pooler) is not waited for: the worker polls.
         listener = self._worker.listener
-        return not self._settings.listen or (listener is not None and listener.connected)
+        return not self._settings.listen or (
+            listener is not None and (listener.connected or listener.refused)
+        )
 
     async def _metrics(self, _: web.Request) -> web.Response:
         READY.set(1 if self._worker.ready else 0)
-        LISTEN_UP.set(1 if self._settings.listen and self._listen_ok() else 0)
+        listener = self._worker.listener
+        LISTEN_UP.set(1 if listener is not None and listener.connected else 0)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:

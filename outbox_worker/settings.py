@@ -31,9 +31,20 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum log level.")
 
+    pooler: Literal["auto", "none", "session", "transaction"] = Field(
+        "auto",
+        description="What is between these processes (worker, API, CLI, demo, migrations) and "
+        "PostgreSQL. `transaction`: a pooler lending a server connection per transaction (PgBouncer "
+        "`pool_mode = transaction`): nothing outlives a transaction on a connection (no `SET`, LISTEN, "
+        "prepared statement or session advisory lock; the worker polls), whatever `OUTBOX_LISTEN`, "
+        "`OUTBOX_QUIET_NOTIFY` and `OUTBOX_PREPARE_STATEMENTS` say. `none` or `session`: connections "
+        "keep their sessions (PostgreSQL itself, or a session-mode pooler). `auto`: `none`, unless a "
+        "connection shows a pooler or proxy in between (then `transaction`, with one warning).",
+    )
+
     # Worker: wake-up
     listen: bool = Field(
-        True, description="LISTEN for new events; off = poll only (transaction-mode PgBouncer)."
+        True, description="LISTEN for new events; off = poll only (`OUTBOX_POOLER=transaction` turns it off)."
     )
     poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no notification arrives.")
     quiet_notify: bool = Field(
@@ -42,14 +53,15 @@ class Settings(BaseSettings):
         "and it polls every 1-20 ms instead; needs `OUTBOX_LISTEN`.",
     )
     prepare_statements: bool = Field(
-        True, description="Let psycopg prepare hot queries; turn off behind transaction-mode PgBouncer."
+        True, description="Let psycopg prepare hot queries (`OUTBOX_POOLER=transaction` turns it off)."
     )
     synchronous_commit: bool = Field(
         False,
         description="`false`: the worker's own commits (fan-out, leases, outcomes) do not wait for the "
         "WAL flush (`synchronous_commit = off`, ~0.4 ms sooner to the receiver); a database crash can "
         "undo its last instants of bookkeeping, which re-sends those deliveries and loses nothing. "
-        "`true`: the server's setting.",
+        "`true`: the server's setting. Behind `OUTBOX_POOLER=transaction` the worker sets nothing: "
+        "see `grant --session-settings`.",
     )
 
     # Worker: capacity
