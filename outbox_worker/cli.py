@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 import psycopg
 
-from outbox_worker import api_keys, db, grants, logs, webhooks
+from outbox_worker import api_keys, db, grants, logs, pooling, webhooks
 from outbox_worker.emit import emit as emit_event
 from outbox_worker.errors import OutboxError
 from outbox_worker.maintenance import sealed_params
@@ -36,11 +36,13 @@ class Context:
         self.settings = settings
         self.as_json = as_json
         self.box = SecretBox.from_keys(settings.secret_keys)
+        self.policy = pooling.Policy(settings.pooler, logs.get_logger(), "cli")
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         try:
             conn = db.connect(db.libpq_url(self.settings.database_url))
+            self.policy.check_sync(conn)  # through a transaction-mode pooler: nothing prepared
         except psycopg.OperationalError as exc:
             raise click.ClickException(f"cannot connect to the database: {exc}") from exc
         with conn:  # commits on success, rolls back on error
@@ -141,9 +143,9 @@ def migrate_cmd(ctx: Context, revision: str, downgrade: bool) -> None:
     url = db.libpq_url(ctx.settings.database_url)
     try:
         if downgrade:
-            migrate.downgrade(url, "base" if revision == "head" else revision)
+            migrate.downgrade(url, "base" if revision == "head" else revision, pooler=ctx.settings.pooler)
         else:
-            migrate.upgrade(url, revision)
+            migrate.upgrade(url, revision, pooler=ctx.settings.pooler)
     except Exception as exc:  # alembic and drivers raise many types; the user needs one line
         raise click.ClickException(f"migration failed: {exc}") from exc
     click.echo(f"outbox schema at revision {migrate.current_revision(url) or 'base (none)'}")
@@ -358,9 +360,20 @@ def parse_age(text: str) -> timedelta:
 @click.option("--worker", "worker_role", help="Role the worker (and management commands) log in as.")
 @click.option("--dba", "dba_role", help="Read-only role: logs and stats, never secrets.")
 @click.option("--create", is_flag=True, help="Create missing roles (LOGIN, no password: set one after).")
+@click.option(
+    "--session-settings",
+    is_flag=True,
+    help="Also store the worker's session settings on the --worker role, for a role that only "
+    "`outbox-worker run` logs in as behind a transaction-mode pooler.",
+)
 @pass_ctx
 def grant_cmd(
-    ctx: Context, app_role: str | None, worker_role: str | None, dba_role: str | None, create: bool
+    ctx: Context,
+    app_role: str | None,
+    worker_role: str | None,
+    dba_role: str | None,
+    create: bool,
+    session_settings: bool,
 ) -> None:
     """Grant database roles the privileges of the app, the worker or a DBA."""
     requested: list[tuple[grants.Kind, str | None]] = [
@@ -371,6 +384,8 @@ def grant_cmd(
     chosen = [(kind, role) for kind, role in requested if role]
     if not chosen:
         raise click.UsageError("name at least one of --app, --worker, --dba")
+    if session_settings and not worker_role:
+        raise click.UsageError("--session-settings needs --worker")
     with ctx.connection() as conn:
         for kind, role in chosen:
             try:
@@ -378,6 +393,13 @@ def grant_cmd(
             except psycopg.Error as exc:
                 raise click.ClickException(f"granting {kind} privileges to {role}: {exc}".strip()) from exc
             click.echo(f"{role}: {kind} privileges granted")
+        if session_settings and worker_role:
+            values = pooling.session_settings(ctx.settings)
+            try:
+                grants.store_session_settings(conn, worker_role, values)
+            except psycopg.Error as exc:
+                raise click.ClickException(f"session settings of {worker_role}: {exc}".strip()) from exc
+            click.echo(f"{worker_role}: " + ", ".join(f"{k} = {v}" for k, v in values.items()))
 
 
 @main.group("secrets")

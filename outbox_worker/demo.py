@@ -46,7 +46,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from outbox_worker import db, logs, migrate, signing, webhooks
+from outbox_worker import db, logs, migrate, pooling, signing, webhooks
 from outbox_worker.emit import emit_async
 from outbox_worker.loopback import serve_on_loopback
 from outbox_worker.settings import Settings
@@ -197,9 +197,12 @@ def shop_sql(name: str) -> str:
     return _shop_queries()[name]
 
 
-async def run_shop(url: str, orders: int, emitted: list[tuple[int, str, str]]) -> None:
+async def run_shop(
+    url: str, orders: int, emitted: list[tuple[int, str, str]], policy: pooling.Policy
+) -> None:
     """Orders and their events, each pair in one transaction; one order rolls back."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await policy.check(conn)  # through a transaction-mode pooler: nothing prepared
         await conn.execute(shop_sql("demo_shop_table"))
         ids = [f"ord_{i:04d}" for i in range(1, orders + 1)]
         for i, order_id in enumerate(ids):
@@ -329,7 +332,7 @@ async def run(
         worker = Worker(settings)
         worker_task = asyncio.create_task(worker.run(), name="demo-worker")
         emitted: list[tuple[int, str, str]] = []
-        shop = asyncio.create_task(run_shop(url, orders, emitted), name="demo-shop")
+        shop = asyncio.create_task(run_shop(url, orders, emitted, worker.policy), name="demo-shop")
         state: dict[uuid.UUID, dict[str, int]] = {}
         try:
             with Live(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 import psycopg
 
@@ -23,13 +23,26 @@ from outbox_worker.sql import query
 CHANNEL = "outbox_events"
 NUDGE_EVERY = 0.1
 
+# pooling.Policy.check: may this new connection keep session state? LISTEN
+# and a session lock stay on the server connection, which a transaction-mode
+# pooler goes on to lend to other clients.
+SessionCheck: TypeAlias = Callable[[psycopg.AsyncConnection[Any]], Awaitable[bool]]
+
+
+async def _always(_: psycopg.AsyncConnection[Any]) -> bool:
+    return True
+
 
 class Listener:
-    def __init__(self, conninfo: str, on_notify: Callable[[str], None], log: Any) -> None:
+    def __init__(
+        self, conninfo: str, on_notify: Callable[[str], None], log: Any, session_ok: SessionCheck = _always
+    ) -> None:
         self._conninfo = conninfo
         self._on_notify = on_notify
         self._log = log.bind(component="listener")
+        self._session_ok = session_ok
         self.connected = False
+        self.refused = False  # no session to LISTEN on: the worker polls
         self.reconnects = 0
 
     async def run(self) -> None:
@@ -39,6 +52,10 @@ class Listener:
                 async with await psycopg.AsyncConnection.connect(
                     self._conninfo, autocommit=True, keepalives=1, keepalives_idle=10, keepalives_interval=5
                 ) as conn:
+                    if not await self._session_ok(conn):
+                        self.refused = True
+                        self._log.info("not listening: the connection keeps no session", channel=CHANNEL)
+                        return
                     await conn.execute(query("listen"))
                     self.connected = True
                     delay = 0.1
@@ -71,17 +88,25 @@ class BusyFlag:
     connection lets go with it.
     """
 
-    def __init__(self, conninfo: str, log: Any) -> None:
+    def __init__(self, conninfo: str, log: Any, session_ok: SessionCheck = _always) -> None:
         self._conninfo = conninfo
         self._log = log.bind(component="busy-flag")
+        self._session_ok = session_ok
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.held = False
+        self.refused = False  # no session to hold it in: emitters always notify
         self._nudged = 0.0
 
     async def _run(self, name: str) -> Any:
+        if self.refused:
+            return None
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                if not await self._session_ok(self._conn):
+                    self.refused = True
+                    await self.close()
+                    return None
             rows = await db.fetch_async(self._conn, name, {})
             return next(iter(rows[0].values())) if rows else None
         except Exception as exc:

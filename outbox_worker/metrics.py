@@ -50,8 +50,10 @@ class Probes:
 
     in_flight: Callable[[], int]
     ready: Callable[[], bool]
-    # The LISTEN connection is up (true when the worker does not listen).
+    # Readiness of the wake-ups: LISTEN is up, or not wanted, or refused by a
+    # transaction-mode pooler (then the worker polls).
     listening: Callable[[], bool]
+    listen_connected: Callable[[], bool]  # the LISTEN connection is up
 
 
 class _Buckets:
@@ -254,7 +256,7 @@ class OpsServer:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         READY.set(1 if self._probes.ready() else 0)
-        LISTEN_UP.set(1 if self._settings.listen and self._probes.listening() else 0)
+        LISTEN_UP.set(1 if self._probes.listen_connected() else 0)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:

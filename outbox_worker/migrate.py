@@ -13,6 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, pool
 
+from outbox_worker import pooling
+from outbox_worker.logs import get_logger
 from outbox_worker.sql import migration_sql, migrations_dir
 
 VERSION_TABLE = "outbox_alembic_version"
@@ -34,8 +36,12 @@ def alembic_config(database_url: str) -> Config:
 
 def engine(database_url: str) -> Engine:
     """A one-connection engine for any libpq URL or ``key=value`` string."""
+    # Nothing prepared: through a transaction-mode pooler a prepared statement
+    # would outlive the migration on a server connection other clients get.
     return create_engine(
-        "postgresql+psycopg://", poolclass=pool.NullPool, creator=lambda: psycopg.connect(database_url)
+        "postgresql+psycopg://",
+        poolclass=pool.NullPool,
+        creator=lambda: psycopg.connect(database_url, prepare_threshold=None),
     )
 
 
@@ -57,13 +63,15 @@ def _check_known_revision(database_url: str) -> None:
         )
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "head", *, pooler: str = "auto") -> None:
     _check_known_revision(database_url)
+    pooling.refuse_session_migrations(database_url, revision, pooler, get_logger())
     command.upgrade(alembic_config(database_url), revision)
 
 
-def downgrade(database_url: str, revision: str = "base") -> None:
+def downgrade(database_url: str, revision: str = "base", *, pooler: str = "auto") -> None:
     _check_known_revision(database_url)
+    pooling.refuse_session_migrations(database_url, revision, pooler, get_logger(), downgrade=True)
     command.downgrade(alembic_config(database_url), revision)
 
 

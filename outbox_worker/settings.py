@@ -31,25 +31,27 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Minimum log level.")
 
-    # Worker: wake-up
-    listen: bool = Field(
-        True, description="LISTEN for new events; off = poll only (transaction-mode PgBouncer)."
+    pooler: Literal["auto", "none", "session", "transaction"] = Field(
+        "auto",
+        description="`transaction` (PgBouncer `pool_mode = transaction`): no `SET`, LISTEN, prepared "
+        "statement or session lock on any connection (the worker polls). `none`/`session`: sessions are "
+        "kept. `auto`: `none`, or `transaction` with a warning when a pooler is detected.",
     )
+
+    # Worker: wake-up
+    listen: bool = Field(True, description="LISTEN for new events; off = poll only.")
     poll_interval: float = Field(1.0, gt=0, description="Seconds between polls when no notification arrives.")
     quiet_notify: bool = Field(
         True,
-        description="While a worker drains, emitting transactions skip NOTIFY (and its commit lock) "
-        "and it polls every 1-20 ms instead; needs `OUTBOX_LISTEN`.",
+        description="While a worker drains, emitters skip NOTIFY (and its commit lock) and it polls "
+        "every 1-20 ms; needs `OUTBOX_LISTEN`.",
     )
-    prepare_statements: bool = Field(
-        True, description="Let psycopg prepare hot queries; turn off behind transaction-mode PgBouncer."
-    )
+    prepare_statements: bool = Field(True, description="Let psycopg prepare hot queries.")
     synchronous_commit: bool = Field(
         False,
-        description="`false`: the worker's own commits (fan-out, leases, outcomes) do not wait for the "
-        "WAL flush (`synchronous_commit = off`, ~0.4 ms sooner to the receiver); a database crash can "
-        "undo its last instants of bookkeeping, which re-sends those deliveries and loses nothing. "
-        "`true`: the server's setting.",
+        description="`false`: the worker's own commits do not wait for the WAL flush (~0.4 ms sooner); "
+        "a database crash can only make it re-send. `true`: the server's setting. Behind a "
+        "transaction pooler it goes on the role (`grant --session-settings`).",
     )
 
     # Worker: capacity
@@ -57,10 +59,8 @@ class Settings(BaseSettings):
     per_host_concurrency: int = Field(
         32,
         ge=1,
-        description="Requests in flight per receiver host (scheme, host and port) and process, "
-        "so per webhook too; a webhook holds at most 3.25x this many of the process's slots (running "
-        "plus queued; 5.25x while a claim and a fan-out overlap). Webhooks sharing a host take turns "
-        "at its slots.",
+        description="Requests in flight per receiver origin (scheme, host, port) and process; a webhook "
+        "holds at most 3.25x this many slots. Webhooks sharing a host take turns at it.",
     )
     batch_size: int = Field(
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."

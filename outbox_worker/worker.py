@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import db, metrics
+from outbox_worker import db, metrics, pooling
 from outbox_worker.attempt import Attempter, make_session
 from outbox_worker.completer import Completer
 from outbox_worker.dispatch import Dispatcher
@@ -44,8 +44,10 @@ GC_YOUNG_PER_SLOT = 40
 
 class Worker:
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.settings = settings = pooling.restrict(settings)
         self.log = get_logger(worker_id=settings.worker_id)
+        sets = pooling.session_settings(settings)
+        self.policy = pooling.Policy(settings.pooler, self.log, "worker", sets=sets)
         self.stopping = asyncio.Event()
         self.dispatch_wake = asyncio.Event()
         self.ready = False
@@ -58,9 +60,13 @@ class Worker:
         self.stopping.set()
 
     def _listening(self) -> bool:
-        """The LISTEN connection is up, or the worker does not listen (readiness)."""
+        """Readiness of the wake-ups: LISTEN is up, or the worker does not
+        listen, or a transaction-mode pooler refused it (the worker polls)."""
         listener = self.listener
-        return not self.settings.listen or (listener is not None and listener.connected)
+        return not self.settings.listen or (listener is not None and (listener.connected or listener.refused))
+
+    def _listen_connected(self) -> bool:
+        return self.listener is not None and self.listener.connected
 
     def _pool(self) -> AsyncConnectionPool[Any]:
         settings = self.settings
@@ -68,30 +74,9 @@ class Worker:
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
             # Bodies are encoded from jsonb parsed the JavaScript way (see signing).
             set_json_loads(load_payload, conn)
-            # Each statement the worker runs is an index lookup of at most a
-            # batch of rows, prepared once and kept for the connection's life
-            # with the plan it got first. Planned while a table was small and
-            # never analyzed (a new install, autovacuum not yet run or off),
-            # complete_deliveries kept a sequential scan of deliveries
-            # and read the whole table on every batch as it grew: 3-4x its
-            # time in a third of the bench's drains. JIT goes too: with seq
-            # scans costed as disabled, a plan that has no index to use (the
-            # small webhooks table) looked costly enough to compile (34-360 ms).
-            await conn.execute("set enable_seqscan = off")
-            await conn.execute("set jit = off")
-            # The generic plan from the first run: PostgreSQL otherwise plans
-            # a prepared statement afresh for its first five runs before it
-            # settles on the generic one, and psycopg prepares only from a
-            # statement's sixth run (threshold 5), so every connection planned
-            # each statement ten times: 0.58 ms per dispatch, ~6 us per
-            # delivery in a 20,000-delivery drain, all before the plan it kept.
-            await conn.execute("set plan_cache_mode = force_generic_plan")
-            if not settings.synchronous_commit:
-                # Every commit here only records progress that, if a crash
-                # undid it, would be redone: the event is dispatched again, the
-                # delivery sent again (at-least-once). Waiting for the WAL
-                # flush bought nothing but ~0.4 ms per batch on the hot path.
-                await conn.execute("set synchronous_commit = off")
+            # The worker's planner and commit settings, on sessions that are
+            # its own; behind a transaction-mode pooler none (see pooling).
+            await self.policy.configure_session(conn)
 
         return db.LifoConnectionPool(
             db.libpq_url(settings.database_url),
@@ -156,6 +141,7 @@ class Worker:
             in_flight=lambda: self.sender.in_flight if self.sender else 0,
             ready=lambda: self.ready,
             listening=self._listening,
+            listen_connected=self._listen_connected,
         )
         self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
@@ -174,7 +160,7 @@ class Worker:
         # "busy" is a session-level lock: only where LISTEN works (no
         # transaction-mode pooler) can it be held, and only then is it useful.
         quiet = settings.quiet_notify and settings.listen
-        busy = BusyFlag(db.libpq_url(settings.database_url), self.log) if quiet else None
+        busy = BusyFlag(db.libpq_url(settings.database_url), self.log, self.policy.check) if quiet else None
         producers = [
             asyncio.create_task(self._dispatch_loop(dispatcher, sender, busy), name="dispatcher"),
             asyncio.create_task(sender.run(), name="sender"),
@@ -187,7 +173,9 @@ class Worker:
                 else:
                     self.dispatch_wake.set()
 
-            self.listener = Listener(db.libpq_url(settings.database_url), on_notify, self.log)
+            self.listener = Listener(
+                db.libpq_url(settings.database_url), on_notify, self.log, self.policy.check
+            )
             background.append(asyncio.create_task(self.listener.run(), name="listener"))
         self.ready = True
         self.log.info(

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from outbox_worker import db
+from outbox_worker import db, logs, pooling
 from outbox_worker.api.brand import router as brand_router
 from outbox_worker.api.deps import Database
 from outbox_worker.api.errors import add_exception_handlers, error_response
@@ -111,6 +111,7 @@ def create_app(
         max_size=pool_max_size,
         timeout=pool_timeout,
         prepare=settings.prepare_statements,
+        policy=pooling.Policy(settings.pooler, logs.get_logger(component="api"), "api"),
     )
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     app.include_router(vendor_router)

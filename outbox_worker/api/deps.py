@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import api_keys, webhooks
+from outbox_worker import api_keys, pooling, webhooks
 from outbox_worker.api.errors import COMMON_ERRORS, Unauthorized, documented_errors
 from outbox_worker.secretbox import SecretBox
 
@@ -32,8 +32,11 @@ class Database:
     """The app's connection pool: opened by the lifespan, or by the first
     request when the app is mounted (mounted apps get no lifespan)."""
 
-    def __init__(self, conninfo: str, *, max_size: int, timeout: float, prepare: bool) -> None:
+    def __init__(
+        self, conninfo: str, *, max_size: int, timeout: float, prepare: bool, policy: pooling.Policy
+    ) -> None:
         self._conninfo = conninfo
+        self._policy = policy
         self._max_size = max_size
         self._timeout = timeout
         self._prepare = prepare
@@ -53,6 +56,8 @@ class Database:
                     kwargs={} if self._prepare else {"prepare_threshold": None},
                     # A connection killed by a database restart is replaced, not handed out.
                     check=AsyncConnectionPool.check_connection,
+                    # Nothing kept on a session behind a transaction-mode pooler.
+                    configure=self._policy.configure,
                     name="outbox-api",
                 )
                 # Not waiting for the first connection: the API starts while

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from outbox_worker import emit, webhooks
+from outbox_worker import emit, pooling, webhooks
 from outbox_worker.db import as_url
 from tests.cli import run
 from tests.helpers import eventually
@@ -104,3 +104,31 @@ async def test_worker_role_delivers_and_manages(
 def test_grant_needs_a_role(database_url: str) -> None:
     result = run(database_url, "grant")
     assert result.returncode == 2 and "name at least one of" in result.stderr
+
+
+def test_the_worker_session_settings_go_on_its_role_only_when_asked(
+    database_url: str, roles: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a transaction-mode pooler, where the worker sets nothing itself."""
+    show = "select " + ", ".join(f"current_setting('{name}')" for name in pooling.WATCHED)
+    with login(database_url, roles["worker"]) as worker:
+        server = worker.execute(show).fetchone()
+    done = run(database_url, "grant", "--worker", roles["worker"], "--session-settings")
+    assert done.returncode == 0, done.stderr
+    assert f"{roles['worker']}: enable_seqscan = off, jit = off" in done.stdout
+    with login(database_url, roles["worker"]) as worker:
+        assert worker.execute(show).fetchone() == ("off", "off", "off", "force_generic_plan")
+    with login(database_url, roles["app"]) as app:
+        assert app.execute(show).fetchone() == server  # the role's own, nobody else's
+    # OUTBOX_SYNCHRONOUS_COMMIT=true: the worker's commits wait for the flush again.
+    monkeypatch.setenv("OUTBOX_SYNCHRONOUS_COMMIT", "true")
+    assert run(database_url, "grant", "--worker", roles["worker"], "--session-settings").returncode == 0
+    with login(database_url, roles["worker"]) as worker:
+        assert worker.execute(show).fetchone() == (
+            server[0] if server else None,
+            "off",
+            "off",
+            "force_generic_plan",
+        )
+    refused = run(database_url, "grant", "--app", roles["app"], "--session-settings")
+    assert refused.returncode == 2 and "--session-settings needs --worker" in refused.stderr
