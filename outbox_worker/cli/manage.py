@@ -1,0 +1,227 @@
+"""Management commands: webhooks, event types, emit, redeliver, API keys."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from outbox_worker import api_keys, db, webhooks
+from outbox_worker.cli.base import Context, handle_errors, main, output, pass_ctx
+from outbox_worker.emit import emit as emit_event
+
+
+def _webhook_row(w: webhooks.Webhook) -> dict[str, Any]:
+    return {
+        "id": str(w.id),
+        "owner": w.owner_id,
+        "url": w.url,
+        "events": w.events,
+        "enabled": w.enabled,
+        "disabled_reason": w.disabled_reason,
+        "created_at": w.created_at.isoformat(timespec="seconds"),
+    }
+
+
+@main.group("webhooks")
+def webhooks_group() -> None:
+    """Create, list, update, delete webhooks and rotate their secrets."""
+
+
+@webhooks_group.command("create")
+@click.option("--owner", required=True, help="Owner (vendor, brand, tenant) id.")
+@click.option("--url", required=True, help="Receiver URL (https).")
+@click.option("--event", "events", multiple=True, required=True, help="Event type or pattern; repeat.")
+@pass_ctx
+@handle_errors
+def webhooks_create(ctx: Context, owner: str, url: str, events: tuple[str, ...]) -> None:
+    """Register a webhook and print its secret (shown this once)."""
+    with ctx.connection() as conn:
+        created = webhooks.create_webhook(conn, owner, url, events, box=ctx.box)
+        hook = webhooks.get_webhook(conn, owner, created.id)
+    output(ctx, [{**_webhook_row(hook), "secret": created.secret}], "Webhook created: store the secret now")
+
+
+@webhooks_group.command("list")
+@click.option("--owner", required=True)
+@click.option("--event", default=None, help="Only webhooks this event type reaches.")
+@pass_ctx
+@handle_errors
+def webhooks_list(ctx: Context, owner: str, event: str | None) -> None:
+    """List an owner's webhooks (never their secrets)."""
+    with ctx.connection() as conn:
+        hooks = webhooks.list_webhooks(conn, owner, event)
+    output(ctx, [_webhook_row(w) for w in hooks], f"Webhooks of {owner}")
+
+
+@webhooks_group.command("update")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@click.option("--url", default=None)
+@click.option("--event", "events", multiple=True, help="Replaces the subscription; repeat.")
+@click.option("--enable/--disable", "enabled", default=None)
+@pass_ctx
+@handle_errors
+def webhooks_update(
+    ctx: Context, webhook_id: str, owner: str, url: str | None, events: tuple[str, ...], enabled: bool | None
+) -> None:
+    """Change a webhook's URL, events or status."""
+    with ctx.connection() as conn:
+        hook = webhooks.update_webhook(
+            conn, owner, webhook_id, url=url, events=list(events) or None, enabled=enabled
+        )
+    output(ctx, [_webhook_row(hook)], "Webhook updated")
+
+
+@webhooks_group.command("delete")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def webhooks_delete(ctx: Context, webhook_id: str, owner: str) -> None:
+    """Delete a webhook with all its deliveries and attempt logs."""
+    with ctx.connection() as conn:
+        webhooks.delete_webhook(conn, owner, webhook_id)
+    click.echo(f"deleted webhook {webhook_id}")
+
+
+@webhooks_group.command("rotate-secret")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
+    """Issue a new secret; the old one keeps signing for the overlap window."""
+    with ctx.connection() as conn:
+        rotated = webhooks.rotate_webhook_secret(conn, owner, webhook_id, box=ctx.box)
+    output(ctx, [{"id": str(rotated.id), "secret": rotated.secret}], "New secret: store it now")
+
+
+# -- the worker ---------------------------------------------------------------
+
+
+@main.command("redeliver")
+@click.argument("delivery_ids", nargs=-1, type=int)
+@click.option("--webhook", "webhook_id", help="Replay this webhook's failed deliveries instead.")
+@click.option("--owner", help="Owner of --webhook (required with it).")
+@click.option("--since", type=click.DateTime(), help="With --webhook: failed at or after this time (UTC).")
+@pass_ctx
+@handle_errors
+def redeliver_cmd(
+    ctx: Context,
+    delivery_ids: tuple[int, ...],
+    webhook_id: str | None,
+    owner: str | None,
+    since: datetime | None,
+) -> None:
+    """Send deliveries again (same webhook-id), or replay a webhook's failures."""
+    with ctx.connection() as conn:
+        if webhook_id:
+            if not owner:
+                raise click.UsageError("--webhook needs --owner")
+            moment = (since or datetime(1970, 1, 1)).replace(tzinfo=UTC)
+            count = webhooks.replay_failed(conn, owner, webhook_id, moment)
+            click.echo(f"re-queued {count} failed deliveries")
+            return
+        if not delivery_ids:
+            raise click.UsageError("give delivery ids, or --webhook with --owner")
+        for delivery_id in delivery_ids:
+            webhooks.redeliver(conn, delivery_id)
+    click.echo(f"re-queued {len(delivery_ids)} deliveries")
+
+
+@main.command("emit")
+@click.option("--owner", required=True)
+@click.option("--type", "event_type", required=True, help="Event type, e.g. order.created.")
+@click.option("--data", required=True, help="JSON object payload.")
+@pass_ctx
+@handle_errors
+def emit_cmd(ctx: Context, owner: str, event_type: str, data: str) -> None:
+    """Emit one event (in its own transaction)."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
+    with ctx.connection() as conn:
+        event_id = emit_event(conn, owner, event_type, payload)
+    output(ctx, [{"event_id": event_id}])
+
+
+@main.group("event-types")
+def event_types_group() -> None:
+    """The catalogue of event types webhooks may subscribe to."""
+
+
+@event_types_group.command("list")
+@pass_ctx
+def event_types_list(ctx: Context) -> None:
+    """List the event types."""
+    with ctx.connection() as conn:
+        rows = db.fetch(conn, "list_event_types", {})
+    output(ctx, [{"name": r["name"], "description": r["description"]} for r in rows], "Event types")
+
+
+@event_types_group.command("add")
+@click.argument("name")
+@click.option("--description", default="")
+@pass_ctx
+@handle_errors
+def event_types_add(ctx: Context, name: str, description: str) -> None:
+    """Add an event type (or change its description)."""
+    with ctx.connection() as conn:
+        webhooks.add_event_type(conn, name, description)
+    click.echo(f"event type {name} registered")
+
+
+# -- the demo -----------------------------------------------------------------
+
+
+@main.group("api-keys")
+def api_keys_group() -> None:
+    """Issue, list and revoke the X-Api-Key credentials of the management API."""
+
+
+def _api_key_row(key: api_keys.ApiKey) -> dict[str, Any]:
+    return {
+        "id": str(key.id),
+        "owner": key.owner_id,
+        "prefix": key.display_prefix,
+        "created_at": key.created_at.isoformat(timespec="seconds"),
+        "revoked_at": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else None,
+    }
+
+
+@api_keys_group.command("create")
+@click.option("--owner", required=True, help="Owner (vendor, brand, tenant) the key acts for.")
+@pass_ctx
+@handle_errors
+def api_keys_create(ctx: Context, owner: str) -> None:
+    """Issue a key and print it (shown this once; only its hash is stored)."""
+    with ctx.connection() as conn:
+        created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix)
+    row = {"id": str(created.id), "owner": owner, "key": created.key}
+    output(ctx, [row], "API key created: store it now")
+
+
+@api_keys_group.command("list")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def api_keys_list(ctx: Context, owner: str) -> None:
+    """List an owner's keys, revoked ones included (never the keys)."""
+    with ctx.connection() as conn:
+        keys = api_keys.list_api_keys(conn, owner)
+    output(ctx, [_api_key_row(k) for k in keys], f"API keys of {owner}")
+
+
+@api_keys_group.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+@handle_errors
+def api_keys_revoke(ctx: Context, key_id: str) -> None:
+    """Revoke a key by its id; requests with it get 401 from now on."""
+    with ctx.connection() as conn:
+        revoked = api_keys.revoke_api_key(conn, key_id)
+    click.echo(f"revoked API key {revoked.id} ({revoked.display_prefix}...) of {revoked.owner_id}")

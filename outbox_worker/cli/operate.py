@@ -1,0 +1,262 @@
+"""Operating commands: migrate, run, stats, purge, grant, secrets, demo, api."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+import psycopg
+
+from outbox_worker import db, grants, pooling
+from outbox_worker.cli.base import Context, main, output, pass_ctx
+from outbox_worker.maintenance import sealed_params
+from outbox_worker.secretbox import generate_key
+from outbox_worker.settings import Settings
+from outbox_worker.sql import query
+from outbox_worker.worker import run_forever
+
+
+@main.command("migrate")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option("--downgrade", is_flag=True, help="Downgrade to --revision (default base) instead.")
+@pass_ctx
+def migrate_cmd(ctx: Context, revision: str, downgrade: bool) -> None:
+    """Create or upgrade the `outbox` schema (alembic)."""
+    from outbox_worker import migrate  # alembic and SQLAlchemy: only this command needs them
+
+    url = db.libpq_url(ctx.settings.database_url)
+    try:
+        if downgrade:
+            migrate.downgrade(url, "base" if revision == "head" else revision, pooler=ctx.settings.pooler)
+        else:
+            migrate.upgrade(url, revision, pooler=ctx.settings.pooler)
+    except Exception as exc:  # alembic and drivers raise many types; the user needs one line
+        raise click.ClickException(f"migration failed: {exc}") from exc
+    click.echo(f"outbox schema at revision {migrate.current_revision(url) or 'base (none)'}")
+
+
+# -- webhooks -----------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--concurrency", type=int, help="Requests in flight (OUTBOX_CONCURRENCY).")
+@click.option("--batch-size", type=int, help="Rows per claim/fan-out/complete (OUTBOX_BATCH_SIZE).")
+@click.option("--poll-interval", type=float, help="Seconds between polls (OUTBOX_POLL_INTERVAL).")
+@click.option("--no-listen", is_flag=True, help="Poll only (behind transaction-mode PgBouncer).")
+@click.option("--worker-id", help="Name on leases and attempts (OUTBOX_WORKER_ID).")
+@pass_ctx
+def run_cmd(
+    ctx: Context,
+    concurrency: int | None,
+    batch_size: int | None,
+    poll_interval: float | None,
+    no_listen: bool,
+    worker_id: str | None,
+) -> None:
+    """Deliver webhooks until SIGTERM/SIGINT (then drain and exit 0)."""
+    overrides: dict[str, Any] = {
+        "concurrency": concurrency,
+        "batch_size": batch_size,
+        "poll_interval": poll_interval,
+        "worker_id": worker_id,
+        "listen": False if no_listen else None,
+    }
+    settings = ctx.settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.model_validate(settings.model_dump())  # re-validate the overrides
+    # Until the event loop installs its handlers, nothing is claimed: a
+    # SIGTERM during start-up is a clean exit, not a crash.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.exit(run_forever(settings))
+
+
+@main.command("stats")
+@pass_ctx
+def stats_cmd(ctx: Context) -> None:
+    """Queue health: per webhook, and events waiting for fan-out."""
+    with ctx.connection() as conn:
+        rows = db.fetch(conn, "queue_stats", {})
+        backlog = db.fetch(conn, "event_backlog", {})[0]
+    table = [
+        {
+            "owner": r["owner_id"],
+            "webhook": str(r["webhook_id"]),
+            "url": r["url"],
+            "enabled": r["enabled"],
+            "pending": r["pending"],
+            "retrying": r["retrying"],
+            "in_flight": r["in_flight"],
+            "failed": r["failed"],
+            "oldest_pending_s": None
+            if r["oldest_pending_seconds"] is None
+            else round(float(r["oldest_pending_seconds"]), 1),
+        }
+        for r in rows
+    ]
+    if ctx.as_json:
+        output(ctx, [{"webhooks": table, "undispatched_events": backlog["undispatched"]}])
+        return
+    output(ctx, table or [{"webhooks": "none"}], "Queue health")
+    age = backlog["oldest_undispatched_seconds"]
+    click.echo(
+        f"undispatched events: {backlog['undispatched']}" + (f" (oldest {float(age):.1f} s)" if age else "")
+    )
+
+
+@main.command("purge")
+@click.option(
+    "--older-than", required=True, help="Age like 30d, 12h, 90m: finished history older than this goes."
+)
+@click.option("--batch-size", default=5000, show_default=True)
+@pass_ctx
+def purge_cmd(ctx: Context, older_than: str, batch_size: int) -> None:
+    """Delete finished events with their deliveries and attempts, in batches."""
+    cutoff = datetime.now(UTC) - parse_age(older_than)
+    total = 0
+    while True:
+        # One short transaction per batch: no long locks, vacuum keeps up.
+        with ctx.connection() as conn, conn.cursor() as cur:
+            cur.execute(query("purge"), {"older_than": cutoff, "limit": batch_size})
+            deleted = cur.rowcount
+        total += deleted
+        if deleted < batch_size:
+            break
+    click.echo(f"purged {total} events (with their deliveries and attempts) older than {cutoff.isoformat()}")
+
+
+def parse_age(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        value, unit = float(text[:-1]), text[-1]
+        return timedelta(seconds=value * units[unit])
+    except (ValueError, KeyError, IndexError):
+        raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
+
+
+@main.command("grant")
+@click.option("--app", "app_role", help="Role that may only emit events.")
+@click.option("--worker", "worker_role", help="Role the worker (and management commands) log in as.")
+@click.option("--dba", "dba_role", help="Read-only role: logs and stats, never secrets.")
+@click.option("--create", is_flag=True, help="Create missing roles (LOGIN, no password: set one after).")
+@click.option(
+    "--session-settings",
+    is_flag=True,
+    help="Also store the worker's session settings on the --worker role, for a role that only "
+    "`outbox-worker run` logs in as behind a transaction-mode pooler.",
+)
+@pass_ctx
+def grant_cmd(
+    ctx: Context,
+    app_role: str | None,
+    worker_role: str | None,
+    dba_role: str | None,
+    create: bool,
+    session_settings: bool,
+) -> None:
+    """Grant database roles the privileges of the app, the worker or a DBA."""
+    requested: list[tuple[grants.Kind, str | None]] = [
+        ("app", app_role),
+        ("worker", worker_role),
+        ("dba", dba_role),
+    ]
+    chosen = [(kind, role) for kind, role in requested if role]
+    if not chosen:
+        raise click.UsageError("name at least one of --app, --worker, --dba")
+    if session_settings and not worker_role:
+        raise click.UsageError("--session-settings needs --worker")
+    with ctx.connection() as conn:
+        for kind, role in chosen:
+            try:
+                grants.grant(conn, kind, role, create=create)
+            except psycopg.Error as exc:
+                raise click.ClickException(f"granting {kind} privileges to {role}: {exc}".strip()) from exc
+            click.echo(f"{role}: {kind} privileges granted")
+        if session_settings and worker_role:
+            values = pooling.session_settings(ctx.settings)
+            try:
+                grants.store_session_settings(conn, worker_role, values)
+            except psycopg.Error as exc:
+                raise click.ClickException(f"session settings of {worker_role}: {exc}".strip()) from exc
+            click.echo(f"{worker_role}: " + ", ".join(f"{k} = {v}" for k, v in values.items()))
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Webhook secrets at rest (OUTBOX_SECRET_KEYS)."""
+
+
+@secrets_group.command("generate-key")
+def secrets_generate_key() -> None:
+    """Print a new key to put first in OUTBOX_SECRET_KEYS."""
+    click.echo(generate_key())
+
+
+@secrets_group.command("reseal")
+@pass_ctx
+def secrets_reseal(ctx: Context) -> None:
+    """Seal every secret under the newest key (after adding a key, before dropping the old one)."""
+    if ctx.box is None:
+        raise click.UsageError("set OUTBOX_SECRET_KEYS first")
+    total = 0
+    after = "00000000-0000-0000-0000-000000000000"
+    while True:
+        with ctx.connection() as conn:
+            rows = db.fetch(conn, "all_secrets", {"after": after, "limit": 500})
+            if not rows:
+                break
+            db.fetch(conn, "store_sealed_secrets", sealed_params(rows, ctx.box))
+            after = str(rows[-1]["id"])
+            total += len(rows)
+    click.echo(f"resealed {total} webhook secrets under the newest key")
+
+
+# -- events -------------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option("--keep", is_flag=True, help="Leave the database (and an embedded server) running afterwards.")
+@click.option(
+    "--orders", default=10, show_default=True, type=click.IntRange(1, 500), help="Orders the shop places."
+)
+@click.pass_context
+def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
+    """Zero-setup tour: embedded Postgres (or a throwaway database on
+    OUTBOX_DATABASE_URL's server), a shop emitting events, a verifying receiver
+    and the worker; exits 0 when every committed event arrived."""
+    import asyncio
+
+    from rich.console import Console
+
+    from outbox_worker import demo
+
+    parent = click_ctx.parent
+    server_url = parent.params.get("database_url") if parent else None
+    ctx: Context = click_ctx.ensure_object(Context)
+    try:
+        code = asyncio.run(
+            demo.run(server_url=server_url, keep=keep, orders=orders, console=Console(), as_json=ctx.as_json)
+        )
+    except psycopg.Error as exc:
+        raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc
+    sys.exit(code)
+
+
+# -- management API -----------------------------------------------------------
+
+
+@main.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@pass_ctx
+def api_cmd(ctx: Context, host: str, port: int) -> None:
+    """Serve the management HTTP API (OpenAPI document at /openapi.json, docs at /docs)."""
+    # Imported here so the worker runs without the `api` extra installed.
+    try:
+        import uvicorn
+
+        from outbox_worker.api import create_app
+    except ImportError as exc:
+        raise click.ClickException(f"the API needs: pip install 'outbox-worker[api]' ({exc})") from exc
+    uvicorn.run(create_app(ctx.settings), host=host, port=port, log_level=ctx.settings.log_level)
