@@ -5,11 +5,11 @@ sign its body, POST it under the send-time network policy, read at most
 ``max_response_bytes`` of the answer and say what happened, including when
 the next attempt is due. Nothing the receiver does raises out of here.
 
-Whole-request timeouts are the sender's sweep (it cancels an attempt past
-``job.deadline`` and marks ``job.timed_out``), not a timer per request:
-aiohttp's own ``total`` timeout cost 6-14 us of client CPU per request
-(docs/performance.md). This module sets the deadline and tells that
-cancellation from shutdown's.
+The request goes through :mod:`~outbox_worker.client` (pyreqwest), whose
+connect and whole-request timeouts end most slow attempts; the sender's
+sweep is the bound that always holds (it cancels an attempt past
+``job.deadline`` and marks ``job.timed_out``). This module sets the deadline
+and tells that cancellation from shutdown's.
 """
 
 from __future__ import annotations
@@ -18,36 +18,15 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
-import aiohttp
+from pyreqwest.exceptions import PyreqwestError
 from yarl import URL
 
+from outbox_worker.client import HttpClient, ResolveError
 from outbox_worker.jobs import Job, Outcome
-from outbox_worker.netpolicy import BlockedTarget, GuardedResolver, check_url
+from outbox_worker.netpolicy import BlockedTarget, check_url
 from outbox_worker.retry import next_delay, parse_retry_after
 from outbox_worker.settings import Settings
 from outbox_worker.signing import sign_headers
-
-
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    """The one HTTP client of a worker process: its connection pool, the
-    resolver that refuses blocked addresses, and no cookies, redirects or
-    decompression."""
-    connector = aiohttp.TCPConnector(
-        limit=settings.concurrency,
-        limit_per_host=settings.per_host_concurrency,
-        resolver=GuardedResolver(allow_private=settings.allow_private_networks),
-        ttl_dns_cache=30,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        # sock_connect, not connect: it times opening a connection only, not
-        # a wait for a pooled one, and costs no timer per request. No
-        # total: the sender's sweep times whole requests.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
-        headers={"User-Agent": settings.user_agent},
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
 
 
 def storable_text(raw: bytes | str) -> str:
@@ -72,31 +51,19 @@ def timed_out(job: Job) -> bool:
     return True
 
 
-async def _read_capped(response: aiohttp.ClientResponse, limit: int, job: Job) -> bytes:
-    """Up to ``limit`` bytes of the response body; a slow or endless body
-    costs at most the request timeout, never unbounded memory."""
-    chunks: list[bytes] = []
-    remaining = limit
-    try:
-        while remaining > 0:
-            chunk = await response.content.read(remaining)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except (TimeoutError, aiohttp.ClientError):
-        pass  # the status already decided the outcome; keep what arrived
-    except asyncio.CancelledError:
-        if not timed_out(job):
-            raise
-    return b"".join(chunks)
+def describe(exc: BaseException) -> str:
+    """One line for a transport error: pyreqwest's message and its causes."""
+    if isinstance(exc, PyreqwestError):
+        causes = getattr(exc, "details", {}).get("causes") or []
+        return "; ".join([f"{type(exc).__name__}: {exc.message}", *(c["message"] for c in causes)])
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Attempter:
     """Sends one job's request and judges the answer."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
-        self._session = session
+    def __init__(self, http: HttpClient, settings: Settings) -> None:
+        self._http = http
         self._settings = settings
         self._urls: dict[str, URL] = {}
 
@@ -180,10 +147,7 @@ class Attempter:
         job.deadline = time.monotonic() + settings.request_timeout
         try:
             url = self._checked_url(job.url)
-            async with self._session.post(url, data=job.body, headers=headers, allow_redirects=False) as resp:
-                raw = await _read_capped(resp, settings.max_response_bytes, job)
-                status = resp.status
-                retry_after_header = resp.headers.get("Retry-After")
+            answer = await self._http.post(url, job.body, headers, lambda: timed_out(job))
         except (TimeoutError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not timed_out(job):
                 raise
@@ -192,13 +156,12 @@ class Attempter:
             )
         except BlockedTarget as exc:
             return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc))
-        except aiohttp.ClientConnectorDNSError as exc:
-            if isinstance(exc.os_error, BlockedTarget):
-                return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc.os_error))
+        except ResolveError as exc:
             return self.failure(job, attempted_at, elapsed(), "dns", str(exc))
-        except (aiohttp.ClientError, ValueError, OSError) as exc:
-            return self.failure(job, attempted_at, elapsed(), "connection", f"{type(exc).__name__}: {exc}")
-        return self._judge(job, attempted_at, elapsed(), status, storable_text(raw), retry_after_header)
+        except (PyreqwestError, ValueError, OSError) as exc:
+            return self.failure(job, attempted_at, elapsed(), "connection", describe(exc))
+        body_text = storable_text(answer.body)
+        return self._judge(job, attempted_at, elapsed(), answer.status, body_text, answer.retry_after)
 
     def _judge(
         self,

@@ -32,13 +32,14 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from aiohttp import web
+from multidict import CIMultiDict
 from psycopg import sql
 from rich.console import Console, Group
 from rich.live import Live
@@ -69,7 +70,7 @@ class Hook:
     secret: str = ""
     url: str = ""
     expected: set[str] = field(default_factory=set)  # webhook-ids that must arrive
-    arrived: dict[str, tuple[dict[str, str], bytes]] = field(default_factory=dict)
+    arrived: dict[str, tuple[Mapping[str, str], bytes]] = field(default_factory=dict)
     tries: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     bad_signatures: int = 0
@@ -105,7 +106,7 @@ class DemoReceiver:
         if self._runner:
             await self._runner.cleanup()
 
-    def verify(self, hook: Hook, headers: dict[str, str], body: bytes) -> bool:
+    def verify(self, hook: Hook, headers: Mapping[str, str], body: bytes) -> bool:
         hex_ok = signing.verify_body_signature(body, headers.get(self.signature_header, ""), hook.secret)
         msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
         if not stamp.isdigit() or abs(time.time() - int(stamp)) > 300:
@@ -118,7 +119,7 @@ class DemoReceiver:
         if hook is None:
             return web.Response(status=404)
         body = await request.read()
-        headers = dict(request.headers)
+        headers = CIMultiDict(request.headers)  # header names are case-insensitive
         hook.requests += 1
         if not self.verify(hook, headers, body):
             hook.bad_signatures += 1

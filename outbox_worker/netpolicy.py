@@ -1,21 +1,17 @@
 """Where the worker may send: the send-time half of the SSRF guard.
 
 Registration (SQL) refuses bad schemes and private IP literals, but it
-cannot resolve names. At send time the resolver below drops every resolved
-address that is loopback, private, link-local (cloud metadata), CGNAT,
-multicast or reserved, and aiohttp connects to the addresses it returns, so
-a DNS answer that changes between the check and the connect (rebinding)
-cannot slip through.
+cannot resolve names. At send time the HTTP client (outbox_worker.client)
+resolves each name, drops every address :func:`is_blocked` refuses
+(loopback, private, link-local and cloud metadata, CGNAT, multicast,
+reserved) and connects only to an address it kept, so a DNS answer that
+changes between the check and the connect (rebinding) cannot slip through.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-from typing import Any
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -59,23 +55,3 @@ def check_url(url: URL, *, allow_http: bool, allow_private: bool) -> None:
         return  # a name: the resolver checks what it resolves to
     if is_blocked(literal):
         raise BlockedTarget(f"{literal} is a loopback, private, link-local or reserved address")
-
-
-class GuardedResolver(AbstractResolver):
-    """A resolver that returns only addresses webhooks may reach."""
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self._inner = DefaultResolver()
-        self._allow_private = allow_private
-
-    async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        if self._allow_private:
-            return results
-        allowed = [r for r in results if not is_blocked(ipaddress.ip_address(r["host"]))]
-        if not allowed:
-            raise BlockedTarget(f"{host} resolves only to private or reserved addresses")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()

@@ -12,14 +12,14 @@ claimed again by any replica. What this process holds is counted in its
 :class:`~outbox_worker.capacity.CapacityLedger`, and nowhere else.
 
 At most ``per_host_concurrency`` (the cap) requests per receiver origin
-(scheme, host, port: what aiohttp's per-host limit counts) run at once, so
+(scheme, host, port) run at once, so
 at most that many per webhook. A claim or a fan-out leases a webhook at
 most twice its cap, and nothing while it holds its cap plus a quarter of it
 (``ahead``: queued ready, so that the slots its requests free are refilled
 while the next claim is on its way), so a slow receiver holds at most 3 x
 cap + ahead - 1 slots per webhook (5 x cap + ahead - 1 when a claim and a
 fan-out overlap), never all of them. Those beyond the cap wait here, not in
-aiohttp's connection pool: a request's timeouts start when it is sent,
+the HTTP client's connection pool: a request's timeouts start when it is sent,
 never while it queues, however many webhooks share a host, and the
 webhooks queued for one host take turns at its slots.
 
@@ -323,9 +323,8 @@ class Sender:
             )
 
     def _origin(self, raw: str) -> str:
-        """The key aiohttp's per-host limit counts a URL under (its
-        connection key, less TLS and proxy settings, which are the same for
-        every request here): scheme, host and port."""
+        """The receiver origin a URL's requests are counted under: scheme,
+        host and port (what a connection pool keys its connections by)."""
         origin = self._origins.get(raw)
         if origin is None:
             try:

@@ -20,7 +20,8 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics, pooling
-from outbox_worker.attempt import Attempter, make_session
+from outbox_worker.attempt import Attempter
+from outbox_worker.client import HttpClient
 from outbox_worker.completer import Completer
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.listener import BusyFlag, Listener
@@ -145,9 +146,9 @@ class Worker:
         )
         self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
-        session = make_session(settings)
+        http = HttpClient(settings)
         self.completer = completer = Completer(pool, settings, self.log)
-        attempter = Attempter(session, settings)
+        attempter = Attempter(http, settings)
         self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log)
         dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log)
         background = [
@@ -202,7 +203,7 @@ class Worker:
         except Exception as exc:  # the leases expire on their own; nothing is lost
             self.log.error("could not hand back leases", error=str(exc).strip(), deliveries=len(unfinished))
         await db.stop_tasks(background)
-        await session.close()
+        await http.close()
         if self.ops:
             await self.ops.stop()
         await pool.close()

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from outbox_worker.loopback import serve_on_loopback
 
@@ -22,7 +23,7 @@ Behaviour = int | str | Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass
 class Received:
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # as a receiver reads them: names are case-insensitive
     body: bytes
     at: float  # time.perf_counter()
     wall: float  # time.time()
@@ -80,7 +81,7 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Received(request.path, dict(request.headers), body, time.perf_counter(), time.time())
+            Received(request.path, CIMultiDict(request.headers), body, time.perf_counter(), time.time())
         )
         self.arrived.set()
         script = self.scripts.get(request.path)

@@ -69,10 +69,9 @@ async def test_worker_signs_with_sealed_secrets_and_seals_plaintext_ones(
                 timeout=10,
                 what="plaintext sealed",
             )
-        StandardWebhook(sealed.secret).verify(
-            receiver.on("/sealed")[0].body, receiver.on("/sealed")[0].headers
-        )
-        StandardWebhook(plain.secret).verify(receiver.on("/plain")[0].body, receiver.on("/plain")[0].headers)
+        for path, hook in (("/sealed", sealed), ("/plain", plain)):
+            [got] = receiver.on(path)
+            StandardWebhook(hook.secret).verify(got.body, dict(got.headers))
     finally:
         await receiver.stop()
 

@@ -22,7 +22,8 @@ from aiohttp import web
 from standardwebhooks import Webhook as StandardWebhook
 
 from outbox_worker import db, emit, migrate, secretbox, webhooks
-from outbox_worker.attempt import Attempter, make_session
+from outbox_worker.attempt import Attempter
+from outbox_worker.client import HttpClient
 from outbox_worker.jobs import Job, Outcome, timeout_tick
 from outbox_worker.sender import Sender
 from outbox_worker.sql import query
@@ -120,9 +121,9 @@ async def test_committed_events_reach_every_matching_webhook(
     assert node_check(got.body, got.headers["X-Brutlers-Signature"], orders.secret) == "valid"
     assert node_check(got.body, got.headers["X-Brutlers-Signature"], customers.secret) == "invalid"
     # The standardwebhooks library verifies the same request.
-    StandardWebhook(orders.secret).verify(got.body, got.headers)
+    StandardWebhook(orders.secret).verify(got.body, dict(got.headers))
     with pytest.raises(Exception, match="signature"):
-        StandardWebhook(customers.secret).verify(got.body, got.headers)
+        StandardWebhook(customers.secret).verify(got.body, dict(got.headers))
     assert delivery_states(database_url) == {"delivered": 2}
     assert attempts_of(conn, receiver.url("/orders")) == [(1, 200, None, "delivered")]
 
@@ -161,7 +162,7 @@ async def test_body_bytes_are_identical_on_every_retry(
     ids = {r.headers["webhook-id"] for r in receiver.on("/flaky")}
     assert len(receiver.on("/flaky")) == 3 and len(bodies) == 1 and len(ids) == 1
     for request in receiver.on("/flaky"):  # each attempt is signed afresh (timestamp) and verifies
-        StandardWebhook(hook.secret).verify(request.body, request.headers)
+        StandardWebhook(hook.secret).verify(request.body, dict(request.headers))
 
 
 @pytest.mark.parametrize(
@@ -449,8 +450,8 @@ async def test_rotation_overlap_sends_both_signatures(
     async with running_worker(database_url):
         await until_settled(database_url, 1)
     [got] = receiver.requests
-    StandardWebhook(rotated.secret).verify(got.body, got.headers)
-    StandardWebhook(created.secret).verify(got.body, got.headers)
+    StandardWebhook(rotated.secret).verify(got.body, dict(got.headers))
+    StandardWebhook(created.secret).verify(got.body, dict(got.headers))
     assert node_check(got.body, got.headers["X-Brutlers-Signature"], rotated.secret) == "valid"
     assert node_check(got.body, got.headers["X-Brutlers-Signature-Previous"], created.secret) == "valid"
     # Once the overlap is over, only the new secret signs.
@@ -461,7 +462,7 @@ async def test_rotation_overlap_sends_both_signatures(
     later = receiver.requests[-1]
     assert "X-Brutlers-Signature-Previous" not in later.headers
     with pytest.raises(Exception, match="signature"):
-        StandardWebhook(created.secret).verify(later.body, later.headers)
+        StandardWebhook(created.secret).verify(later.body, dict(later.headers))
 
 
 async def test_a_hanging_endpoint_does_not_starve_the_others(
@@ -819,9 +820,9 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
     jobs = [Job(i, i, hook_b, 1, b_url, (secret,), b"{}") for i in range(1, 5)]
     jobs += [Job(i, i, hook_a, 1, a_url, (secret,), b"{}") for i in range(5, 11)]
     outcomes: list[Outcome] = []
-    async with make_session(config) as session:
+    async with HttpClient(config) as http:
         log = structlog.get_logger()
-        sender = Sender(None, Attempter(session, config), config, outcomes.append, log)  # type: ignore[arg-type]
+        sender = Sender(None, Attempter(http, config), config, outcomes.append, log)  # type: ignore[arg-type]
         assert sender.reserve(20) == 10  # 8 slots and a refill of 2 ahead
         sender.hand_over(jobs, 10)
         assert sender.in_flight == 8 and sender.ledger.waiting == [9, 10]

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from outbox_worker.attempt import Attempter, make_session
+from outbox_worker.attempt import Attempter
+from outbox_worker.client import HttpClient
 from outbox_worker.jobs import Job
 from outbox_worker.signing import verify_body_signature
 from tests.receiver import Receiver
@@ -22,8 +23,8 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 @pytest.fixture
 async def attempter() -> AsyncIterator[Attempter]:
     config = settings("postgresql://", max_response_bytes=16)
-    async with make_session(config) as session:
-        yield Attempter(session, config)
+    async with HttpClient(config) as http:
+        yield Attempter(http, config)
 
 
 def job(url: str, attempt: int = 1, **fields: Any) -> Job:
@@ -72,8 +73,8 @@ async def test_what_cannot_be_sent_fails_without_a_request(attempter: Attempter,
 
 async def test_a_blocked_address_is_refused_at_send_time(receiver: Receiver) -> None:
     config = settings("postgresql://", allow_private_networks=False)
-    async with make_session(config) as session:
-        outcome = await Attempter(session, config).attempt(job(receiver.url("/private")))
+    async with HttpClient(config) as http:
+        outcome = await Attempter(http, config).attempt(job(receiver.url("/private")))
     assert outcome.error_class == "invalid_target"
     assert receiver.requests == []
 
