@@ -154,3 +154,37 @@ async def test_a_cancelled_read_past_the_status_keeps_what_arrived(receiver: Rec
         task.cancel()
         answer = await task
     assert (answer.status, answer.body) == (200, b"x" * 8)
+
+
+async def test_a_name_is_resolved_again_after_its_ttl_and_keeps_its_client_if_unchanged(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from outbox_worker import client as client_module
+
+    monkeypatch.setattr(client_module, "DNS_TTL", 0.0)
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    url = URL(receiver.url("/again").replace("127.0.0.1", "again.example"))
+    async with HttpClient(settings("postgresql://"), resolver) as http:
+        await http.post(url, b"{}", {}, never)
+        first = http._shards[hash(("again.example", url.port)) % client_module.SHARDS].client
+        await http.post(url, b"{}", {}, never)
+        second = http._shards[hash(("again.example", url.port)) % client_module.SHARDS].client
+    assert len(asked) == 2 and first is second  # resolved again, same answer: no rebuild
+
+
+async def test_names_arriving_together_share_one_rebuild(receiver: Receiver) -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    names = [receiver.url(f"/n{i}").replace("127.0.0.1", f"n{i}.example") for i in range(40)]
+    async with HttpClient(settings("postgresql://"), resolver) as http:
+        answers = await asyncio.gather(*(http.post(URL(u), b"{}", {}, never) for u in names))
+        assert {a.status for a in answers} == {200} and http.pinned == 40
+    assert sorted(r.headers["Host"].split(":")[0] for r in receiver.requests) == sorted(
+        f"n{i}.example" for i in range(40)
+    )
