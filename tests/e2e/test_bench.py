@@ -37,9 +37,11 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
         for line in result.stdout.splitlines()
         if line.startswith(("| throughput", "| payload", "| slow"))
     ]
-    assert len(rows) == 12 + 4 + 4, result.stdout
+    assert len(rows) == 16 + 4 + 6, result.stdout
     # two throughput cases, the real-sized payload and the slow one
     assert sum("baseline raw aiohttp" in row for row in rows) == 4
+    # the worker's own client beside it, where the worker's ceiling is read
+    assert sum("baseline raw pyreqwest" in row for row in rows) == 3
     for row in rows:
         value = row.split("|")[3]
         assert re.search(r"\d", value), row
