@@ -29,8 +29,14 @@ select * from outbox.get_webhook(%(owner_id)s, %(webhook_id)s);
 -- rotate_webhook_secret: new secret; the old one keeps signing for the overlap
 select id, secret from outbox.rotate_webhook_secret(%(owner_id)s, %(webhook_id)s, %(sealed_secret)s);
 
--- redeliver: start a new round of attempts for one delivery
+-- redeliver: start a new round of attempts for one delivery of an owner's
 select outbox.redeliver(%(delivery_id)s, %(owner_id)s) as id;
+
+-- redeliver_any_owner: operators: start a new round of attempts for one delivery of any owner's
+select outbox.redeliver_any_owner(%(delivery_id)s) as id;
+
+-- expire_previous_secret: end a secret rotation's overlap now
+select outbox.expire_previous_secret(%(owner_id)s, %(webhook_id)s);
 
 -- replay_failed: re-queue a webhook's deliveries that failed since a time
 select outbox.replay_failed(%(owner_id)s, %(webhook_id)s, %(since)s) as count;
@@ -314,6 +320,15 @@ select id, secret, previous_secret
     or (previous_secret is not null and previous_secret not like 'enc:v1:%%')
  limit %(limit)s;
 
+-- erase_expired_previous_secrets: forget the previous secrets whose rotation overlap has ended
+update outbox.webhooks
+   set previous_secret = null, previous_secret_expires_at = null
+ where previous_secret is not null
+   and previous_secret_expires_at <= now();
+
+-- webhook_owners: a page of every webhook's id and owner, for rotating every secret
+select id, owner_id from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
+
 -- all_secrets: every stored secret, for re-sealing under a new key
 select id, secret, previous_secret from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
 
@@ -372,8 +387,11 @@ select outbox.api_key_owner(%(key_hash)s) as owner_id;
 -- list_api_keys: an owner's keys, revoked ones included, never their hashes
 select * from outbox.list_api_keys(%(owner_id)s);
 
--- revoke_api_key: revoke a key (owner NULL = any owner, for operators)
+-- revoke_api_key: revoke one of an owner's keys
 select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
+
+-- revoke_api_key_any_owner: operators: revoke a key of any owner
+select * from outbox.revoke_api_key_any_owner(%(key_id)s);
 
 -- list_deliveries: a page of a webhook's deliveries with attempts, newest first
 select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s);
