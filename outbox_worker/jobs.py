@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -33,8 +33,9 @@ class Job:
     webhook_id: uuid.UUID
     attempt: int
     url: str
-    secrets: tuple[str, ...]
-    body: bytes
+    # Out of repr: a job must never print its secrets (or its payload) in a log.
+    secrets: tuple[str, ...] = field(repr=False)
+    body: bytes = field(repr=False)
     enabled: bool = True
     secret_error: str | None = None
     # Why the event's stored payload could not be encoded (then ``body`` is
