@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         description="Requests in flight per receiver origin (scheme, host, port) and process; a webhook "
         "holds at most 3.25x this many slots. Webhooks sharing a host take turns at it.",
     )
+    owner_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Most of `OUTBOX_CONCURRENCY` one owner's requests may hold (1 = no cap); the rest of "
+        "its deliveries wait, so one tenant's slow receivers never hold every slot.",
+    )
     batch_size: int = Field(
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."
     )

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from outbox_worker import logs
 from outbox_worker.jobs import Job
+
+
+@pytest.fixture(autouse=True)
+def restored_logging() -> Iterator[None]:
+    """Put back the configuration the test replaces: its stream is closed after it."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def pieces(secret: str, size: int = 16) -> list[str]:
