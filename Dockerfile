@@ -2,11 +2,12 @@
 # Build a wheel in one stage, install it into a slim runtime as a non-root user.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY outbox_worker ./outbox_worker
 COPY sql ./sql
 COPY migrations ./migrations
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[api]'
+# Exactly the versions CI tested: the lock file (refresh with .ci/lock).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt '.[api]'
 
 # 3.11, not 3.12 or 3.13: the worker spent 10-15% more CPU per delivery on
 # those here (docs/performance.md, "Tried and dropped", 2026-12-06).

@@ -68,7 +68,7 @@ def _owner_params(key: str) -> dict[str, Any] | None:
     return {"key_hash": key_hash(key)}
 
 
-def _revoke_params(key_id: uuid.UUID | str, owner_id: str | None) -> dict[str, Any]:
+def _revoke_params(key_id: uuid.UUID | str, owner_id: str | None = None) -> dict[str, Any]:
     return {"key_id": _key_id(key_id), "owner_id": owner_id}
 
 
@@ -96,9 +96,14 @@ def list_api_keys(conn: db.SyncConnection, owner_id: str) -> list[ApiKey]:
     return [ApiKey.from_row(r) for r in db.fetch(conn, "list_api_keys", {"owner_id": owner_id})]
 
 
-def revoke_api_key(conn: db.SyncConnection, key_id: uuid.UUID | str, owner_id: str | None = None) -> ApiKey:
-    """Revoke a key (idempotent); ``owner_id`` None lets an operator revoke any owner's key."""
+def revoke_api_key(conn: db.SyncConnection, key_id: uuid.UUID | str, owner_id: str) -> ApiKey:
+    """Revoke one of ``owner_id``'s keys (idempotent)."""
     return ApiKey.from_row(db.fetch(conn, "revoke_api_key", _revoke_params(key_id, owner_id))[0])
+
+
+def revoke_api_key_any_owner(conn: db.SyncConnection, key_id: uuid.UUID | str) -> ApiKey:
+    """Operators: :func:`revoke_api_key` for a key of any owner."""
+    return ApiKey.from_row(db.fetch(conn, "revoke_api_key_any_owner", _revoke_params(key_id))[0])
 
 
 # -- async --------------------------------------------------------------------
@@ -123,8 +128,11 @@ async def list_api_keys_async(conn: db.AsyncConnection, owner_id: str) -> list[A
     return [ApiKey.from_row(r) for r in rows]
 
 
-async def revoke_api_key_async(
-    conn: db.AsyncConnection, key_id: uuid.UUID | str, owner_id: str | None = None
-) -> ApiKey:
+async def revoke_api_key_async(conn: db.AsyncConnection, key_id: uuid.UUID | str, owner_id: str) -> ApiKey:
     rows = await db.fetch_async(conn, "revoke_api_key", _revoke_params(key_id, owner_id))
+    return ApiKey.from_row(rows[0])
+
+
+async def revoke_api_key_any_owner_async(conn: db.AsyncConnection, key_id: uuid.UUID | str) -> ApiKey:
+    rows = await db.fetch_async(conn, "revoke_api_key_any_owner", _revoke_params(key_id))
     return ApiKey.from_row(rows[0])

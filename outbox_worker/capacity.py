@@ -2,14 +2,17 @@
 
 A leased job is in exactly one place: running (bound to a lane), queued
 behind its receiver origin (that origin is at its per-host limit, or others
-queued first), or waiting for any slot (leased one refill ahead of
-``concurrency``). Beside them: slots reserved for a claim or fan-out whose
-rows are not back yet, and the count of leased jobs per webhook, which
-decides which webhooks a claim skips. Only the methods below change these
-counts, so each invariant is kept in one place:
+queued first), queued behind its owner (that owner's requests hold its
+share of ``concurrency``), or waiting for any slot (leased one refill ahead
+of ``concurrency``). Beside them: slots reserved for a claim or fan-out
+whose rows are not back yet, and the counts of leased jobs per webhook and
+per owner, which decide which webhooks and owners a claim skips. Only the
+methods below change these counts, so each invariant is kept in one place:
 
 - running + queued + waiting + reserved <= concurrency + one refill;
 - at most ``per_host_concurrency`` running per origin;
+- at most the owner's share (``jobs.owner_limit``) running per owner, and
+  an owner's queued jobs start as soon as its requests end;
 - the webhooks queued at one origin take turns at its slots;
 - a job whose lease would end before a whole request could is never handed
   out (it is forgotten here; its row is due again when the lease ends).
@@ -24,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Hashable, ValuesView
 from typing import TypeVar
 
-from outbox_worker.jobs import Job, ahead_per_webhook, refill_size, timeout_tick
+from outbox_worker.jobs import Job, ahead_per_webhook, owner_limit, refill_size, timeout_tick
 from outbox_worker.settings import Settings
 
 Lane = asyncio.Task[None]
@@ -55,6 +58,12 @@ class CapacityLedger:
         self._running: dict[int, tuple[Lane, Job]] = {}  # delivery id -> its lane and job
         self._per_origin: Counter[str] = Counter()  # requests running per origin
         self._per_webhook: Counter[uuid.UUID] = Counter()  # leased jobs held, in any place
+        self.per_owner = owner_limit(settings)
+        # Like a webhook's: an owner holding its share plus a quarter is skipped by claims.
+        self.owner_saturated_at = self.per_owner + self.per_owner // 4
+        self._per_owner: Counter[str] = Counter()  # leased jobs held, in any place
+        self._owner_running: Counter[str] = Counter()
+        self._owner_queued: dict[str, deque[Job]] = {}  # counted in _queued_count
         # Per origin, per webhook, in turn (see next_queued).
         self._queued: dict[str, dict[uuid.UUID, deque[Job]]] = {}
         self._queued_count = 0
@@ -94,12 +103,27 @@ class CapacityLedger:
         full = self.saturated_at
         return [w for w, n in self._per_webhook.items() if n >= full]
 
-    def saturated(self, webhook_id: uuid.UUID) -> bool:
-        return self._per_webhook.get(webhook_id, 0) >= self.saturated_at
+    def owner_waits(self, owner: str) -> bool:
+        """Whether jobs are queued behind ``owner`` (see :meth:`next_for_owner`)."""
+        return owner in self._owner_queued
 
-    def any_unsaturated(self, webhook_ids: list[uuid.UUID]) -> bool:
-        full = self.saturated_at
-        return any(self._per_webhook[w] < full for w in webhook_ids)
+    def busy_owners(self) -> list[str]:
+        """Owners holding their share and a quarter ahead: claims skip them."""
+        full = self.owner_saturated_at
+        return [o for o, n in self._per_owner.items() if n >= full]
+
+    def saturated(self, job: Job) -> bool:
+        """Whether a claim would skip ``job``'s webhook or its owner."""
+        return (
+            self._per_webhook.get(job.webhook_id, 0) >= self.saturated_at
+            or self._per_owner.get(job.owner_id, 0) >= self.owner_saturated_at
+        )
+
+    def any_unsaturated(self, webhook_ids: list[uuid.UUID], owners: list[str]) -> bool:
+        full, owner_full = self.saturated_at, self.owner_saturated_at
+        return any(self._per_webhook[w] < full for w in webhook_ids) or any(
+            self._per_owner[o] < owner_full for o in owners
+        )
 
     # -- changing -----------------------------------------------------------
 
@@ -117,24 +141,31 @@ class CapacityLedger:
         """Count a newly leased job. True: start it now (then :meth:`start`);
         False: it queues behind its origin or waits for any slot."""
         self._per_webhook[job.webhook_id] += 1
+        self._per_owner[job.owner_id] += 1
         if self._must_queue(job.origin):
             self._queue(job)
             return False
-        if len(self._running) < self.concurrency:
-            return True
-        self._waiting.append(job)
-        return False
+        if len(self._running) >= self.concurrency:
+            self._waiting.append(job)  # its owner is judged when a slot frees
+            return False
+        owner = job.owner_id
+        if self._owner_running[owner] >= self.per_owner or owner in self._owner_queued:
+            self._queue_for_owner(job)
+            return False
+        return True
 
     def start(self, job: Job, lane: Lane) -> None:
         """``job`` runs now, sent by ``lane``."""
         self._per_origin[job.origin] += 1
+        self._owner_running[job.owner_id] += 1
         self._running[job.id] = (lane, job)
 
     def finish(self, job: Job) -> None:
         """``job``'s request has ended (or was never made)."""
         self._running.pop(job.id, None)
-        _decrement(self._per_webhook, job.webhook_id)
+        self._forget(job)
         _decrement(self._per_origin, job.origin)
+        _decrement(self._owner_running, job.owner_id)
 
     def next_queued(self, origin: str) -> tuple[Job | None, list[int]]:
         """The origin's next queued job, for the lane that just finished one
@@ -160,14 +191,45 @@ class CapacityLedger:
                 del turns[webhook_id]
                 turns[webhook_id] = queue  # to the back of the line
             self._queued_count -= 1
-            if job.lease_ends > would_end:
+            if job.lease_ends <= would_end:
+                skipped.append(job.id)
+                self._forget(job)
+            elif self._owner_running[job.owner_id] >= self.per_owner:
+                self._queue_for_owner(job)  # its owner's next free slot starts it
+            else:
                 chosen = job
                 break
-            skipped.append(job.id)
-            _decrement(self._per_webhook, job.webhook_id)
         if not turns:
             del self._queued[origin]
         return chosen, skipped
+
+    def next_for_owner(self, owner: str) -> tuple[list[Job], list[int]]:
+        """The jobs queued behind ``owner`` that may start now its requests
+        have room again (called as one of them ends), and the ids skipped as
+        too late to send. One whose origin is at its limit meanwhile joins
+        that origin's queue; with every slot busy, one waits for any slot."""
+        queue = self._owner_queued.get(owner)
+        if queue is None:
+            return [], []
+        ready: list[Job] = []
+        skipped: list[int] = []
+        would_end = time.monotonic() + self._request_span
+        room = self.per_owner - self._owner_running[owner]
+        while queue and len(ready) < room:
+            job = queue.popleft()
+            self._queued_count -= 1
+            if job.lease_ends <= would_end:
+                skipped.append(job.id)
+                self._forget(job)
+            elif self._must_queue(job.origin):
+                self._queue(job)
+            elif len(self._running) + len(ready) < self.concurrency:
+                ready.append(job)
+            else:
+                self._waiting.append(job)
+        if not queue:
+            del self._owner_queued[owner]
+        return ready, skipped
 
     def next_waiting(self) -> tuple[Job | None, list[int]]:
         """The oldest job leased ahead of a free slot, for a lane with none
@@ -181,9 +243,11 @@ class CapacityLedger:
             job = self._waiting.popleft()
             if job.lease_ends <= would_end:
                 skipped.append(job.id)
-                _decrement(self._per_webhook, job.webhook_id)
+                self._forget(job)
             elif self._must_queue(job.origin):
                 self._queue(job)
+            elif self._owner_running[job.owner_id] >= self.per_owner:
+                self._queue_for_owner(job)
             else:
                 return job, skipped
         return None, skipped
@@ -192,10 +256,12 @@ class CapacityLedger:
         """Forget every queued and waiting job (shutdown); their ids, whose
         leases go back at once: they were never sent."""
         unsent = [job for turns in self._queued.values() for queue in turns.values() for job in queue]
+        unsent += [job for queue in self._owner_queued.values() for job in queue]
         unsent += self._waiting
         for job in unsent:
-            _decrement(self._per_webhook, job.webhook_id)
+            self._forget(job)
         self._queued.clear()
+        self._owner_queued.clear()
         self._queued_count = 0
         self._waiting.clear()
         return [job.id for job in unsent]
@@ -204,6 +270,19 @@ class CapacityLedger:
         """Whether a job for ``origin`` waits in its queue: the origin is at
         its limit, or jobs queued before it go first."""
         return self._per_origin[origin] >= self.per_host or origin in self._queued
+
+    def _forget(self, job: Job) -> None:
+        """``job`` is no longer held here (sent, or left to a later claim)."""
+        _decrement(self._per_webhook, job.webhook_id)
+        _decrement(self._per_owner, job.owner_id)
+
+    def _queue_for_owner(self, job: Job) -> None:
+        """Queue ``job`` until its owner's requests leave room, in arrival order."""
+        queue = self._owner_queued.get(job.owner_id)
+        if queue is None:
+            queue = self._owner_queued[job.owner_id] = deque()
+        queue.append(job)
+        self._queued_count += 1
 
     def _queue(self, job: Job) -> None:
         """Queue ``job`` behind its origin's running requests, in its webhook's turn."""

@@ -28,7 +28,14 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics
-from outbox_worker.jobs import Handoff, Job, bodies_params, lease_limit_per_webhook, readable_bodies
+from outbox_worker.jobs import (
+    Handoff,
+    Job,
+    bodies_params,
+    lease_limit_per_webhook,
+    owner_limit,
+    readable_bodies,
+)
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
@@ -66,7 +73,9 @@ class Dispatcher:
                         "limit": settings.batch_size,
                         "lease_limit": reserved,
                         "busy_webhooks": self._sender.busy_webhooks(),
+                        "busy_owners": self._sender.busy_owners(),
                         "per_webhook": lease_limit_per_webhook(settings),
+                        "per_owner": owner_limit(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
                     },

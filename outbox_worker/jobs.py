@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -33,8 +33,9 @@ class Job:
     webhook_id: uuid.UUID
     attempt: int
     url: str
-    secrets: tuple[str, ...]
-    body: bytes
+    # Out of repr: a job must never print its secrets (or its payload) in a log.
+    secrets: tuple[str, ...] = field(repr=False)
+    body: bytes = field(repr=False)
     enabled: bool = True
     secret_error: str | None = None
     # Why the event's stored payload could not be encoded (then ``body`` is
@@ -46,6 +47,7 @@ class Job:
     # When the lease ends at the latest, on this process's monotonic clock
     # (measured from before the leasing statement was sent, so never late).
     lease_ends: float = math.inf
+    owner_id: str = ""  # the webhook's owner: its requests share the owner's cap
     origin: str = ""  # the receiver's scheme://host:port, set on hand-over
     # When the sweep cancels this attempt (monotonic clock), set as it starts;
     # timed_out tells that cancellation from shutdown's.
@@ -83,6 +85,7 @@ class Job:
             payload_error=payload_error,
             store_body=store_body,
             lease_ends=lease_ends,
+            owner_id=row["owner_id"],
         )
 
 
@@ -120,6 +123,10 @@ class Handoff(Protocol):
         """Webhooks a fan-out or claim must not lease to this process."""
         ...
 
+    def busy_owners(self) -> list[str]:
+        """Owners a fan-out or claim must not lease to this process."""
+        ...
+
     def note_backlog(self) -> None:
         """Due rows exist that nobody leased: the sender should claim them."""
         ...
@@ -138,6 +145,14 @@ def lease_limit_per_webhook(settings: Settings) -> int:
     """Most deliveries one claim or fan-out leases to a single webhook: twice
     its per-host limit (the bound in the sender's docstring rests on it)."""
     return 2 * settings.per_host_concurrency
+
+
+def owner_limit(settings: Settings) -> int:
+    """Requests one owner may have running in this process, and most of its
+    deliveries one claim or fan-out leases: its share of ``concurrency``.
+    Five webhooks of one owner on slow hosts held every slot for a whole
+    request timeout while every other owner waited."""
+    return max(1, int(settings.concurrency * settings.owner_share))
 
 
 def refill_size(settings: Settings) -> int:

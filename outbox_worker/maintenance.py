@@ -1,4 +1,5 @@
-"""Upkeep beside the hot path: disabling endpoints that keep failing."""
+"""Upkeep beside the hot path: disabling endpoints that keep failing, sealing
+secrets stored in plaintext, erasing previous secrets whose overlap ended."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 from outbox_worker import db
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
+from outbox_worker.sql import query
 
 
 class FailingWebhookDisabler:
@@ -83,4 +85,30 @@ class SecretSealer:
                     self._log.info("sealed plaintext secrets", count=sealed)
             except Exception as exc:
                 self._log.warning("sealing secrets failed", error=str(exc).strip())
+            await asyncio.sleep(self.interval)
+
+
+class PreviousSecretEraser:
+    """Erases each previous secret once its rotation overlap has ended. It
+    has stopped signing by then (claims read only unexpired ones), but kept
+    in the table it would still sit in every later backup."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], log: Any, interval: float = 60.0) -> None:
+        self._pool = pool
+        self._log = log.bind(component="secret-eraser")
+        self.interval = interval
+
+    async def run_once(self) -> int:
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(query("erase_expired_previous_secrets"))
+            erased: int = cur.rowcount
+            return erased
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if erased := await self.run_once():
+                    self._log.info("erased previous secrets whose overlap ended", count=erased)
+            except Exception as exc:
+                self._log.warning("erasing previous secrets failed", error=str(exc).strip())
             await asyncio.sleep(self.interval)

@@ -23,6 +23,13 @@ the HTTP client's connection pool: a request's timeouts start when it is sent,
 never while it queues, however many webhooks share a host, and the
 webhooks queued for one host take turns at its slots.
 
+Owners (tenants) are capped the same way: at most their share of
+``concurrency`` (``OUTBOX_OWNER_SHARE``) runs at once, a claim or fan-out
+leases an owner at most that many and nothing while it holds its share plus
+a quarter, and the rest of its jobs wait here. So one owner's slow
+receivers hold at most 3 x share + a quarter of it - 1 slots, and every
+other owner still finds slots free.
+
 Request timeouts are one sweep, not a timer per request: every ``tick``
 while requests run, the sender cancels those past their deadline, so a
 request ends at most one tick after ``request_timeout``; the tick is short
@@ -48,6 +55,7 @@ from outbox_worker.jobs import (
     Outcome,
     bodies_params,
     lease_limit_per_webhook,
+    owner_limit,
     readable_bodies,
     timeout_tick,
 )
@@ -82,6 +90,7 @@ class Sender:
         self._idle: list[tuple[Lane, asyncio.Future[Job | None]]] = []
         self._origins: dict[str, str] = {}
         self._skipped: list[uuid.UUID] = []  # saturated webhooks the last claim left out
+        self._skipped_owners: list[str] = []  # and saturated owners
         self._claim_was_full = False
         self._slot_freed = asyncio.Event()
         self.wake = asyncio.Event()
@@ -117,6 +126,9 @@ class Sender:
     def busy_webhooks(self) -> list[uuid.UUID]:
         return self.ledger.busy_webhooks()
 
+    def busy_owners(self) -> list[str]:
+        return self.ledger.busy_owners()
+
     def note_backlog(self) -> None:
         """Due rows exist that nobody leased (the dispatcher had no room)."""
         self.backlog = True
@@ -140,6 +152,7 @@ class Sender:
         jobs: list[Job] = []
         try:
             busy = self._skipped = self.busy_webhooks()
+            busy_owners = self._skipped_owners = self.busy_owners()
             async with self._pool.connection() as conn:
                 lease_ends = time.monotonic() + self._settings.lease_seconds
                 rows = await db.fetch_async(
@@ -148,7 +161,9 @@ class Sender:
                     {
                         "limit": reserved,
                         "busy_webhooks": busy,
+                        "busy_owners": busy_owners,
                         "per_webhook": lease_limit_per_webhook(self._settings),
+                        "per_owner": owner_limit(self._settings),
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
                     },
@@ -166,9 +181,13 @@ class Sender:
                 # again at once would only come back empty.
                 self._claim_was_full = len(jobs) >= reserved
                 self.hand_over(jobs, reserved)
-                # Rows may remain for webhooks skipped as saturated, or capped
-                # at their limit by this claim (saturated now).
-                self.backlog = self._claim_was_full or bool(busy) or bool(self.busy_webhooks())
+                # Rows may remain for webhooks or owners skipped as saturated,
+                # or capped at their limit by this claim (saturated now).
+                self.backlog = (
+                    self._claim_was_full
+                    or bool(busy or busy_owners)
+                    or bool(self.busy_webhooks() or self.busy_owners())
+                )
                 reserved = 0
                 if bodies:
                     await db.fetch_async(conn, "store_bodies", bodies_params(readable_bodies(bodies)))
@@ -199,7 +218,11 @@ class Sender:
                 continue  # more may be due right now
             full = self.backlog
             self._slot_freed.clear()
-            if full and self.ledger.free_slots() >= refill_at and self.ledger.any_unsaturated(self._skipped):
+            if (
+                full
+                and self.ledger.free_slots() >= refill_at
+                and self.ledger.any_unsaturated(self._skipped, self._skipped_owners)
+            ):
                 continue  # a webhook the claim skipped has room again: that wake-up was just cleared
             waiters = [asyncio.ensure_future(self.wake.wait())]
             if full:
@@ -272,9 +295,13 @@ class Sender:
                                   delivery_id=job.id)  # fmt: skip
             except Exception:  # a bug in the bookkeeping must not stop the lane
                 self._log.exception("sender bookkeeping failed", delivery_id=job.id)
-            job = self._next(job.origin)
+            finished = job
+            job = self._next(finished.origin)
             if job is not None:
                 self._bind(job, lane)
+            if self.ledger.owner_waits(finished.owner_id):
+                self._start_owners_next(finished.owner_id)
+            if job is not None:
                 continue
             if not self.claiming:
                 return
@@ -294,10 +321,10 @@ class Sender:
         finally:
             ledger = self.ledger
             ledger.finish(job)
-            # Claim again when there is room for a batch and this webhook is
-            # no longer saturated (a claim would skip a saturated one).
+            # Claim again when there is room for a batch and this webhook and
+            # owner are no longer saturated (a claim would skip them).
             room = ledger.free_slots() >= ledger.refill_at
-            if self.backlog and room and not ledger.saturated(job.webhook_id):
+            if self.backlog and room and not ledger.saturated(job):
                 self._slot_freed.set()
             self.signals.slot_freed.fire()
 
@@ -312,6 +339,16 @@ class Sender:
             job, skipped = self.ledger.next_waiting()
             self._log_skipped(skipped, None)
         return job
+
+    def _start_owners_next(self, owner: str) -> None:
+        """Start the jobs queued behind ``owner`` that its request just ended
+        made room for (besides the lane's own next job, which may be anyone's)."""
+        if not self.claiming:
+            return
+        ready, skipped = self.ledger.next_for_owner(owner)
+        self._log_skipped(skipped, None)
+        for job in ready:
+            self._start(job)
 
     def _log_skipped(self, skipped: list[int], origin: str | None) -> None:
         if skipped:

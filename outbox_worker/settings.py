@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="Requests in flight per receiver origin (scheme, host, port) and process; a webhook "
         "holds at most 3.25x this many slots. Webhooks sharing a host take turns at it.",
     )
+    owner_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Share of `OUTBOX_CONCURRENCY` one owner's requests may hold (1 = no cap).",
+    )
     batch_size: int = Field(
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."
     )
@@ -123,6 +129,17 @@ class Settings(BaseSettings):
     api_key_prefix: str = Field(
         "brut_",
         description="Prefix of the API keys `outbox-worker api-keys create` issues (sent as `X-Api-Key`).",
+    )
+
+    api_rate_per_key: float = Field(
+        20.0,
+        ge=0,
+        description="Requests/s per API key (bursts of 2x, then 429); 0 = off.",
+    )
+    api_rate_per_ip: float = Field(
+        50.0,
+        ge=0,
+        description="Requests/s per client address, as above (proxies: docs/reference.md).",
     )
 
     @field_validator("retry_schedule")

@@ -8,6 +8,7 @@ SQLAlchemy connection) and an ``_async`` form.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from outbox_worker import db
-from outbox_worker.errors import DeliveryNotFound, WebhookNotFound
+from outbox_worker.errors import DeliveryNotFound, InvalidEventTypeName, WebhookNotFound
 from outbox_worker.secretbox import SecretBox, new_secret
+
+# An event type or a pattern ("*", "order.*"), as outbox.event_patterns accepts
+# it. No re.ASCII needed: the classes are spelled out, and \Z refuses a newline.
+_EVENT_FILTER = re.compile(r"(?=.{1,100}\Z)(\*|[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(\.\*)?)\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +96,22 @@ def _ids(owner_id: str, webhook_id: uuid.UUID | str) -> dict[str, Any]:
     return {"owner_id": owner_id, "webhook_id": _webhook_id(webhook_id)}
 
 
-def _redeliver_params(delivery_id: int, owner_id: str | None) -> dict[str, Any]:
+def _redeliver_params(delivery_id: int, owner_id: str | None = None) -> dict[str, Any]:
     if not isinstance(delivery_id, int) or delivery_id <= 0 or delivery_id >= 2**63:
         raise DeliveryNotFound(f"delivery {delivery_id} not found")
     return {"delivery_id": delivery_id, "owner_id": owner_id}
+
+
+def _event_filter(event_type: str | None) -> dict[str, str | None]:
+    """The ``event_type`` parameter of ``list_webhooks``, checked here before
+    any SQL runs: ``outbox.event_patterns`` refuses the same, but by then a
+    database connection is taken."""
+    if event_type is not None and not _EVENT_FILTER.fullmatch(event_type):
+        raise InvalidEventTypeName(
+            'invalid event type: use at most 100 letters, digits, "_", "-" and dots, '
+            'like "order.created" or "order.*"'
+        )
+    return {"event_type": event_type}
 
 
 # -- sync ---------------------------------------------------------------------
@@ -126,7 +143,7 @@ def delete_webhook(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID
 
 
 def list_webhooks(conn: db.SyncConnection, owner_id: str, event_type: str | None = None) -> list[Webhook]:
-    rows = db.fetch(conn, "list_webhooks", {"owner_id": owner_id, "event_type": event_type})
+    rows = db.fetch(conn, "list_webhooks", {"owner_id": owner_id, **_event_filter(event_type)})
     return [Webhook.from_row(r) for r in rows]
 
 
@@ -142,8 +159,19 @@ def rotate_webhook_secret(
     return _secret(db.fetch(conn, "rotate_webhook_secret", params), plain)
 
 
-def redeliver(conn: db.SyncConnection, delivery_id: int, owner_id: str | None = None) -> int:
+def redeliver(conn: db.SyncConnection, delivery_id: int, owner_id: str) -> int:
+    """Start a new round of attempts for one delivery of ``owner_id``'s webhooks."""
     return int(db.fetch(conn, "redeliver", _redeliver_params(delivery_id, owner_id))[0]["id"])
+
+
+def redeliver_any_owner(conn: db.SyncConnection, delivery_id: int) -> int:
+    """Operators: :func:`redeliver` for a delivery of any owner's webhook."""
+    return int(db.fetch(conn, "redeliver_any_owner", _redeliver_params(delivery_id))[0]["id"])
+
+
+def expire_previous_secret(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> None:
+    """End a rotation's overlap now: the previous secret stops signing and is erased."""
+    db.fetch(conn, "expire_previous_secret", _ids(owner_id, webhook_id))
 
 
 def replay_failed(
@@ -188,7 +216,7 @@ async def delete_webhook_async(conn: db.AsyncConnection, owner_id: str, webhook_
 async def list_webhooks_async(
     conn: db.AsyncConnection, owner_id: str, event_type: str | None = None
 ) -> list[Webhook]:
-    rows = await db.fetch_async(conn, "list_webhooks", {"owner_id": owner_id, "event_type": event_type})
+    rows = await db.fetch_async(conn, "list_webhooks", {"owner_id": owner_id, **_event_filter(event_type)})
     return [Webhook.from_row(r) for r in rows]
 
 
@@ -204,9 +232,20 @@ async def rotate_webhook_secret_async(
     return _secret(await db.fetch_async(conn, "rotate_webhook_secret", params), plain)
 
 
-async def redeliver_async(conn: db.AsyncConnection, delivery_id: int, owner_id: str | None = None) -> int:
+async def redeliver_async(conn: db.AsyncConnection, delivery_id: int, owner_id: str) -> int:
     rows = await db.fetch_async(conn, "redeliver", _redeliver_params(delivery_id, owner_id))
     return int(rows[0]["id"])
+
+
+async def redeliver_any_owner_async(conn: db.AsyncConnection, delivery_id: int) -> int:
+    rows = await db.fetch_async(conn, "redeliver_any_owner", _redeliver_params(delivery_id))
+    return int(rows[0]["id"])
+
+
+async def expire_previous_secret_async(
+    conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str
+) -> None:
+    await db.fetch_async(conn, "expire_previous_secret", _ids(owner_id, webhook_id))
 
 
 async def replay_failed_async(

@@ -26,7 +26,7 @@ from outbox_worker.completer import Completer
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
-from outbox_worker.maintenance import FailingWebhookDisabler, SecretSealer
+from outbox_worker.maintenance import FailingWebhookDisabler, PreviousSecretEraser, SecretSealer
 from outbox_worker.sender import Sender
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
@@ -154,6 +154,7 @@ class Worker:
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
+            asyncio.create_task(PreviousSecretEraser(pool, self.log).run(), name="secret-eraser"),
         ]
         if sender.box is not None:
             sealer = SecretSealer(pool, sender.box, self.log)

@@ -29,15 +29,21 @@ select * from outbox.get_webhook(%(owner_id)s, %(webhook_id)s);
 -- rotate_webhook_secret: new secret; the old one keeps signing for the overlap
 select id, secret from outbox.rotate_webhook_secret(%(owner_id)s, %(webhook_id)s, %(sealed_secret)s);
 
--- redeliver: start a new round of attempts for one delivery
+-- redeliver: start a new round of attempts for one delivery of an owner's
 select outbox.redeliver(%(delivery_id)s, %(owner_id)s) as id;
+
+-- redeliver_any_owner: operators: start a new round of attempts for one delivery of any owner's
+select outbox.redeliver_any_owner(%(delivery_id)s) as id;
+
+-- expire_previous_secret: end a secret rotation's overlap now
+select outbox.expire_previous_secret(%(owner_id)s, %(webhook_id)s);
 
 -- replay_failed: re-queue a webhook's deliveries that failed since a time
 select outbox.replay_failed(%(owner_id)s, %(webhook_id)s, %(since)s) as count;
 
 -- ============================================================ worker hot path
 
--- dispatch: claim a batch of undispatched events, mark them dispatched and fan each out into one delivery per matching enabled webhook (up to lease_limit leased to this worker, at most per_webhook per webhook and none for its busy ones); one row per delivery, one per event without any
+-- dispatch: claim a batch of undispatched events, mark them dispatched and fan each out into one delivery per matching enabled webhook (up to lease_limit leased to this worker, at most per_webhook per webhook and per_owner per owner, none for its busy webhooks and owners); one row per delivery, one per event without any
 with claimed as materialized (
     select e.id
       from outbox.events e
@@ -65,12 +71,15 @@ with claimed as materialized (
        and w.enabled
        for key share
 ), matched as (
-    -- A webhook gets no more leases than it may have requests running: the
-    -- rest wait unleased for whichever worker has room, instead of holding
-    -- this worker's send slots behind a slow receiver.
+    -- A webhook (and an owner) gets no more leases than it may have
+    -- requests running: the rest wait unleased for whichever worker has
+    -- room, instead of holding this worker's send slots behind a slow
+    -- receiver (or one tenant's five).
     select m.id as event_id, w.id as webhook_id,
            w.id <> all (cast(%(busy_webhooks)s as uuid[]))
-           and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s as eligible
+           and w.owner_id <> all (cast(%(busy_owners)s as text[]))
+           and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s
+           and row_number() over (partition by w.owner_id order by m.id, w.id) <= %(per_owner)s as eligible
       from marked m
       join hooks w
         on w.owner_id = m.owner_id and w.events && m.patterns
@@ -94,7 +103,8 @@ select m.id as event_id, m.event_type, m.created_at,
        row_number() over (partition by m.id order by i.id) = 1 as first,
        case when row_number() over (partition by m.id order by i.id) = 1 then m.data end as data,
        i.id, i.webhook_id, i.attempts, coalesce(i.leased, false) as leased, w.url, w.secret,
-       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
+       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
+       w.owner_id
   from marked m
   left join inserted i on i.event_id = m.id
   left join outbox.webhooks w on w.id = i.webhook_id
@@ -113,13 +123,17 @@ update outbox.events e
    and e.id = b.id
    and e.body is null;
 
--- claim_deliveries: lease due deliveries (skipping saturated webhooks, at most per_webhook per webhook) with everything sending needs
+-- claim_deliveries: lease due deliveries (skipping saturated webhooks and owners, at most per_webhook per webhook and per_owner per owner) with everything sending needs
 with due as materialized (
     select d.id, d.webhook_id, d.next_attempt_at
       from outbox.deliveries d
      where d.status = 'pending'
        and d.next_attempt_at <= now()
        and d.webhook_id <> all (cast(%(busy_webhooks)s as uuid[]))
+       -- A saturated owner's webhooks: one index lookup per such owner (none
+       -- at all while no owner is saturated), once per statement.
+       and d.webhook_id <> all (array(select w.id from outbox.webhooks w
+                                        where w.owner_id = any (cast(%(busy_owners)s as text[]))))
      order by d.next_attempt_at
      -- No more rows than "picked" can keep: with fewer webhooks than
      -- limit / per_webhook (say one), locking the full limit would lock rows
@@ -132,13 +146,22 @@ with due as materialized (
                         where w.id <> all (cast(%(busy_webhooks)s as uuid[]))
                         limit ceil(cast(%(limit)s as numeric) / cast(%(per_webhook)s as integer))) enough))
        for update skip locked
+), owners as (
+    -- The owners of the locked rows' webhooks: one lookup per webhook, not per row.
+    select w.id, w.owner_id
+      from outbox.webhooks w
+     where w.id = any (array(select distinct webhook_id from due))
 ), picked as (
     -- Window functions cannot sit beside FOR UPDATE: rank what was locked.
     -- The rows not picked stay due; their locks end with the statement.
     select r.id
-      from (select id, row_number() over (partition by webhook_id order by next_attempt_at, id) as nth
-              from due) r
+      from (select d.id,
+                   row_number() over (partition by d.webhook_id order by d.next_attempt_at, d.id) as nth,
+                   row_number() over (partition by o.owner_id order by d.next_attempt_at, d.id) as nth_owner
+              from due d
+              join owners o on o.id = d.webhook_id) r
      where r.nth <= %(per_webhook)s
+       and r.nth_owner <= %(per_owner)s
 ), leased as (
     update outbox.deliveries d
        set next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
@@ -153,7 +176,8 @@ select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e
        case when e.body is null then e.event_type end as event_type,
        case when e.body is null then e.data end as data,
        e.created_at,
-       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
+       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
+       w.owner_id
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
   join outbox.events e on e.id = l.event_id and e.id = any (array(select event_id from leased));
@@ -314,6 +338,15 @@ select id, secret, previous_secret
     or (previous_secret is not null and previous_secret not like 'enc:v1:%%')
  limit %(limit)s;
 
+-- erase_expired_previous_secrets: forget the previous secrets whose rotation overlap has ended
+update outbox.webhooks
+   set previous_secret = null, previous_secret_expires_at = null
+ where previous_secret is not null
+   and previous_secret_expires_at <= now();
+
+-- webhook_owners: a page of every webhook's id and owner, for rotating every secret
+select id, owner_id from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
+
 -- all_secrets: every stored secret, for re-sealing under a new key
 select id, secret, previous_secret from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
 
@@ -372,8 +405,11 @@ select outbox.api_key_owner(%(key_hash)s) as owner_id;
 -- list_api_keys: an owner's keys, revoked ones included, never their hashes
 select * from outbox.list_api_keys(%(owner_id)s);
 
--- revoke_api_key: revoke a key (owner NULL = any owner, for operators)
+-- revoke_api_key: revoke one of an owner's keys
 select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
+
+-- revoke_api_key_any_owner: operators: revoke a key of any owner
+select * from outbox.revoke_api_key_any_owner(%(key_id)s);
 
 -- list_deliveries: a page of a webhook's deliveries with attempts, newest first
 select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s);

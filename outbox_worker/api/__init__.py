@@ -21,6 +21,7 @@ code                      status  when
 ``method_not_allowed``    405     the path exists, the method does not
 ``webhook_limit_reached`` 409     the owner has the maximum number of webhooks
 ``payload_too_large``     413     the body is over 64 KiB
+``rate_limited``          429     past the key's or the address's rate (``Retry-After``)
 ``validation_error``      422     the request does not match the OpenAPI schema
 ``invalid_url``           422     the URL is refused (scheme, host, private address)
 ``unknown_event_type``    422     an event type or topic is not in the catalogue

@@ -14,8 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox_worker import db, logs, pooling
 from outbox_worker.api.brand import router as brand_router
-from outbox_worker.api.deps import Database
-from outbox_worker.api.errors import add_exception_handlers, error_response
+from outbox_worker.api.deps import Database, Limits
+from outbox_worker.api.errors import add_exception_handlers, error_response, too_many_requests
+from outbox_worker.api.limits import RateLimiter
 from outbox_worker.api.models import MAX_BODY_BYTES
 from outbox_worker.api.vendor import router as vendor_router
 from outbox_worker.secretbox import SecretBox
@@ -58,6 +59,22 @@ class _BodyLimit:
 
     def _too_large(self) -> JSONResponse:
         return error_response(413, "payload_too_large", "Content Too Large")
+
+
+class _RateLimitPerAddress:
+    """429 for a client address past its rate, before anything else runs:
+    no body is read and no database connection is taken."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] == "http" and client and (wait := self.limiter.take(client[0])):
+            await too_many_requests(wait)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _version() -> str:
@@ -113,7 +130,9 @@ def create_app(
         prepare=settings.prepare_statements,
         policy=pooling.Policy(settings.pooler, logs.get_logger(component="api"), "api"),
     )
+    app.state.outbox_limits = limits = Limits(settings.api_rate_per_key, settings.api_rate_per_ip)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(_RateLimitPerAddress, limiter=limits.per_ip)  # outermost: first
     app.include_router(vendor_router)
     app.include_router(brand_router)
     add_exception_handlers(app)

@@ -22,7 +22,8 @@ from fastapi.security import APIKeyHeader
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import api_keys, pooling, webhooks
-from outbox_worker.api.errors import COMMON_ERRORS, Unauthorized, documented_errors
+from outbox_worker.api.errors import COMMON_ERRORS, RateLimited, Unauthorized, documented_errors
+from outbox_worker.api.limits import KeyCache, RateLimiter
 from outbox_worker.secretbox import SecretBox
 
 # -- the pool -----------------------------------------------------------------
@@ -100,12 +101,30 @@ _api_key_header = APIKeyHeader(
 )
 
 
+class Limits:
+    """The app's rate limits and key cache (:mod:`outbox_worker.api.limits`)."""
+
+    def __init__(self, per_key: float, per_ip: float) -> None:
+        self.per_key = RateLimiter(per_key)
+        self.per_ip = RateLimiter(per_ip)
+        self.keys = KeyCache()
+
+
 async def key_owner(request: Request, key: Annotated[str | None, Security(_api_key_header)]) -> str:
-    """The owner the request's X-Api-Key acts for; 401 for a missing, unknown or revoked key."""
+    """The owner the request's X-Api-Key acts for; 401 for a missing, unknown
+    or revoked key, 429 past the key's rate. A key's lookup is reused for
+    :data:`~outbox_worker.api.limits.KEY_TTL` seconds."""
     if not key:
         raise Unauthorized
-    async with database(request).transaction() as conn:
-        owner = await api_keys.api_key_owner_async(conn, key)
+    limits: Limits = request.app.state.outbox_limits
+    digest = limits.keys.digest(key)
+    if wait := limits.per_key.take(digest):
+        raise RateLimited(wait)
+    found, owner = limits.keys.get(digest)
+    if not found:
+        async with database(request).transaction() as conn:
+            owner = await api_keys.api_key_owner_async(conn, key)
+        limits.keys.put(digest, owner)
     if owner is None:
         raise Unauthorized
     return owner

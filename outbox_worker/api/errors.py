@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from outbox_worker import errors, logs
+from outbox_worker.api.limits import retry_after
 from outbox_worker.api.models import MAX_BODY_BYTES
 
 _log = logs.get_logger(component="api")
@@ -29,6 +30,7 @@ ErrorCode = Literal[
     "method_not_allowed",
     "webhook_limit_reached",
     "payload_too_large",
+    "rate_limited",
     "validation_error",
     "invalid_url",
     "unknown_event_type",
@@ -58,6 +60,14 @@ class ErrorBody(BaseModel):
 
 class Unauthorized(Exception):
     """Missing, unknown or revoked key: one answer for all three."""
+
+
+class RateLimited(Exception):
+    """Too many requests from this key: retry after ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
 
 
 class BrandNotFound(errors.NotFound):
@@ -105,6 +115,19 @@ async def _outbox_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unauthorized(_: Request, __: Exception) -> JSONResponse:
     return error_response(401, "unauthorized", "missing or invalid API key")
+
+
+def too_many_requests(seconds: float) -> JSONResponse:
+    """The 429 of both rate limits, with the seconds until a request is due again."""
+    wait = retry_after(seconds)
+    return error_response(
+        429, "rate_limited", f"too many requests: retry after {wait} s", headers={"Retry-After": wait}
+    )
+
+
+async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimited)
+    return too_many_requests(exc.seconds)
 
 
 async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
@@ -183,6 +206,7 @@ def add_exception_handlers(app: FastAPI) -> None:
     """Answer every exception a request can raise with the error body."""
     app.add_exception_handler(errors.OutboxError, _outbox_error)
     app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(psycopg.DataError, _invalid_input)
@@ -195,7 +219,7 @@ def add_exception_handlers(app: FastAPI) -> None:
 # -- the OpenAPI document -----------------------------------------------------
 
 # What every route may answer: no key, a refused request, no database.
-COMMON_ERRORS = (401, 422, 503)
+COMMON_ERRORS = (401, 422, 429, 503)
 
 
 def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -207,6 +231,7 @@ def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "The owner already has the maximum number of webhooks.",
         413: f"The body is larger than {MAX_BODY_BYTES} bytes.",
         422: "The request or a value in it was refused.",
+        429: "Too many requests from this key or address: retry after `Retry-After` seconds.",
         503: "The database is unavailable.",
     }
     return {status: {"model": ErrorBody, "description": descriptions[status]} for status in statuses}

@@ -87,6 +87,18 @@ def webhooks_delete(ctx: Context, webhook_id: str, owner: str) -> None:
     click.echo(f"deleted webhook {webhook_id}")
 
 
+@webhooks_group.command("expire-previous-secret")
+@click.argument("webhook_id")
+@click.option("--owner", required=True)
+@pass_ctx
+@handle_errors
+def webhooks_expire_previous(ctx: Context, webhook_id: str, owner: str) -> None:
+    """End a rotation's overlap now: the previous secret stops signing (after a leak)."""
+    with ctx.connection() as conn:
+        webhooks.expire_previous_secret(conn, owner, webhook_id)
+    click.echo(f"webhook {webhook_id} is signed with its current secret only")
+
+
 @webhooks_group.command("rotate-secret")
 @click.argument("webhook_id")
 @click.option("--owner", required=True)
@@ -102,10 +114,17 @@ def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
 # -- the worker ---------------------------------------------------------------
 
 
+def _one_owner_choice(owner: str | None, any_owner: bool) -> None:
+    """An owner, or the explicit ``--any-owner`` of operators: exactly one."""
+    if bool(owner) == any_owner:
+        raise click.UsageError("give --owner OWNER, or --any-owner to act across owners (operators)")
+
+
 @main.command("redeliver")
 @click.argument("delivery_ids", nargs=-1, type=int)
 @click.option("--webhook", "webhook_id", help="Replay this webhook's failed deliveries instead.")
-@click.option("--owner", help="Owner of --webhook (required with it).")
+@click.option("--owner", help="Owner of the deliveries or of --webhook.")
+@click.option("--any-owner", is_flag=True, help="Operators: the deliveries may be any owner's (not --owner).")
 @click.option("--since", type=click.DateTime(), help="With --webhook: failed at or after this time (UTC).")
 @pass_ctx
 @handle_errors
@@ -114,9 +133,11 @@ def redeliver_cmd(
     delivery_ids: tuple[int, ...],
     webhook_id: str | None,
     owner: str | None,
+    any_owner: bool,
     since: datetime | None,
 ) -> None:
     """Send deliveries again (same webhook-id), or replay a webhook's failures."""
+    _one_owner_choice(owner, any_owner)
     with ctx.connection() as conn:
         if webhook_id:
             if not owner:
@@ -128,7 +149,10 @@ def redeliver_cmd(
         if not delivery_ids:
             raise click.UsageError("give delivery ids, or --webhook with --owner")
         for delivery_id in delivery_ids:
-            webhooks.redeliver(conn, delivery_id)
+            if owner:
+                webhooks.redeliver(conn, delivery_id, owner)
+            else:
+                webhooks.redeliver_any_owner(conn, delivery_id)
     click.echo(f"re-queued {len(delivery_ids)} deliveries")
 
 
@@ -218,10 +242,16 @@ def api_keys_list(ctx: Context, owner: str) -> None:
 
 @api_keys_group.command("revoke")
 @click.argument("key_id")
+@click.option("--owner", help="Owner of the key.")
+@click.option("--any-owner", is_flag=True, help="Operators: the key may be any owner's (not --owner).")
 @pass_ctx
 @handle_errors
-def api_keys_revoke(ctx: Context, key_id: str) -> None:
-    """Revoke a key by its id; requests with it get 401 from now on."""
+def api_keys_revoke(ctx: Context, key_id: str, owner: str | None, any_owner: bool) -> None:
+    """Revoke a key by its id; requests with it get 401 within a second."""
+    _one_owner_choice(owner, any_owner)
     with ctx.connection() as conn:
-        revoked = api_keys.revoke_api_key(conn, key_id)
+        if owner:
+            revoked = api_keys.revoke_api_key(conn, key_id, owner)
+        else:
+            revoked = api_keys.revoke_api_key_any_owner(conn, key_id)
     click.echo(f"revoked API key {revoked.id} ({revoked.display_prefix}...) of {revoked.owner_id}")

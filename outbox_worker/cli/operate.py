@@ -10,10 +10,10 @@ from typing import Any
 import click
 import psycopg
 
-from outbox_worker import db, grants, pooling
-from outbox_worker.cli.base import Context, main, output, pass_ctx
+from outbox_worker import db, grants, pooling, webhooks
+from outbox_worker.cli.base import Context, handle_errors, main, output, pass_ctx
 from outbox_worker.maintenance import sealed_params
-from outbox_worker.secretbox import generate_key
+from outbox_worker.secretbox import generate_key, new_secret
 from outbox_worker.settings import Settings
 from outbox_worker.sql import query
 from outbox_worker.worker import run_forever
@@ -193,10 +193,51 @@ def secrets_generate_key() -> None:
     click.echo(generate_key())
 
 
+@secrets_group.command("new")
+@pass_ctx
+def secrets_new(ctx: Context) -> None:
+    """Print a new webhook secret and its sealed form, to pass as `sealed_secret`
+    to outbox.create_webhook or rotate_webhook_secret from SQL (the database
+    then never sees the plaintext)."""
+    if ctx.box is None:
+        raise click.UsageError("set OUTBOX_SECRET_KEYS first")
+    plain = new_secret()
+    output(ctx, [{"secret": plain, "sealed_secret": ctx.box.seal(plain)}], "New secret: store it now")
+
+
+@secrets_group.command("rotate-all")
+@click.option(
+    "--expire-previous",
+    is_flag=True,
+    help="The old secrets stop signing at once (after a leak) instead of after the overlap.",
+)
+@pass_ctx
+@handle_errors
+def secrets_rotate_all(ctx: Context, expire_previous: bool) -> None:
+    """Give every webhook a new secret and print them all (shown this once):
+    after a leak of secrets, or of an encryption key with a backup."""
+    rotated: list[dict[str, Any]] = []
+    after = "00000000-0000-0000-0000-000000000000"
+    while True:
+        with ctx.connection() as conn:  # one transaction per page: no long locks
+            page = db.fetch(conn, "webhook_owners", {"after": after, "limit": 500})
+            for hook in page:
+                new = webhooks.rotate_webhook_secret(conn, hook["owner_id"], hook["id"], box=ctx.box)
+                if expire_previous:
+                    webhooks.expire_previous_secret(conn, hook["owner_id"], hook["id"])
+                rotated.append({"id": str(new.id), "owner": hook["owner_id"], "secret": new.secret})
+        if len(page) < 500:
+            break
+        after = str(page[-1]["id"])
+    output(ctx, rotated or [{"webhooks": "none"}], "New secrets: hand each to its owner now")
+
+
 @secrets_group.command("reseal")
 @pass_ctx
 def secrets_reseal(ctx: Context) -> None:
-    """Seal every secret under the newest key (after adding a key, before dropping the old one)."""
+    """Seal every secret under the newest key (after adding a key, before dropping
+    the old one). The secrets stay the same: the old key with an old backup
+    still opens them; `secrets rotate-all` changes them."""
     if ctx.box is None:
         raise click.UsageError("set OUTBOX_SECRET_KEYS first")
     total = 0

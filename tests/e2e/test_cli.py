@@ -130,7 +130,11 @@ def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[A
     assert (row["pending"], row["failed"]) == (1, 1) and stats["undispatched_events"] == 0
     assert "Queue health" in run(database_url, "stats").stdout
 
-    assert run(database_url, "redeliver", str(old_failed)).returncode == 0
+    # The owner is required; an operator acting across owners says so.
+    unowned = run(database_url, "redeliver", str(old_failed))
+    assert unowned.returncode == 2 and "give --owner OWNER, or --any-owner" in unowned.stderr
+    assert run(database_url, "redeliver", str(old_failed), "--owner", "someone-else").returncode == 1
+    assert run(database_url, "redeliver", str(old_failed), "--owner", "v").returncode == 0
     assert conn.execute(
         "select status::text, attempts from outbox.deliveries where id = %s", (old_failed,)
     ).fetchone() == ("pending", 0)
@@ -140,7 +144,9 @@ def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[A
     replay = run(database_url, "redeliver", "--webhook", hook_id, "--owner", "v", "--since", "2000-01-01")
     assert replay.returncode == 0 and "re-queued 1 failed" in replay.stdout
     conn.execute("update outbox.deliveries set status = 'failed' where id = %s", (old_failed,))
-    missing = run(database_url, "redeliver", "999999")
+    assert run(database_url, "redeliver", str(old_failed), "--any-owner").returncode == 0
+    conn.execute("update outbox.deliveries set status = 'failed' where id = %s", (old_failed,))
+    missing = run(database_url, "redeliver", "999999", "--owner", "v")
     assert missing.returncode == 1 and "delivery 999999 not found" in missing.stderr
 
     purged = run(database_url, "purge", "--older-than", "30d", "--batch-size", "1")

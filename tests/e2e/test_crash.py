@@ -51,7 +51,13 @@ async def test_sigkill_of_a_worker_loses_nothing(
     emit_many(database_url, "shop", events)
     workers = [
         spawn_worker(
-            database_url, f"crash-{i}", lease_seconds=2.0, request_timeout=1.0, concurrency=64, batch_size=100
+            database_url,
+            f"crash-{i}",
+            lease_seconds=2.0,
+            request_timeout=1.0,
+            concurrency=64,
+            owner_share=1.0,
+            batch_size=100,
         )
         for i in range(2)
     ]
@@ -148,7 +154,9 @@ async def test_the_worker_rides_out_a_postgres_restart(
 
     with psycopg.connect(url, autocommit=True) as conn:
         webhooks.create_webhook(conn, "v", receiver.script("/h", *[slow] * 1000), ["order.created"])
-    async with running_worker(url, poll_interval=0.2, concurrency=4, batch_size=20) as worker:
+    async with running_worker(
+        url, poll_interval=0.2, concurrency=4, owner_share=1.0, batch_size=20
+    ) as worker:
         await asyncio.to_thread(emit_many, url, "v", 300)
         await eventually(lambda: len(receiver.requests) >= 20, timeout=30)
         await asyncio.to_thread(embedded.restart, server)

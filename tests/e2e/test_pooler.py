@@ -237,7 +237,7 @@ def test_the_cli_through_a_transaction_pool_prepares_nothing(
         ids = [str(r[0]) for r in conn.execute("select id from outbox.deliveries order by id")]
     # Seven runs of one statement in one transaction: psycopg would prepare
     # it from the sixth, and the prepared statement would stay on the server.
-    done = run(bouncer.url(database_url), "redeliver", *ids)
+    done = run(bouncer.url(database_url), "redeliver", "--owner", "v", *ids)
     assert done.returncode == 0, done.stderr
     assert "re-queued 7 deliveries" in done.stdout
     [warned] = logged(done.stderr, "running as OUTBOX_POOLER=transaction")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from fastapi import FastAPI
 
 from outbox_worker import api_keys
 from outbox_worker.api import MAX_BODY_BYTES, MAX_PAGE_SIZE, create_app
+from outbox_worker.settings import Settings
+from tests.helpers import wait_for
 from tests.live_server import serve
 
 # The request of the vendor docs' curl example, byte for byte.
@@ -33,7 +36,10 @@ HOOKS = "/api/vendor/webhooks"
 
 @pytest.fixture(scope="module")
 def api_url(migrated_url: str) -> Iterator[str]:
-    with serve(create_app(migrated_url)) as url:
+    # No rate limits here: these tests fire requests at machine speed
+    # (tests/integration/test_api_limits.py tests the limits).
+    unlimited = Settings(database_url=migrated_url, api_rate_per_key=0, api_rate_per_ip=0)
+    with serve(create_app(unlimited)) as url:
         yield url
 
 
@@ -321,6 +327,16 @@ def test_refused_updates_and_queries_are_422_and_change_nothing(
     }
 
 
+def test_a_huge_event_filter_is_refused_at_once(client: httpx.Client, conn: psycopg.Connection[Any]) -> None:
+    key = issue_key(conn, "brand-1")
+    filter_40kb = ("a." * 20_000)[:40_000]  # took 7-14 s of database CPU per request
+    for path, name in ((HOOKS, "event"), ("/brands/brand-1/webhooks", "topic")):
+        r = client.get(path, params={name: filter_40kb}, headers=auth(key))
+        assert r.status_code == 422 and r.json()["code"] == "invalid_input", r.text
+        assert r.elapsed.total_seconds() < 1.0, r.elapsed
+        assert filter_40kb[:100] not in r.text  # not echoed back
+
+
 def test_a_malformed_webhook_id_is_a_validation_error(
     client: httpx.Client, conn: psycopg.Connection[Any]
 ) -> None:
@@ -481,7 +497,7 @@ def test_missing_wrong_and_revoked_keys_get_the_same_401_everywhere(
     hook = create_hook(client, key)
     delivery = add_delivery(conn, hook["id"], "brand-1")
     revoked = api_keys.create_api_key(conn, "brand-1")
-    api_keys.revoke_api_key(conn, revoked.id)
+    api_keys.revoke_api_key(conn, revoked.id, "brand-1")
     before = snapshot(conn)
     bad_keys: list[dict[str, str] | dict[bytes, bytes]] = [
         {},
@@ -535,9 +551,12 @@ def test_every_key_of_an_owner_works_until_revoked(
     hook = create_hook(client, first.key)
 
     assert client.get(f"{HOOKS}/{hook['id']}", headers=auth(second.key)).status_code == 200
-    api_keys.revoke_api_key(conn, first.id)
+    api_keys.revoke_api_key(conn, first.id, "vendor-1")
+    revoked = time.monotonic()
 
-    assert client.get(HOOKS, headers=auth(first.key)).json() == UNAUTHORIZED
+    # Key lookups are cached for half a second: the revocation takes effect within one.
+    wait_for(lambda: client.get(HOOKS, headers=auth(first.key)).json() == UNAUTHORIZED, timeout=1.0)
+    assert time.monotonic() - revoked < 1.0
     assert client.get(HOOKS, headers=auth(second.key)).json()["data"][0]["id"] == hook["id"]
 
 
@@ -766,7 +785,6 @@ def test_secrets_are_sealed_at_rest_when_a_key_is_configured(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
     from outbox_worker.secretbox import PREFIX, SecretBox, generate_key
-    from outbox_worker.settings import Settings
 
     key = generate_key()
     app = create_app(Settings(database_url=database_url, secret_keys=[key]))

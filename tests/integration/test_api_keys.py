@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -61,8 +62,8 @@ def test_a_revoked_key_has_no_owner_and_revoking_is_idempotent(conn: psycopg.Con
     created = api_keys.create_api_key(conn, "vendor-1")
     kept = api_keys.create_api_key(conn, "vendor-1")
 
-    revoked = api_keys.revoke_api_key(conn, created.id)
-    again = api_keys.revoke_api_key(conn, str(created.id))
+    revoked = api_keys.revoke_api_key(conn, created.id, "vendor-1")
+    again = api_keys.revoke_api_key(conn, str(created.id), "vendor-1")
 
     assert revoked.revoked_at is not None
     assert again.revoked_at == revoked.revoked_at
@@ -75,11 +76,28 @@ def test_a_revoked_key_has_no_owner_and_revoking_is_idempotent(conn: psycopg.Con
 def test_revoking_an_unknown_or_anothers_key_is_not_found(conn: psycopg.Connection[Any]) -> None:
     created = api_keys.create_api_key(conn, "vendor-1")
 
-    for key_id, owner in ((uuid.uuid4(), None), ("not-a-uuid", None), (created.id, "vendor-2")):
+    for key_id, owner in ((uuid.uuid4(), "vendor-1"), ("not-a-uuid", "vendor-1"), (created.id, "vendor-2")):
         with pytest.raises(ApiKeyNotFound):
             api_keys.revoke_api_key(conn, key_id, owner)
+    with pytest.raises(ApiKeyNotFound):
+        api_keys.revoke_api_key_any_owner(conn, uuid.uuid4())
     assert api_keys.api_key_owner(conn, created.key) == "vendor-1"
     assert api_keys.revoke_api_key(conn, created.id, "vendor-1").revoked_at is not None
+
+
+def test_revoking_needs_the_owner_and_operators_say_any_owner(conn: psycopg.Connection[Any]) -> None:
+    created = api_keys.create_api_key(conn, "vendor-1")
+    # The owner once defaulted to NULL, "any owner": anyone's key could be revoked by id.
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        conn.execute("select outbox.revoke_api_key(%s)", (created.id,))
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("select outbox.revoke_api_key(%s, null)", (created.id,))
+    assert refused.value.sqlstate == "OW001"
+    for wrapper in (api_keys.revoke_api_key, api_keys.revoke_api_key_async):
+        assert inspect.signature(wrapper).parameters["owner_id"].default is inspect.Parameter.empty
+    assert api_keys.api_key_owner(conn, created.key) == "vendor-1"
+    assert api_keys.revoke_api_key_any_owner(conn, created.id).owner_id == "vendor-1"
+    assert api_keys.api_key_owner(conn, created.key) is None
 
 
 @pytest.mark.parametrize("prefix", ["sk_live_", "", "a-b_C9"])
@@ -164,18 +182,26 @@ def test_cli_create_list_revoke(database_url: str, conn: psycopg.Connection[Any]
     table = run_cli(database_url, "api-keys", "list", "--owner", "vendor-1").output
     assert created["key"][:13] in table and created["key"] not in table
 
-    revoked = run_cli(database_url, "api-keys", "revoke", created["id"]).output
+    unowned = CliRunner().invoke(main, ["--database-url", database_url, "api-keys", "revoke", created["id"]])
+    assert unowned.exit_code == 2 and "give --owner OWNER, or --any-owner" in unowned.output
+    theirs = ["api-keys", "revoke", created["id"], "--owner", "vendor-2"]
+    assert CliRunner().invoke(main, ["--database-url", database_url, *theirs]).exit_code == 1
+    revoked = run_cli(database_url, "api-keys", "revoke", created["id"], "--owner", "vendor-1").output
+    assert run_cli(database_url, "api-keys", "revoke", prefixed["id"], "--any-owner").exit_code == 0
+    run_cli(database_url, "api-keys", "create", "--owner", "vendor-1")
 
     assert created["id"] in revoked
     assert api_keys.api_key_owner(conn, created["key"]) is None
-    assert api_keys.api_key_owner(conn, prefixed["key"]) == "vendor-1"
+    assert api_keys.api_key_owner(conn, prefixed["key"]) is None
     after = json.loads(run_cli(database_url, "--json", "api-keys", "list", "--owner", "vendor-1").output)
-    assert [k["revoked_at"] is not None for k in after] == [True, False]
+    assert [k["revoked_at"] is not None for k in after] == [True, True, False]
 
 
 def test_cli_errors_are_one_line(database_url: str) -> None:
     runner = CliRunner()
-    unknown = runner.invoke(main, ["--database-url", database_url, "api-keys", "revoke", str(uuid.uuid4())])
+    unknown = runner.invoke(
+        main, ["--database-url", database_url, "api-keys", "revoke", str(uuid.uuid4()), "--any-owner"]
+    )
     bad_owner = runner.invoke(main, ["--database-url", database_url, "api-keys", "create", "--owner", " x"])
 
     assert unknown.exit_code == 1

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from outbox_worker import api_keys, webhooks
 from outbox_worker.api import create_app
+from outbox_worker.settings import Settings
 from tests.live_server import serve
 
 OWNER = "brand-1"
@@ -78,7 +79,9 @@ def flatmap_path_parameters(
 
 @pytest.fixture(scope="module")
 def api_url(migrated_url: str) -> Iterator[str]:
-    with serve(create_app(migrated_url)) as url:
+    # No rate limits: hypothesis fires requests at machine speed.
+    unlimited = Settings(database_url=migrated_url, api_rate_per_key=0, api_rate_per_ip=0)
+    with serve(create_app(unlimited)) as url:
         yield url
 
 

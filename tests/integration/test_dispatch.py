@@ -53,6 +53,9 @@ class Slots:
     def busy_webhooks(self) -> list[uuid.UUID]:
         return []
 
+    def busy_owners(self) -> list[str]:
+        return []
+
     def note_backlog(self) -> None:
         pass
 
@@ -145,12 +148,27 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
     for n in range(10):
         emit(conn, "v", "order.created", {"n": n})
-    params = {"limit": 200, "lease_limit": 0, "busy_webhooks": [], "per_webhook": 64}
+    params = {
+        "limit": 200,
+        "lease_limit": 0,
+        "busy_webhooks": [],
+        "busy_owners": [],
+        "per_owner": 10_000,
+        "per_webhook": 64,
+    }
     conn.execute(query("dispatch"), {**params, "lease_seconds": 30, "worker_id": "d"})  # all unleased
     with psycopg.connect(database_url) as claimer:  # a transaction: its locks stay until rollback
         claimed = claimer.execute(
             query("claim_deliveries"),
-            {"limit": 10, "busy_webhooks": [], "per_webhook": 2, "lease_seconds": 30, "worker_id": "w"},
+            {
+                "limit": 10,
+                "busy_webhooks": [],
+                "busy_owners": [],
+                "per_owner": 10_000,
+                "per_webhook": 2,
+                "lease_seconds": 30,
+                "worker_id": "w",
+            },
         ).fetchall()
         assert len(claimed) == 2
         free = conn.execute(
@@ -188,7 +206,8 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     was small, the plan scanned the whole pending set (the due index) and
     filtered it by id: every batch cost O(backlog)."""
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
-    dispatch = {"limit": 5000, "lease_limit": 0, "busy_webhooks": [], "per_webhook": 64,
+    dispatch = {"limit": 5000, "lease_limit": 0, "busy_webhooks": [], "busy_owners": [],
+                "per_owner": 10_000, "per_webhook": 64,
                 "lease_seconds": 30, "worker_id": "d"}  # fmt: skip
 
     def backlog(events: int) -> None:
@@ -230,7 +249,8 @@ def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
     hook = webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"]).id
     for n in range(2):
         emit(conn, "v", "order.created", {"n": n})
-    conn.execute(query("dispatch"), {"limit": 10, "lease_limit": 10, "busy_webhooks": [], "per_webhook": 10,
+    conn.execute(query("dispatch"), {"limit": 10, "lease_limit": 10, "busy_webhooks": [], "busy_owners": [],
+                "per_owner": 10_000, "per_webhook": 10,
                                      "lease_seconds": 30, "worker_id": "w"})  # fmt: skip
     first, second = [r[0] for r in conn.execute("select id from outbox.deliveries order by id")]
 

@@ -26,7 +26,8 @@ UNRELATED = {
     "deliveries": "next_attempt_at = now()",
 }
 
-DISPATCH = {"limit": 100, "lease_limit": 100, "busy_webhooks": [], "per_webhook": 100,
+DISPATCH = {"limit": 100, "lease_limit": 100, "busy_webhooks": [], "busy_owners": [],
+                "per_owner": 10_000, "per_webhook": 100,
             "lease_seconds": 30, "worker_id": "w"}  # fmt: skip
 
 

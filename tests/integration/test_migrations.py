@@ -152,13 +152,11 @@ EVENT_PATTERNS = {
     "order.created": ["*", "order.created", "order.*"],
     "a.b.c.d": ["*", "a.b.c.d", "a.*", "a.b.*", "a.b.c.*"],
     "single": ["*", "single"],
-    "": ["*", ""],
-    "a..b": ["*", "a..b", "a.*", "a..*"],
-    ".lead": ["*", ".lead", ".*"],
-    "trail.": ["*", "trail.", "trail.*"],
     "Deals": ["*", "Deals"],
-    "été.créé": ["*", "été.créé", "été.*"],
+    "order.*": ["*", "order.*", "order.*"],
 }
+# Refused before any work (OW009): its cost grows with the square of the dots.
+NOT_EVENT_TYPES = ["", "a..b", ".lead", "trail.", "été.créé", "a" * 101, "a." * 20_000, "x\n", "*.x"]
 
 
 def test_event_patterns_is_fast_and_ignores_the_callers_search_path(conn: psycopg.Connection[Any]) -> None:
@@ -179,6 +177,10 @@ def test_event_patterns_is_fast_and_ignores_the_callers_search_path(conn: psycop
         for event_type, patterns in EVENT_PATTERNS.items():
             assert conn.execute("select outbox.event_patterns(%s)", (event_type,)).fetchone() == (patterns,)
         assert conn.execute("select outbox.event_patterns(null)").fetchone() == (["*", None],)
+        for refused in NOT_EVENT_TYPES:
+            with pytest.raises(psycopg.Error) as error:
+                conn.execute("select outbox.event_patterns(%s)", (refused,))
+            assert error.value.sqlstate == "OW009", refused
     finally:
         conn.execute("reset search_path")
         conn.execute("drop schema hostile cascade")

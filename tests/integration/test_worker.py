@@ -370,6 +370,8 @@ def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any])
         "limit": 10,
         "lease_limit": 0,
         "busy_webhooks": [],
+        "busy_owners": [],
+        "per_owner": 10_000,
         "per_webhook": 64,
         "lease_seconds": 30,
         "worker_id": "w",
@@ -476,7 +478,12 @@ async def test_a_hanging_endpoint_does_not_starve_the_others(
         webhooks.create_webhook(conn, "fine", other.url("/ok"), ["order.created"])
         emit_orders(database_url, "slowpoke", 40)
         async with running_worker(
-            database_url, concurrency=8, per_host_concurrency=2, batch_size=8, request_timeout=20.0
+            database_url,
+            concurrency=8,
+            owner_share=1.0,
+            per_host_concurrency=2,
+            batch_size=8,
+            request_timeout=20.0,
         ) as worker:
             await eventually(
                 lambda: len(receiver.on("/hang")) >= 2, what="the slow endpoint holding its slots"
@@ -554,7 +561,8 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
 
 
 FAN_OUT = {
-    "busy_webhooks": [], "per_webhook": 10_000, "lease_seconds": 300, "worker_id": "w",
+    "busy_webhooks": [], "busy_owners": [],
+                "per_owner": 10_000, "per_webhook": 10_000, "lease_seconds": 300, "worker_id": "w",
 }  # fmt: skip
 
 
@@ -613,7 +621,8 @@ async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_inde
     args = {
         "outcomes": "'[]'", "bodies": "'{}'", "body_event_ids": "'{}'",
         "worker_id": "'w'", "ids": "'{}'",
-        "limit": "200", "busy_webhooks": "'{}'", "per_webhook": "64", "lease_seconds": "300",
+        "limit": "200", "busy_webhooks": "'{}'", "busy_owners": "'{}'",
+        "per_owner": "64", "per_webhook": "64", "lease_seconds": "300",
     }  # fmt: skip
 
     def execute(name: str) -> str:
@@ -681,7 +690,12 @@ async def test_a_burst_for_one_host_queues_in_the_worker_not_in_the_connection_p
         for i in range(each):
             emit(conn, name, "order.created", {"i": i})
     async with running_worker(
-        database_url, concurrency=16, per_host_concurrency=2, connect_timeout=0.5, request_timeout=1.5
+        database_url,
+        concurrency=16,
+        owner_share=1.0,
+        per_host_concurrency=2,
+        connect_timeout=0.5,
+        request_timeout=1.5,
     ):
         await until_settled(database_url, 8)
     assert [len(receiver.on(f"/{name}")) for name in names] == [each] * len(names)
@@ -705,7 +719,7 @@ async def test_webhooks_sharing_a_host_take_turns_at_its_slots(
     for i in range(6):
         emit(conn, "bulk", "order.created", {"i": i})
     emit(conn, "other", "order.status_changed", {"i": 0})
-    async with running_worker(database_url, concurrency=16, per_host_concurrency=2):
+    async with running_worker(database_url, concurrency=16, owner_share=1.0, per_host_concurrency=2):
         await until_settled(database_url, 7)
     arrivals = [r.path for r in receiver.requests]
     assert sorted(arrivals) == ["/bulk"] * 6 + ["/other"]
@@ -721,7 +735,12 @@ async def test_a_slow_webhook_holds_a_bounded_share_of_send_slots(
     webhooks.create_webhook(conn, "stuck", receiver.script("/hang", *["hang"] * 100), ["order.created"])
     emit_orders(database_url, "stuck", 100)
     async with running_worker(
-        database_url, concurrency=32, per_host_concurrency=2, batch_size=50, request_timeout=20.0
+        database_url,
+        concurrency=32,
+        owner_share=1.0,
+        per_host_concurrency=2,
+        batch_size=50,
+        request_timeout=20.0,
     ) as worker:
         await eventually(lambda: len(receiver.on("/hang")) >= 2, what="two hung requests")
         assert worker.sender is not None
@@ -746,7 +765,7 @@ async def test_a_saturated_worker_leases_one_refill_ahead_and_sends_it_as_slots_
     answer = Held(release.wait)
     webhooks.create_webhook(conn, "v", receiver.script("/a", *[answer] * 12), ["order.created"])
     emit_orders(database_url, "v", 12)
-    async with running_worker(database_url, concurrency=8) as worker:  # 32 per host
+    async with running_worker(database_url, concurrency=8, owner_share=1.0) as worker:  # 32 per host
         sender = worker.sender
         assert sender is not None
         await eventually(lambda: answer.running == 8, what="eight requests running")
@@ -782,7 +801,9 @@ async def test_a_webhook_at_its_limit_is_claimed_for_before_its_queue_runs_dry(
         assert row is not None
         return int(row[0])
 
-    async with running_worker(database_url, concurrency=64, per_host_concurrency=4) as worker:
+    async with running_worker(
+        database_url, concurrency=64, owner_share=1.0, per_host_concurrency=4
+    ) as worker:
         await eventually(lambda: answer.running == 4, what="four requests running")
         assert worker.sender is not None
         await worker.sender.signals.claimed.next()  # no claim for a webhook holding 8
@@ -808,7 +829,7 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
     refill ahead). The first slot b frees goes to a's 5th; when b frees
     another, a is at its limit, so a's 6th joins a's queue instead of
     passing it, and goes when one of a's own requests ends."""
-    config = settings(database_url, concurrency=8, per_host_concurrency=5)
+    config = settings(database_url, concurrency=8, owner_share=1.0, per_host_concurrency=5)
     b_done = asyncio.Semaphore(0)
     a_done = asyncio.Event()
     a, b = Held(a_done.wait), Held(b_done.acquire)
@@ -880,7 +901,8 @@ async def test_timeouts_end_hanging_requests_one_after_another_on_one_lane(
     timeout, and the worker stays up."""
     webhooks.create_webhook(conn, "v", receiver.script("/h", "hang", "hang"), ["order.created"])
     async with running_worker(
-        database_url, concurrency=1, per_host_concurrency=1, request_timeout=0.5, lease_seconds=5.0,
+        database_url, concurrency=1, owner_share=1.0, per_host_concurrency=1, request_timeout=0.5,
+        lease_seconds=5.0,
         retry_schedule=[30, 30, 30],
     ) as worker:  # fmt: skip
         for n in range(3):
@@ -923,7 +945,12 @@ async def test_a_request_cancelled_outside_shutdown_is_sent_again_and_its_lane_g
     again."""
     webhooks.create_webhook(conn, "v", receiver.script("/h", "hang"), ["order.created"])
     async with running_worker(
-        database_url, concurrency=1, per_host_concurrency=1, request_timeout=5.0, lease_seconds=6.0
+        database_url,
+        concurrency=1,
+        owner_share=1.0,
+        per_host_concurrency=1,
+        request_timeout=5.0,
+        lease_seconds=6.0,
     ) as worker:
         first = emit(conn, "v", "order.created", {"n": 1})
         await eventually(lambda: len(receiver.on("/h")) == 1, what="the first request hanging")

@@ -17,14 +17,19 @@ from tests.workers import settings
 A, B = "http://a:80", "http://b:80"
 
 
-def job(job_id: int, webhook: uuid.UUID, origin: str, lease_ends: float = math.inf) -> Job:
+def job(
+    job_id: int, webhook: uuid.UUID, origin: str, lease_ends: float = math.inf, owner: str | None = None
+) -> Job:
+    """A leased job; unless told, its webhook is the only one of its owner."""
     j = Job(job_id, job_id, webhook, 1, origin + "/hook", ("whsec_x",), b"{}", lease_ends=lease_ends)
     j.origin = origin
+    j.owner_id = str(webhook) if owner is None else owner
     return j
 
 
 def ledger(**overrides: object) -> CapacityLedger:
-    return CapacityLedger(settings("postgresql://", **overrides))
+    """A ledger with no owner cap unless a test sets ``owner_share``."""
+    return CapacityLedger(settings("postgresql://", **{"owner_share": 1.0, **overrides}))
 
 
 @pytest.fixture
@@ -102,10 +107,10 @@ async def test_a_webhook_at_its_limit_plus_a_quarter_is_busy(lane: Lane) -> None
     hook = uuid.uuid4()
     assert book.saturated_at == 5
     admit_all(book, [job(i, hook, A) for i in range(1, 5)], lane)
-    assert book.busy_webhooks() == [] and not book.saturated(hook)
+    assert book.busy_webhooks() == [] and not book.saturated(job(9, hook, A))
     admit_all(book, [job(5, hook, A)], lane)
-    assert book.busy_webhooks() == [hook] and book.saturated(hook)
-    assert not book.any_unsaturated([hook])
+    assert book.busy_webhooks() == [hook] and book.saturated(job(9, hook, A))
+    assert not book.any_unsaturated([hook], [])
 
 
 async def test_shutdown_takes_every_unsent_job(lane: Lane) -> None:
@@ -116,3 +121,44 @@ async def test_shutdown_takes_every_unsent_job(lane: Lane) -> None:
     )
     assert sorted(book.take_unsent()) == [2, 4]
     assert (book.queued, book.waiting, book.in_flight) == (0, [], 2)
+
+
+async def test_an_owner_runs_its_share_and_the_rest_of_its_jobs_wait(lane: Lane) -> None:
+    book = ledger(concurrency=8, per_host_concurrency=8, owner_share=0.25, batch_size=200)
+    assert (book.per_owner, book.owner_saturated_at) == (2, 2)
+    hooks = [uuid.uuid4() for _ in range(5)]  # one owner's five webhooks, five hosts
+    mine = [job(i, hooks[i % 5], f"http://h{i % 5}:80", owner="greedy") for i in range(1, 11)]
+    assert admit_all(book, mine, lane) == [1, 2]  # its share; the others wait in the ledger
+    assert (book.in_flight, book.queued, book.waiting) == (2, 8, [])
+    assert book.busy_owners() == ["greedy"] and book.saturated(mine[0])
+    assert book.any_unsaturated([], ["greedy"]) is False
+    theirs = [job(20 + i, uuid.uuid4(), f"http://o{i}:80", owner=f"other-{i}") for i in range(4)]
+    assert admit_all(book, theirs, lane) == [20, 21, 22, 23]  # other owners still find slots
+    # One of the owner's requests ends: exactly one of its queued jobs may start.
+    book.finish(mine[0])
+    assert book.owner_waits("greedy")
+    ready, skipped = book.next_for_owner("greedy")
+    assert [j.id for j in ready] == [3] and skipped == []
+    book.start(ready[0], lane)
+    assert book.next_for_owner("greedy") == ([], [])  # at its share again
+    # A job queued at its origin whose owner is at its share moves to the owner's queue.
+    origin_queued = job(30, hooks[0], "http://h1:80", owner="greedy")
+    book.admit(origin_queued)
+    assert (book.in_flight, book.queued) == (6, 8)
+    assert sorted(book.take_unsent()) == [4, 5, 6, 7, 8, 9, 10, 30]
+    assert book.busy_owners() == ["greedy"]  # its two running requests and 30's lease: held until done
+
+
+def test_owner_bookkeeping_is_constant_time_per_job() -> None:
+    """Admitting, starting and finishing touch a fixed number of counters,
+    whatever the number of owners, webhooks or queued jobs."""
+    book = ledger(concurrency=10_000, per_host_concurrency=10_000, owner_share=1.0, batch_size=200)
+    lane_stub = object()
+    started = time.perf_counter()
+    for i in range(20_000):
+        j = job(i, uuid.uuid4(), "http://a:80", owner=f"o{i}")
+        if book.admit(j):
+            book.start(j, lane_stub)  # type: ignore[arg-type]
+            book.finish(j)
+    assert time.perf_counter() - started < 1.0
+    assert (book.in_flight, book.busy_owners(), book.busy_webhooks()) == (0, [], [])
