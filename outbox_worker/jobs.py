@@ -43,6 +43,8 @@ class Job:
     # The database does not hold ``body`` yet: the completer stores it with
     # this job's outcome (set on one job per event).
     store_body: bool = False
+    # It heads an ordering key: once it is finished, the next of its key is due.
+    ordered: bool = False
     # When the lease ends at the latest, on this process's monotonic clock
     # (measured from before the leasing statement was sent, so never late).
     lease_ends: float = math.inf
@@ -79,6 +81,7 @@ class Job:
             secrets=secrets,
             body=body if body is not None else bytes(row["body"]),
             enabled=row.get("enabled", True),
+            ordered=row.get("ordered", False),
             secret_error=secret_error,
             payload_error=payload_error,
             store_body=store_body,

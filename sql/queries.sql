@@ -53,7 +53,8 @@ with claimed as materialized (
        set dispatched_at = now()
      where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
-    returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
+    returning e.id, e.owner_id, e.event_type, e.data, e.created_at, e.ordering_key,
+              outbox.event_patterns(e.event_type) as patterns
 ), hooks as materialized (
     -- The lock a foreign key's check would take per delivery (there is none:
     -- docs/dba.md), once per webhook and batch: a webhook deleted meanwhile
@@ -68,23 +69,37 @@ with claimed as materialized (
     -- A webhook gets no more leases than it may have requests running: the
     -- rest wait unleased for whichever worker has room, instead of holding
     -- this worker's send slots behind a slow receiver.
-    select m.id as event_id, w.id as webhook_id,
-           w.id <> all (cast(%(busy_webhooks)s as uuid[]))
+    -- A keyed delivery is never leased here: the claim sends it once it
+    -- heads its key (earlier ones of the key may still be pending).
+    select m.id as event_id, w.id as webhook_id, m.ordering_key,
+           w.id <> all (cast(%(busy_webhooks)s as uuid[])) and m.ordering_key is null
            and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s as eligible
       from marked m
       join hooks w
         on w.owner_id = m.owner_id and w.events && m.patterns
 ), targets as (
-    select t.event_id, t.webhook_id,
+    select t.event_id, t.webhook_id, t.ordering_key,
            t.eligible and count(*) filter (where t.eligible) over (order by t.event_id, t.webhook_id)
-                          <= %(lease_limit)s as leased
+                          <= %(lease_limit)s as leased,
+           row_number() over (partition by t.webhook_id, t.ordering_key order by t.event_id) as nth_in_key
       from matched t
 ), inserted as (
-    insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by)
+    insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by, ordering_key)
     select t.event_id, t.webhook_id,
-           case when t.leased then now() + make_interval(secs => %(lease_seconds)s) else now() end,
+           case when t.leased then now() + make_interval(secs => %(lease_seconds)s)
+                -- A keyed delivery behind an earlier one of its key waits
+                -- parked, off the claim's scan, until that one finishes
+                -- (complete_deliveries, or unpark_heads) and makes it due.
+                when t.ordering_key is not null
+                     and (t.nth_in_key > 1
+                          or exists (select from outbox.deliveries p
+                                      where p.webhook_id = t.webhook_id and p.ordering_key = t.ordering_key
+                                        and p.status = 'pending' and p.event_id < t.event_id))
+                then 'infinity'
+                else now() end,
            case when t.leased then now() + make_interval(secs => %(lease_seconds)s) end,
-           case when t.leased then %(worker_id)s end
+           case when t.leased then %(worker_id)s end,
+           t.ordering_key
       from targets t
     on conflict on constraint deliveries_webhook_event_key do nothing
     returning d.id, d.event_id, d.webhook_id, d.attempts, d.leased_by is not null as leased
@@ -120,6 +135,18 @@ with due as materialized (
      where d.status = 'pending'
        and d.next_attempt_at <= now()
        and d.webhook_id <> all (cast(%(busy_webhooks)s as uuid[]))
+       -- A keyed delivery goes only at the head of its (webhook, key): no
+       -- earlier one pending (in flight or waiting for a retry), and no
+       -- earlier event of the key still to fan out (another worker's
+       -- dispatch may not have committed it yet).
+       and (d.ordering_key is null
+            or (not exists (select from outbox.deliveries p
+                             where p.webhook_id = d.webhook_id and p.ordering_key = d.ordering_key
+                               and p.status = 'pending' and p.event_id < d.event_id)
+                and not exists (select from outbox.events e
+                                  join outbox.webhooks w on w.id = d.webhook_id
+                                 where e.owner_id = w.owner_id and e.ordering_key = d.ordering_key
+                                   and e.dispatched_at is null and e.id < d.event_id)))
      order by d.next_attempt_at
      -- No more rows than "picked" can keep: with fewer webhooks than
      -- limit / per_webhook (say one), locking the full limit would lock rows
@@ -145,9 +172,9 @@ with due as materialized (
            leased_until = now() + make_interval(secs => %(lease_seconds)s),
            leased_by = %(worker_id)s
      where d.id = any (array(select id from picked))
-    returning d.id, d.event_id, d.webhook_id, d.attempts
+    returning d.id, d.event_id, d.webhook_id, d.attempts, d.ordering_key is not null as ordered
 )
-select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e.body,
+select l.id, l.event_id, l.webhook_id, l.attempts, l.ordered, w.url, w.secret, w.enabled, e.body,
        -- Without bytes (a worker died between dispatch and store_bodies) the
        -- claimer encodes them from the event: the encoding is deterministic.
        case when e.body is null then e.event_type end as event_type,
@@ -201,7 +228,22 @@ with outcome as (
        -- pending row and filtered it by id, O(backlog) per batch.
        and coalesce(d.status = 'pending', false)
        and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
-    returning d.id, d.webhook_id, d.status
+    returning d.id, d.webhook_id, d.status, d.event_id, d.ordering_key
+), unparked as (
+    -- A keyed delivery that finished makes the next of its (webhook, key)
+    -- due (it waited parked; the claim still checks that it heads its key).
+    update outbox.deliveries n
+       set next_attempt_at = now()
+     where n.id = any (array(
+               select (select p.id
+                         from outbox.deliveries p
+                        where p.webhook_id = m.webhook_id and p.ordering_key = m.ordering_key
+                          and p.status = 'pending' and p.event_id > m.event_id
+                        order by p.event_id
+                        limit 1)
+                 from moved m
+                where m.ordering_key is not null and m.status <> 'pending'))
+       and n.next_attempt_at = 'infinity'
 ), logged as (
     -- An attempt is logged for a delivery that exists and stays until this
     -- commits (no foreign key checks it, docs/dba.md): the moved ones are
@@ -247,6 +289,21 @@ with outcome as (
      where w.id = s.id
 )
 select count(*) as moved from moved;
+
+-- unpark_heads: make due every parked keyed delivery that heads its (webhook, key) (a fan-out that parked one behind a delivery finishing at the same moment)
+update outbox.deliveries d
+   set next_attempt_at = now()
+  from (select distinct on (p.webhook_id, p.ordering_key) p.id, p.next_attempt_at
+          from outbox.deliveries p
+         where p.status = 'pending' and p.ordering_key is not null
+         order by p.webhook_id, p.ordering_key, p.event_id) head
+ where d.id = head.id
+   and head.next_attempt_at = 'infinity'
+   and not exists (select from outbox.events e
+                     join outbox.webhooks w on w.id = d.webhook_id
+                    where e.owner_id = w.owner_id and e.ordering_key = d.ordering_key
+                      and e.dispatched_at is null and e.id < d.event_id)
+returning d.id;
 
 -- release_leases: hand deliveries this worker will not send back to the queue at once
 update outbox.deliveries
