@@ -9,6 +9,7 @@ speak these terms; none of them imports another only to borrow its types.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ class Job:
     store_body: bool = False
     # It heads an ordering key: once it is finished, the next of its key is due.
     ordered: bool = False
+    # Not before this (monotonic clock): its webhook's rate limit spaced it.
+    send_at: float = 0.0
     # When the lease ends at the latest, on this process's monotonic clock
     # (measured from before the leasing statement was sent, so never late).
     lease_ends: float = math.inf
@@ -82,6 +85,7 @@ class Job:
             body=body if body is not None else bytes(row["body"]),
             enabled=row.get("enabled", True),
             ordered=row.get("ordered", False),
+            send_at=time.monotonic() + delay if (delay := row.get("delay")) else 0.0,
             secret_error=secret_error,
             payload_error=payload_error,
             store_body=store_body,
@@ -141,6 +145,12 @@ def lease_limit_per_webhook(settings: Settings) -> int:
     """Most deliveries one claim or fan-out leases to a single webhook: twice
     its per-host limit (the bound in the sender's docstring rests on it)."""
     return 2 * settings.per_host_concurrency
+
+
+def pace_horizon(settings: Settings) -> float:
+    """How far ahead a claim books send slots of a rate-limited webhook: two
+    seconds, or less when a lease leaves less room beyond a request."""
+    return max(0.1, min(2.0, (settings.lease_seconds - settings.request_timeout) / 2))
 
 
 def refill_size(settings: Settings) -> int:

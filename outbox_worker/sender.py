@@ -48,6 +48,7 @@ from outbox_worker.jobs import (
     Outcome,
     bodies_params,
     lease_limit_per_webhook,
+    pace_horizon,
     readable_bodies,
     timeout_tick,
 )
@@ -79,6 +80,7 @@ class Sender:
         self.signals = SenderSignals()
         self._sweep: asyncio.TimerHandle | None = None
         self._tick = timeout_tick(settings)
+        self._pace_horizon = pace_horizon(settings)
         self._idle: list[tuple[Lane, asyncio.Future[Job | None]]] = []
         self._origins: dict[str, str] = {}
         self._skipped: list[uuid.UUID] = []  # saturated webhooks the last claim left out
@@ -149,6 +151,7 @@ class Sender:
                         "limit": reserved,
                         "busy_webhooks": busy,
                         "per_webhook": lease_limit_per_webhook(self._settings),
+                        "pace_horizon": self._pace_horizon,
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
                     },
@@ -285,6 +288,10 @@ class Sender:
     async def _run(self, job: Job) -> None:
         # Cancellation (shutdown) skips the record: the worker hands the lease back.
         try:
+            if job.send_at:  # its webhook's rate limit booked this slot
+                wait = job.send_at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             try:
                 outcome = await self._attempter.attempt(job)
             except Exception as exc:  # a bug must cost one attempt, never the delivery

@@ -60,7 +60,8 @@ with claimed as materialized (
     -- docs/dba.md), once per webhook and batch: a webhook deleted meanwhile
     -- is skipped, and a delete that comes later waits for these deliveries
     -- to commit, so its cascade removes them too.
-    select w.id, w.owner_id, w.events
+    select w.id, w.owner_id, w.events,
+           w.rate_limit is not null or w.rate_next_at > now() as paced
       from outbox.webhooks w
      where w.owner_id = any (array(select distinct m.owner_id from marked m))
        and w.enabled
@@ -72,7 +73,7 @@ with claimed as materialized (
     -- A keyed delivery is never leased here: the claim sends it once it
     -- heads its key (earlier ones of the key may still be pending).
     select m.id as event_id, w.id as webhook_id, m.ordering_key,
-           w.id <> all (cast(%(busy_webhooks)s as uuid[])) and m.ordering_key is null
+           w.id <> all (cast(%(busy_webhooks)s as uuid[])) and m.ordering_key is null and not w.paced
            and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s as eligible
       from marked m
       join hooks w
@@ -162,19 +163,56 @@ with due as materialized (
 ), picked as (
     -- Window functions cannot sit beside FOR UPDATE: rank what was locked.
     -- The rows not picked stay due; their locks end with the statement.
-    select r.id
-      from (select id, row_number() over (partition by webhook_id order by next_attempt_at, id) as nth
+    select r.id, r.webhook_id, r.nth
+      from (select id, webhook_id, row_number() over (partition by webhook_id order by next_attempt_at, id) as nth
               from due) r
      where r.nth <= %(per_webhook)s
+), paced as (
+    -- Webhooks with a rate limit, or paused by a 429: their sends are spaced
+    -- from rate_next_at, shared by every worker. Read here without a lock
+    -- to know which they are; the pacing itself uses the locked row below.
+    select w.id
+      from outbox.webhooks w
+     where w.id = any (array(select distinct webhook_id from picked))
+       and (w.rate_limit is not null or w.rate_next_at > now())
+), pacer as (
+    -- SKIP LOCKED: a webhook row another claim (or an update_webhook) holds
+    -- gets nothing from this claim; the latest version's rate_next_at.
+    select w.id, w.rate_limit, greatest(now(), coalesce(w.rate_next_at, now())) as first_slot
+      from outbox.webhooks w
+     where w.id = any (array(select id from paced))
+       for no key update skip locked
+), granted as (
+    -- The k-th delivery of a paced webhook goes k-1 intervals after its
+    -- first slot, if that is within the horizon; later ones wait for a
+    -- later claim.
+    select p.id, p.webhook_id,
+           cast(case when r.id is null then 0
+                     else extract(epoch from r.first_slot - now())
+                          + coalesce((p.nth - 1) / r.rate_limit, 0) end as float8) as delay
+      from picked p
+      left join pacer r on r.id = p.webhook_id
+     where p.webhook_id <> all (array(select id from paced))
+        or (r.id is not null
+            and extract(epoch from r.first_slot - now()) + coalesce((p.nth - 1) / r.rate_limit, 0)
+                < %(pace_horizon)s)
+), spaced as (
+    update outbox.webhooks w
+       set rate_next_at = r.first_slot + make_interval(secs => coalesce(g.n / r.rate_limit, 0))
+      from pacer r
+      join (select webhook_id, count(*) as n from granted group by webhook_id) g on g.webhook_id = r.id
+     where w.id = r.id
+       and r.rate_limit is not null
 ), leased as (
     update outbox.deliveries d
        set next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
            leased_until = now() + make_interval(secs => %(lease_seconds)s),
            leased_by = %(worker_id)s
-     where d.id = any (array(select id from picked))
+     where d.id = any (array(select id from granted))
     returning d.id, d.event_id, d.webhook_id, d.attempts, d.ordering_key is not null as ordered
 )
 select l.id, l.event_id, l.webhook_id, l.attempts, l.ordered, w.url, w.secret, w.enabled, e.body,
+       (select g.delay from granted g where g.id = l.id) as delay,
        -- Without bytes (a worker died between dispatch and store_bodies) the
        -- claimer encodes them from the event: the encoding is deterministic.
        case when e.body is null then e.event_type end as event_type,
@@ -228,7 +266,7 @@ with outcome as (
        -- pending row and filtered it by id, O(backlog) per batch.
        and coalesce(d.status = 'pending', false)
        and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
-    returning d.id, d.webhook_id, d.status, d.event_id, d.ordering_key
+    returning d.id, d.webhook_id, d.status, d.event_id, d.ordering_key, d.last_status_code
 ), unparked as (
     -- A keyed delivery that finished makes the next of its (webhook, key)
     -- due (it waited parked; the claim still checks that it heads its key).
@@ -262,8 +300,10 @@ with outcome as (
                      where d.id = any (array(select id from outcome except select id from moved))
                        for key share)
 ), health as (
+    -- A 429 is throttling, not a failure: it never counts toward auto-disable.
     select m.webhook_id, bool_or(m.status = 'delivered') as any_success
       from moved m
+     where m.last_status_code is distinct from 429
      group by m.webhook_id
 ), stale as (
     -- Written only when the health state changes (or once a minute on
@@ -281,6 +321,23 @@ with outcome as (
                      or w.last_success_at < now() - interval '1 minute'
                 else w.failing_since is null end
        for no key update of w skip locked
+), throttled as (
+    -- A 429 pauses its webhook for every worker: no claim sends to it before
+    -- its Retry-After (the retry itself is scheduled by it already).
+    -- SKIP LOCKED, as for the health update below (and never the same
+    -- row as it: one statement cannot update a row twice).
+    update outbox.webhooks w
+       set rate_next_at = greatest(coalesce(w.rate_next_at, now()), now() + make_interval(secs => t.pause))
+      from (select m.webhook_id, max(o.retry_in) as pause
+              from moved m join outcome o on o.id = m.id
+             where m.last_status_code = 429 and m.status = 'pending'
+             group by m.webhook_id) t
+     where w.id = t.webhook_id
+       and w.id in (select l.id
+                      from outbox.webhooks l
+                     where l.id = any (array(select webhook_id from moved where last_status_code = 429))
+                       and l.id not in (select id from stale)
+                       for no key update skip locked)
 ), touched as (
     update outbox.webhooks w
        set last_success_at = case when s.any_success then now() else w.last_success_at end,

@@ -74,7 +74,12 @@ create table outbox.webhooks (
     created_at timestamptz not null default now(),
     updated_at timestamptz not null default now(),
     last_success_at timestamptz,
-    failing_since timestamptz
+    failing_since timestamptz,
+    -- Requests per second to this webhook, across every worker; NULL: none.
+    rate_limit numeric check (rate_limit > 0),
+    -- The send slot the next claim paces from (GCRA's theoretical arrival
+    -- time); a 429 with Retry-After pushes it out, limited or not.
+    rate_next_at timestamptz
 );
 create index webhooks_owner_idx on outbox.webhooks (owner_id);
 comment on column outbox.webhooks.events is 'Subscribed event types; "*" and "prefix.*" are wildcards';

@@ -82,3 +82,5 @@ drop index outbox.deliveries_ordering_idx;
 alter table outbox.deliveries drop column ordering_key;
 drop index outbox.events_ordering_undispatched_idx;
 alter table outbox.events drop column ordering_key;
+alter table outbox.webhooks drop column rate_next_at;
+alter table outbox.webhooks drop column rate_limit;

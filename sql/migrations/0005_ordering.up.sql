@@ -1,5 +1,10 @@
 -- Ordering keys: for each (webhook, ordering key), deliveries reach the
 -- receiver one at a time, in emit order (docs/dba.md, "Ordering keys").
+-- Rate limits: a webhook's requests per second across every worker, and a
+-- 429's Retry-After pausing the webhook (docs/dba.md, "Rate limits").
+
+alter table outbox.webhooks add column if not exists rate_limit numeric check (rate_limit > 0);
+alter table outbox.webhooks add column rate_next_at timestamptz;
 
 alter table outbox.events add column if not exists ordering_key text;
 create index events_ordering_undispatched_idx on outbox.events (owner_id, ordering_key, id)
