@@ -61,7 +61,7 @@ with claimed as materialized (
     -- is skipped, and a delete that comes later waits for these deliveries
     -- to commit, so its cascade removes them too.
     select w.id, w.owner_id, w.events,
-           w.rate_limit is not null or w.rate_next_at > now() as paced
+           w.rate_limit is not null or coalesce(w.rate_next_at > now(), false) as paced
       from outbox.webhooks w
      where w.owner_id = any (array(select distinct m.owner_id from marked m))
        and w.enabled

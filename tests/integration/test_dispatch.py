@@ -150,7 +150,14 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
     with psycopg.connect(database_url) as claimer:  # a transaction: its locks stay until rollback
         claimed = claimer.execute(
             query("claim_deliveries"),
-            {"limit": 10, "busy_webhooks": [], "per_webhook": 2, "lease_seconds": 30, "worker_id": "w"},
+            {
+                "limit": 10,
+                "busy_webhooks": [],
+                "per_webhook": 2,
+                "pace_horizon": 2.0,
+                "lease_seconds": 30,
+                "worker_id": "w",
+            },
         ).fetchall()
         assert len(claimed) == 2
         free = conn.execute(

@@ -554,7 +554,7 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
 
 
 FAN_OUT = {
-    "busy_webhooks": [], "per_webhook": 10_000, "lease_seconds": 300, "worker_id": "w",
+    "busy_webhooks": [], "per_webhook": 10_000, "pace_horizon": 2.0, "lease_seconds": 300, "worker_id": "w",
 }  # fmt: skip
 
 
@@ -614,6 +614,7 @@ async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_inde
         "outcomes": "'[]'", "bodies": "'{}'", "body_event_ids": "'{}'",
         "worker_id": "'w'", "ids": "'{}'",
         "limit": "200", "busy_webhooks": "'{}'", "per_webhook": "64", "lease_seconds": "300",
+        "pace_horizon": "2",
     }  # fmt: skip
 
     def execute(name: str) -> str:
