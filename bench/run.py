@@ -8,7 +8,7 @@ settings, timed over the same window as the workers (the receiver's first
 to last arrival). Ratios to it are what to compare across machines; the
 slow-endpoint scenario has one too, at its 1,000 in flight.
 
-Scenarios (``--only``): throughput, payload, latency, emit, slow, memory, growth.
+Scenarios (``--only``): throughput, payload, keyed, latency, emit, slow, memory, growth.
 ``--compare REF`` instead measures throughput, the slow endpoint and latency
 of this checkout against a git ref, in pairs that alternate within the same run (the
 machine's speed drifts more between runs than most changes move it).
@@ -49,7 +49,7 @@ from outbox_worker.db import as_url
 from outbox_worker.signing import encode_body, sign_headers
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-SCENARIOS = ("throughput", "payload", "latency", "emit", "slow", "memory", "growth")
+SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth")
 OWNER = "bench"
 EVENT = "order.created"
 
@@ -133,19 +133,21 @@ class BenchDatabase:
         for url in webhook_urls:
             self.execute("select outbox.create_webhook(%s, %s, array[%s])", (OWNER, url, EVENT))
 
-    def emit_bulk(self, count: int, payload: dict[str, Any] | None = None) -> None:
+    def emit_bulk(self, count: int, payload: dict[str, Any] | None = None, keys: int = 0) -> None:
         """Pre-emit ``count`` events (in chunks, so the validate trigger runs
-        as for an app): small numbered orders, or ``payload`` each time."""
+        as for an app): small numbered orders, or ``payload`` each time;
+        with ``keys``, spread round-robin over that many ordering keys."""
         done = 0
         while done < count:
             chunk = min(10_000, count - done)
             if payload is None:
                 self.execute(
-                    "insert into outbox.events (owner_id, event_type, data) "
+                    "insert into outbox.events (owner_id, event_type, data, ordering_key) "
                     "select %s, %s, "
-                    "jsonb_build_object('id', 'ord_' || g, 'total', g %% 1000, 'currency', 'EUR') "
+                    "jsonb_build_object('id', 'ord_' || g, 'total', g %% 1000, 'currency', 'EUR'), "
+                    "case when %s > 0 then 'key_' || (g %% greatest(%s, 1)) end "
                     "from generate_series(1, %s) g",
-                    (OWNER, EVENT, chunk),
+                    (OWNER, EVENT, keys, keys, chunk),
                 )
             else:
                 self.execute(
@@ -428,12 +430,13 @@ def drain(
     timeout: float = 300,
     repo: Path = REPO,
     payload: dict[str, Any] | None = None,
+    keys: int = 0,
     **settings: Any,
 ) -> dict[str, float]:
     """Pre-emit, then let ``workers`` processes drain: rate, CPU ms/delivery
     of the workers and (when the server is local) of PostgreSQL, peak RSS."""
     db.reset([f"{recv.url}/hook/{i}" for i in range(webhooks)])
-    db.emit_bulk(events, payload)
+    db.emit_bulk(events, payload, keys)
     expected = events * webhooks
     recv.reset()
     pg_start = postgres_cpu()
@@ -541,6 +544,28 @@ def scenario_payload(opts: Options, table: Table) -> None:
     table.add(name, "baseline client CPU ms/request", f"{r['base_cpu']:.3f}")
     table.add(name, "1 worker: deliveries/s (ratio to baseline)", f"{r['rate']:,.0f} ({r['ratio']:.0%})")
     table.add(name, "1 worker: worker / PostgreSQL CPU ms/delivery", f"{r['cpu']:.3f} / {r['pg_cpu']:.3f}")
+
+
+def scenario_keyed(opts: Options, table: Table) -> None:
+    """The throughput drain with every event on an ordering key (1,000 keys,
+    so each key's deliveries go one at a time), against the same drain
+    unkeyed, in alternating runs."""
+    events, keys = opts.size(20_000, 2_000), opts.size(1_000, 100)
+    results: dict[str, list[float]] = {}
+    with bench_database(opts.server, "keyed") as db, receiver_mod.start() as recv:
+        for run in range(opts.runs):
+            for name, k in sorted((("unkeyed", 0), ("keyed", keys)), reverse=run % 2 == 1):
+                out = drain(db, recv, events, 1, 1, keys=k)
+                results.setdefault(f"{name}_rate", []).append(out["rate"])
+                results.setdefault(f"{name}_cpu", []).append(out["cpu_ms"])
+                results.setdefault(f"{name}_pg", []).append(out["pg_cpu_ms"])
+    r = {k: median(v) for k, v in results.items()}
+    name = f"keyed {events:,} ev over {keys:,} keys x 1 wh"
+    for kind in ("unkeyed", "keyed"):
+        table.add(name, f"{kind}: deliveries/s", f"{r[f'{kind}_rate']:,.0f}")
+        table.add(name, f"{kind}: worker / PostgreSQL CPU ms/delivery",
+                  f"{r[f'{kind}_cpu']:.3f} / {r[f'{kind}_pg']:.3f}")  # fmt: skip
+    table.add(name, "keyed: ratio to unkeyed", f"{r['keyed_rate'] / r['unkeyed_rate']:.0%}")
 
 
 def _percentile(values: list[float], pct: float) -> float:
@@ -1076,6 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
         throughput_rss = scenario_throughput(opts, table)
     if "payload" in chosen:
         scenario_payload(opts, table)
+    if "keyed" in chosen:
+        scenario_keyed(opts, table)
     if "latency" in chosen:
         scenario_latency(opts, table)
     if "emit" in chosen:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -66,8 +66,17 @@ def outcomes_param(batch: Iterable[Outcome]) -> str:
 
 
 class Completer:
-    def __init__(self, pool: AsyncConnectionPool[Any], settings: Settings, log: Any) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        settings: Settings,
+        log: Any,
+        on_key_freed: Callable[[], None] | None = None,
+    ) -> None:
         self._pool = pool
+        # Called once a write has finished a keyed delivery: the next of its
+        # key is due now, and only a claim sends it.
+        self._on_key_freed = on_key_freed
         self._settings = settings
         self._log = log.bind(component="completer")
         # Building the per-attempt debug event costs more than writing it
@@ -154,6 +163,8 @@ class Completer:
                         await db.fetch_async(conn, "disable_webhooks", {"ids": ids, "reason": reason})
         del self._pending[: len(batch)]
         self.written += len(batch)
+        if self._on_key_freed is not None and any(o.job.ordered and o.status != "pending" for o in batch):
+            self._on_key_freed()
 
     async def flush(self) -> None:
         """Write everything queued (shutdown)."""

@@ -9,6 +9,7 @@ speak these terms; none of them imports another only to borrow its types.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class Job:
     # The database does not hold ``body`` yet: the completer stores it with
     # this job's outcome (set on one job per event).
     store_body: bool = False
+    # It heads an ordering key: once it is finished, the next of its key is due.
+    ordered: bool = False
+    # Not before this (monotonic clock): its webhook's rate limit spaced it.
+    send_at: float = 0.0
     # When the lease ends at the latest, on this process's monotonic clock
     # (measured from before the leasing statement was sent, so never late).
     lease_ends: float = math.inf
@@ -81,6 +86,8 @@ class Job:
             secrets=secrets,
             body=body if body is not None else bytes(row["body"]),
             enabled=row.get("enabled", True),
+            ordered=row.get("ordered", False),
+            send_at=time.monotonic() + delay if (delay := row.get("delay")) else 0.0,
             secret_error=secret_error,
             payload_error=payload_error,
             store_body=store_body,
@@ -153,6 +160,12 @@ def owner_limit(settings: Settings) -> int:
     Five webhooks of one owner on slow hosts held every slot for a whole
     request timeout while every other owner waited."""
     return max(1, int(settings.concurrency * settings.owner_share))
+
+
+def pace_horizon(settings: Settings) -> float:
+    """How far ahead a claim books send slots of a rate-limited webhook: two
+    seconds, or less when a lease leaves less room beyond a request."""
+    return max(0.1, min(2.0, (settings.lease_seconds - settings.request_timeout) / 2))
 
 
 def refill_size(settings: Settings) -> int:

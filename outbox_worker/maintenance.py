@@ -112,3 +112,37 @@ class PreviousSecretEraser:
             except Exception as exc:
                 self._log.warning("erasing previous secrets failed", error=str(exc).strip())
             await asyncio.sleep(self.interval)
+
+
+class HeadUnparker:
+    """Makes due the parked keyed deliveries that head their key.
+
+    A keyed delivery behind an earlier one of its key is parked at fan-out
+    and made due when that one finishes (``complete_deliveries``). A fan-out
+    that parks one behind a delivery finishing at the same moment misses that
+    hand-off (each statement sees the other's work only once committed); this
+    sweep, once a second, is what makes sure such a key moves on.
+    """
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], log: Any, on_unparked: Any, interval: float = 1.0
+    ) -> None:
+        self._pool = pool
+        self._log = log.bind(component="ordering")
+        self._on_unparked = on_unparked
+        self.interval = interval
+
+    async def run_once(self) -> int:
+        async with self._pool.connection() as conn:
+            rows = await db.fetch_async(conn, "unpark_heads", {})
+        if rows:
+            self._on_unparked()
+        return len(rows)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception as exc:
+                self._log.warning("unparking keyed deliveries failed", error=str(exc).strip())
+            await asyncio.sleep(self.interval)

@@ -56,6 +56,7 @@ from outbox_worker.jobs import (
     bodies_params,
     lease_limit_per_webhook,
     owner_limit,
+    pace_horizon,
     readable_bodies,
     timeout_tick,
 )
@@ -63,6 +64,10 @@ from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signals import SenderSignals
 from outbox_worker.signing import event_body
+
+# A paced job more than this late for its slot is given back, not sent: a
+# process that stalled would otherwise send a burst over its webhook's limit.
+LATE_SLOT = 0.05
 
 
 class Sender:
@@ -87,6 +92,9 @@ class Sender:
         self.signals = SenderSignals()
         self._sweep: asyncio.TimerHandle | None = None
         self._tick = timeout_tick(settings)
+        self._pace_horizon = pace_horizon(settings)
+        self._given_back: list[int] = []  # paced jobs whose slot passed, not yet released
+        self._background: set[asyncio.Task[None]] = set()
         self._idle: list[tuple[Lane, asyncio.Future[Job | None]]] = []
         self._origins: dict[str, str] = {}
         self._skipped: list[uuid.UUID] = []  # saturated webhooks the last claim left out
@@ -164,6 +172,7 @@ class Sender:
                         "busy_owners": busy_owners,
                         "per_webhook": lease_limit_per_webhook(self._settings),
                         "per_owner": owner_limit(self._settings),
+                        "pace_horizon": self._pace_horizon,
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
                     },
@@ -312,6 +321,16 @@ class Sender:
     async def _run(self, job: Job) -> None:
         # Cancellation (shutdown) skips the record: the worker hands the lease back.
         try:
+            if job.send_at:  # its webhook's rate limit booked this slot
+                wait = job.send_at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif wait < -LATE_SLOT:
+                    # This process was busy past the slot: sent now, it would
+                    # bunch with the slots after it, over the limit. Handed
+                    # back, a later claim books it a fresh slot.
+                    self._give_back(job.id)
+                    return
             try:
                 outcome = await self._attempter.attempt(job)
             except Exception as exc:  # a bug must cost one attempt, never the delivery
@@ -327,6 +346,26 @@ class Sender:
             if self.backlog and room and not ledger.saturated(job):
                 self._slot_freed.set()
             self.signals.slot_freed.fire()
+
+    def _give_back(self, delivery_id: int) -> None:
+        """Release a lease unsent, batched with others given back meanwhile."""
+        self._given_back.append(delivery_id)
+        if len(self._given_back) == 1:
+            task = asyncio.create_task(self._release_given_back(), name="sender-give-back")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release_given_back(self) -> None:
+        await asyncio.sleep(0)  # the others of this moment join the batch
+        ids, self._given_back = self._given_back, []
+        try:
+            async with self._pool.connection() as conn:
+                await db.fetch_async(
+                    conn, "release_leases", {"ids": ids, "worker_id": self._settings.worker_id}
+                )
+        except Exception as exc:  # the leases end on their own; the slots are only later
+            self._log.warning("could not give back late slots", error=str(exc).strip(), deliveries=len(ids))
+        self.note_backlog()
 
     def _next(self, origin: str) -> Job | None:
         """The job for a lane that just finished one at ``origin``: that

@@ -26,7 +26,7 @@ from outbox_worker.completer import Completer
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
-from outbox_worker.maintenance import FailingWebhookDisabler, PreviousSecretEraser, SecretSealer
+from outbox_worker.maintenance import FailingWebhookDisabler, HeadUnparker, PreviousSecretEraser, SecretSealer
 from outbox_worker.sender import Sender
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
@@ -65,6 +65,10 @@ class Worker:
         listen, or a transaction-mode pooler refused it (the worker polls)."""
         listener = self.listener
         return not self.settings.listen or (listener is not None and (listener.connected or listener.refused))
+
+    def _key_freed(self) -> None:
+        if self.sender is not None:
+            self.sender.note_backlog()  # the next delivery of a key is due: claim it
 
     def _listen_connected(self) -> bool:
         return self.listener is not None and self.listener.connected
@@ -147,7 +151,7 @@ class Worker:
         self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
         http = HttpClient(settings)
-        self.completer = completer = Completer(pool, settings, self.log)
+        self.completer = completer = Completer(pool, settings, self.log, lambda: self._key_freed())
         attempter = Attempter(http, settings)
         self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log)
         dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log)
@@ -155,6 +159,7 @@ class Worker:
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
             asyncio.create_task(PreviousSecretEraser(pool, self.log).run(), name="secret-eraser"),
+            asyncio.create_task(HeadUnparker(pool, self.log, self._key_freed).run(), name="ordering"),
         ]
         if sender.box is not None:
             sealer = SecretSealer(pool, sender.box, self.log)

@@ -59,13 +59,15 @@ with claimed as materialized (
        set dispatched_at = now()
      where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
-    returning e.id, e.owner_id, e.event_type, e.data, e.created_at, outbox.event_patterns(e.event_type) as patterns
+    returning e.id, e.owner_id, e.event_type, e.data, e.created_at, e.ordering_key,
+              outbox.event_patterns(e.event_type) as patterns
 ), hooks as materialized (
     -- The lock a foreign key's check would take per delivery (there is none:
     -- docs/dba.md), once per webhook and batch: a webhook deleted meanwhile
     -- is skipped, and a delete that comes later waits for these deliveries
     -- to commit, so its cascade removes them too.
-    select w.id, w.owner_id, w.events
+    select w.id, w.owner_id, w.events,
+           w.rate_limit is not null or coalesce(w.rate_next_at > now(), false) as paced
       from outbox.webhooks w
      where w.owner_id = any (array(select distinct m.owner_id from marked m))
        and w.enabled
@@ -74,26 +76,41 @@ with claimed as materialized (
     -- A webhook (and an owner) gets no more leases than it may have
     -- requests running: the rest wait unleased for whichever worker has
     -- room, instead of holding this worker's send slots behind a slow
-    -- receiver (or one tenant's five).
-    select m.id as event_id, w.id as webhook_id,
+    -- receiver (or one tenant's five). A keyed delivery is never leased
+    -- here: the claim sends it once it heads its key (earlier ones of the
+    -- key may still be pending); nor is a paced webhook's (rate limit, 429).
+    select m.id as event_id, w.id as webhook_id, m.ordering_key,
            w.id <> all (cast(%(busy_webhooks)s as uuid[]))
            and w.owner_id <> all (cast(%(busy_owners)s as text[]))
+           and m.ordering_key is null and not w.paced
            and row_number() over (partition by w.id order by m.id) <= %(per_webhook)s
            and row_number() over (partition by w.owner_id order by m.id, w.id) <= %(per_owner)s as eligible
       from marked m
       join hooks w
         on w.owner_id = m.owner_id and w.events && m.patterns
 ), targets as (
-    select t.event_id, t.webhook_id,
+    select t.event_id, t.webhook_id, t.ordering_key,
            t.eligible and count(*) filter (where t.eligible) over (order by t.event_id, t.webhook_id)
-                          <= %(lease_limit)s as leased
+                          <= %(lease_limit)s as leased,
+           row_number() over (partition by t.webhook_id, t.ordering_key order by t.event_id) as nth_in_key
       from matched t
 ), inserted as (
-    insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by)
+    insert into outbox.deliveries as d (event_id, webhook_id, next_attempt_at, leased_until, leased_by, ordering_key)
     select t.event_id, t.webhook_id,
-           case when t.leased then now() + make_interval(secs => %(lease_seconds)s) else now() end,
+           case when t.leased then now() + make_interval(secs => %(lease_seconds)s)
+                -- A keyed delivery behind an earlier one of its key waits
+                -- parked, off the claim's scan, until that one finishes
+                -- (complete_deliveries, or unpark_heads) and makes it due.
+                when t.ordering_key is not null
+                     and (t.nth_in_key > 1
+                          or exists (select from outbox.deliveries p
+                                      where p.webhook_id = t.webhook_id and p.ordering_key = t.ordering_key
+                                        and p.status = 'pending' and p.event_id < t.event_id))
+                then 'infinity'
+                else now() end,
            case when t.leased then now() + make_interval(secs => %(lease_seconds)s) end,
-           case when t.leased then %(worker_id)s end
+           case when t.leased then %(worker_id)s end,
+           t.ordering_key
       from targets t
     on conflict on constraint deliveries_webhook_event_key do nothing
     returning d.id, d.event_id, d.webhook_id, d.attempts, d.leased_by is not null as leased
@@ -134,6 +151,18 @@ with due as materialized (
        -- at all while no owner is saturated), once per statement.
        and d.webhook_id <> all (array(select w.id from outbox.webhooks w
                                         where w.owner_id = any (cast(%(busy_owners)s as text[]))))
+       -- A keyed delivery goes only at the head of its (webhook, key): no
+       -- earlier one pending (in flight or waiting for a retry), and no
+       -- earlier event of the key still to fan out (another worker's
+       -- dispatch may not have committed it yet).
+       and (d.ordering_key is null
+            or (not exists (select from outbox.deliveries p
+                             where p.webhook_id = d.webhook_id and p.ordering_key = d.ordering_key
+                               and p.status = 'pending' and p.event_id < d.event_id)
+                and not exists (select from outbox.events e
+                                  join outbox.webhooks w on w.id = d.webhook_id
+                                 where e.owner_id = w.owner_id and e.ordering_key = d.ordering_key
+                                   and e.dispatched_at is null and e.id < d.event_id)))
      order by d.next_attempt_at
      -- No more rows than "picked" can keep: with fewer webhooks than
      -- limit / per_webhook (say one), locking the full limit would lock rows
@@ -154,23 +183,61 @@ with due as materialized (
 ), picked as (
     -- Window functions cannot sit beside FOR UPDATE: rank what was locked.
     -- The rows not picked stay due; their locks end with the statement.
-    select r.id
-      from (select d.id,
+    select r.id, r.webhook_id, r.nth
+      from (select d.id, d.webhook_id,
                    row_number() over (partition by d.webhook_id order by d.next_attempt_at, d.id) as nth,
                    row_number() over (partition by o.owner_id order by d.next_attempt_at, d.id) as nth_owner
               from due d
               join owners o on o.id = d.webhook_id) r
      where r.nth <= %(per_webhook)s
        and r.nth_owner <= %(per_owner)s
+), paced as (
+    -- Webhooks with a rate limit, or paused by a 429: their sends are spaced
+    -- from rate_next_at, shared by every worker. Read here without a lock
+    -- to know which they are; the pacing itself uses the locked row below.
+    select w.id
+      from outbox.webhooks w
+     where w.id = any (array(select distinct webhook_id from picked))
+       and (w.rate_limit is not null or w.rate_next_at > now())
+), pacer as (
+    -- SKIP LOCKED: a webhook row another claim (or an update_webhook) holds
+    -- gets nothing from this claim; the latest version's rate_next_at.
+    select w.id, w.rate_limit, greatest(now(), coalesce(w.rate_next_at, now())) as first_slot
+      from outbox.webhooks w
+     where w.id = any (array(select id from paced))
+       for no key update skip locked
+), granted as (
+    -- The k-th delivery of a paced webhook goes k-1 intervals after its
+    -- first slot, if that is within the horizon; later ones wait for a
+    -- later claim.
+    select p.id, p.webhook_id,
+           cast(case when r.id is null then 0
+                     else extract(epoch from r.first_slot - now())
+                          + coalesce((p.nth - 1) / r.rate_limit, 0) end as float8) as delay
+      from picked p
+      left join pacer r on r.id = p.webhook_id
+     where p.webhook_id <> all (array(select id from paced))
+        or (r.id is not null
+            and extract(epoch from r.first_slot - now()) + coalesce((p.nth - 1) / r.rate_limit, 0)
+                < %(pace_horizon)s)
+), spaced as (
+    update outbox.webhooks w
+       set rate_next_at = r.first_slot + make_interval(secs => coalesce(g.n / r.rate_limit, 0))
+      from pacer r
+      join (select webhook_id, count(*) as n from granted group by webhook_id) g on g.webhook_id = r.id
+     where w.id = r.id
+       and r.rate_limit is not null
 ), leased as (
     update outbox.deliveries d
        set next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
            leased_until = now() + make_interval(secs => %(lease_seconds)s),
            leased_by = %(worker_id)s
-     where d.id = any (array(select id from picked))
-    returning d.id, d.event_id, d.webhook_id, d.attempts
+      from granted g
+     where d.id = any (array(select id from granted))
+       and d.id = g.id
+    returning d.id, d.event_id, d.webhook_id, d.attempts, d.ordering_key is not null as ordered, g.delay
 )
-select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e.body,
+select l.id, l.event_id, l.webhook_id, l.attempts, l.ordered, l.delay, w.url, w.secret, w.enabled, e.body,
        -- Without bytes (a worker died between dispatch and store_bodies) the
        -- claimer encodes them from the event: the encoding is deterministic.
        case when e.body is null then e.event_type end as event_type,
@@ -225,7 +292,22 @@ with outcome as (
        -- pending row and filtered it by id, O(backlog) per batch.
        and coalesce(d.status = 'pending', false)
        and (o.status = 'delivered' or d.leased_by = %(worker_id)s)
-    returning d.id, d.webhook_id, d.status
+    returning d.id, d.webhook_id, d.status, d.event_id, d.ordering_key, d.last_status_code
+), unparked as (
+    -- A keyed delivery that finished makes the next of its (webhook, key)
+    -- due (it waited parked; the claim still checks that it heads its key).
+    update outbox.deliveries n
+       set next_attempt_at = now()
+     where n.id = any (array(
+               select (select p.id
+                         from outbox.deliveries p
+                        where p.webhook_id = m.webhook_id and p.ordering_key = m.ordering_key
+                          and p.status = 'pending' and p.event_id > m.event_id
+                        order by p.event_id
+                        limit 1)
+                 from moved m
+                where m.ordering_key is not null and m.status <> 'pending'))
+       and n.next_attempt_at = 'infinity'
 ), logged as (
     -- An attempt is logged for a delivery that exists and stays until this
     -- commits (no foreign key checks it, docs/dba.md): the moved ones are
@@ -244,8 +326,10 @@ with outcome as (
                      where d.id = any (array(select id from outcome except select id from moved))
                        for key share)
 ), health as (
+    -- A 429 is throttling, not a failure: it never counts toward auto-disable.
     select m.webhook_id, bool_or(m.status = 'delivered') as any_success
       from moved m
+     where m.last_status_code is distinct from 429
      group by m.webhook_id
 ), stale as (
     -- Written only when the health state changes (or once a minute on
@@ -263,6 +347,23 @@ with outcome as (
                      or w.last_success_at < now() - interval '1 minute'
                 else w.failing_since is null end
        for no key update of w skip locked
+), throttled as (
+    -- A 429 pauses its webhook for every worker: no claim sends to it before
+    -- its Retry-After (the retry itself is scheduled by it already).
+    -- SKIP LOCKED, as for the health update below (and never the same
+    -- row as it: one statement cannot update a row twice).
+    update outbox.webhooks w
+       set rate_next_at = greatest(coalesce(w.rate_next_at, now()), now() + make_interval(secs => t.pause))
+      from (select m.webhook_id, max(o.retry_in) as pause
+              from moved m join outcome o on o.id = m.id
+             where m.last_status_code = 429 and m.status = 'pending'
+             group by m.webhook_id) t
+     where w.id = t.webhook_id
+       and w.id in (select l.id
+                      from outbox.webhooks l
+                     where l.id = any (array(select webhook_id from moved where last_status_code = 429))
+                       and l.id not in (select id from stale)
+                       for no key update skip locked)
 ), touched as (
     update outbox.webhooks w
        set last_success_at = case when s.any_success then now() else w.last_success_at end,
@@ -271,6 +372,21 @@ with outcome as (
      where w.id = s.id
 )
 select count(*) as moved from moved;
+
+-- unpark_heads: make due every parked keyed delivery that heads its (webhook, key) (a fan-out that parked one behind a delivery finishing at the same moment)
+update outbox.deliveries d
+   set next_attempt_at = now()
+  from (select distinct on (p.webhook_id, p.ordering_key) p.id, p.next_attempt_at
+          from outbox.deliveries p
+         where p.status = 'pending' and p.ordering_key is not null
+         order by p.webhook_id, p.ordering_key, p.event_id) head
+ where d.id = head.id
+   and head.next_attempt_at = 'infinity'
+   and not exists (select from outbox.events e
+                     join outbox.webhooks w on w.id = d.webhook_id
+                    where e.owner_id = w.owner_id and e.ordering_key = d.ordering_key
+                      and e.dispatched_at is null and e.id < d.event_id)
+returning d.id;
 
 -- release_leases: hand deliveries this worker will not send back to the queue at once
 update outbox.deliveries

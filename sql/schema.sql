@@ -74,7 +74,12 @@ create table outbox.webhooks (
     created_at timestamptz not null default now(),
     updated_at timestamptz not null default now(),
     last_success_at timestamptz,
-    failing_since timestamptz
+    failing_since timestamptz,
+    -- Requests per second to this webhook, across every worker; NULL: none.
+    rate_limit numeric check (rate_limit > 0),
+    -- The send slot the next claim paces from (GCRA's theoretical arrival
+    -- time); a 429 with Retry-After pushes it out, limited or not.
+    rate_next_at timestamptz
 );
 create index webhooks_owner_idx on outbox.webhooks (owner_id);
 -- The worker erases previous secrets whose overlap has ended (expired_previous_secrets).
@@ -100,11 +105,17 @@ create table outbox.events (
     data jsonb not null,
     created_at timestamptz not null default clock_timestamp(),
     dispatched_at timestamptz,
-    body bytea
+    body bytea,
+    -- Deliveries of one (webhook, ordering key) reach the receiver one at a
+    -- time, in id order; NULL: no order.
+    ordering_key text
 );
 -- The dispatcher's claim: oldest undispatched first. Tiny, because
 -- dispatched rows leave it.
 create index events_undispatched_idx on outbox.events (id) where dispatched_at is null;
+-- The claim's look for an earlier event of a key that is not fanned out yet.
+create index events_ordering_undispatched_idx on outbox.events (owner_id, ordering_key, id)
+    where dispatched_at is null and ordering_key is not null;
 comment on column outbox.events.body is
     'Exact bytes POSTed for this event, identical for every webhook and retry; written with the first recorded attempt (NULL while the first requests are in flight)';
 
@@ -163,6 +174,7 @@ create table outbox.deliveries (
     completed_at timestamptz,
     last_status_code integer,
     last_error text,
+    ordering_key text,  -- the event's, copied at fan-out for the claim's head check
     -- Fan-out is idempotent: a re-run dispatch cannot create a second row.
     constraint deliveries_webhook_event_key unique (webhook_id, event_id)
 );
@@ -172,6 +184,10 @@ create table outbox.deliveries (
 create index deliveries_due_idx on outbox.deliveries (next_attempt_at) where status = 'pending';
 create index deliveries_failed_idx on outbox.deliveries (webhook_id, completed_at) where status = 'failed';
 create index deliveries_event_idx on outbox.deliveries (event_id);
+-- A keyed delivery is sent only while no earlier one of its (webhook, key)
+-- is pending (in flight, or waiting for a retry): the claim's head check.
+create index deliveries_ordering_idx on outbox.deliveries (webhook_id, ordering_key, event_id)
+    where status = 'pending' and ordering_key is not null;
 comment on column outbox.deliveries.attempts is 'Attempts logged in the current round (outbox.redeliver starts a new round)';
 comment on column outbox.deliveries.event_id is
     'outbox.events.id (kept by dispatch and a delete cascade, not a foreign key: docs/dba.md)';
@@ -712,6 +728,15 @@ begin
             raise exception 'unknown event type "%%"', new.event_type
                 using errcode = 'OW002', hint = 'register it with outbox.add_event_type()';
         end if;
+    end if;
+    if new.ordering_key is not null then
+        -- One key's events take their ids in commit order: the lock holds
+        -- the next emitter of the key until this transaction ends, and the
+        -- id is drawn after it (an identity is drawn before the trigger).
+        -- The claim sends a key's deliveries in id order (docs/dba.md).
+        perform pg_catalog.pg_advisory_xact_lock(
+            pg_catalog.hashtextextended(new.owner_id || pg_catalog.chr(31) || new.ordering_key, 1869968482));
+        new.id := pg_catalog.nextval('outbox.events_id_seq'::regclass);
     end if;
     size := pg_catalog.pg_column_size(new.data);
     if size > %s then

@@ -168,3 +168,49 @@ async def test_the_worker_rides_out_a_postgres_restart(
         assert worker.listener.reconnects >= 1
     received = {r.headers["webhook-id"] for r in receiver.requests}
     assert len(received) == 600
+
+
+async def test_sigkill_keeps_each_keys_order(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """Keyed events, two worker processes, one killed mid-run: every key's
+    first successes still arrive in emit order (a delivery whose outcome the
+    dead worker never recorded may arrive twice, never out of turn)."""
+    keys, per_key = 20, 30
+    firsts: dict[str, list[int]] = {}
+
+    async def record(request: web.Request) -> web.Response:
+        data = (await request.json())["data"]
+        await asyncio.sleep(0.002)
+        seen = firsts.setdefault(data["key"], [])
+        if data["n"] not in seen:
+            seen.append(data["n"])
+        return web.Response(text="ok")
+
+    receiver.script("/keyed", *[record] * (keys * per_key * 3))
+    webhooks.create_webhook(conn, "shop", receiver.url("/keyed"), ["order.created"])
+    with psycopg.connect(database_url) as app:
+        app.execute(
+            "insert into outbox.events (owner_id, event_type, data, ordering_key) "
+            "select 'shop', 'order.created', jsonb_build_object('key', 'k' || k, 'n', n), 'k' || k "
+            "from generate_series(0, %s) n, generate_series(1, %s) k order by n, k",
+            (per_key - 1, keys),
+        )
+    workers = [
+        spawn_worker(database_url, f"keyed-{i}", lease_seconds=2.0, request_timeout=1.0) for i in range(2)
+    ]
+    try:
+        await eventually(
+            lambda: len(receiver.requests) >= keys * per_key // 3, timeout=60, what="a third sent"
+        )
+        kill(workers[0], signal.SIGKILL)
+        assert workers[0].wait(10) == -signal.SIGKILL
+        await until(lambda: settled(database_url, keys * per_key), what="every keyed delivery settled")
+    finally:
+        for w in workers:
+            kill(w, signal.SIGTERM)
+        for w in workers:
+            w.wait(30)
+    assert sorted(firsts) == sorted(f"k{k}" for k in range(1, keys + 1))
+    for key, order in firsts.items():
+        assert order == list(range(per_key)), key

@@ -166,6 +166,7 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
                 "busy_owners": [],
                 "per_owner": 10_000,
                 "per_webhook": 2,
+                "pace_horizon": 2.0,
                 "lease_seconds": 30,
                 "worker_id": "w",
             },

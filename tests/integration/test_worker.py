@@ -561,8 +561,8 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
 
 
 FAN_OUT = {
-    "busy_webhooks": [], "busy_owners": [],
-                "per_owner": 10_000, "per_webhook": 10_000, "lease_seconds": 300, "worker_id": "w",
+    "busy_webhooks": [], "busy_owners": [], "per_owner": 10_000, "per_webhook": 10_000,
+    "pace_horizon": 2.0, "lease_seconds": 300, "worker_id": "w",
 }  # fmt: skip
 
 
@@ -622,7 +622,7 @@ async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_inde
         "outcomes": "'[]'", "bodies": "'{}'", "body_event_ids": "'{}'",
         "worker_id": "'w'", "ids": "'{}'",
         "limit": "200", "busy_webhooks": "'{}'", "busy_owners": "'{}'",
-        "per_owner": "64", "per_webhook": "64", "lease_seconds": "300",
+        "per_owner": "64", "per_webhook": "64", "lease_seconds": "300", "pace_horizon": "2",
     }  # fmt: skip
 
     def execute(name: str) -> str:
