@@ -17,7 +17,9 @@ receiver's records and the database:
 - no delivery is left pending or leased, no event undispatched;
 - no orphan: a delivery without its event or webhook, an attempt without
   its delivery (the ``orphans`` query; no foreign key forbids them);
-- duplicates (extra 2xx receipts) are counted; they come only from kills.
+- duplicates (extra 2xx receipts) are counted; they come only from kills;
+- with ``--keys N``, events carry one of N ordering keys, and each (webhook,
+  key)'s first 2xx receipts must come in emit order.
 
 Prints one table and exits 1 on any loss.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -59,9 +62,11 @@ class Faults:
     ok: Counter[tuple[str, str]] = field(default_factory=Counter)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
+    # (path, ordering key) -> event numbers in the order of their first 2xx
+    firsts: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
+        body = await request.read()
         key = (request.path, request.headers.get("webhook-id", "?"))
         roll = self.rng.random()
         if roll < self.rate / 3:
@@ -79,6 +84,9 @@ class Faults:
             self.kinds["hang"] += 1
             await asyncio.sleep(REQUEST_TIMEOUT * 2)
             return web.Response(status=504, text="too late")
+        if self.ok[key] == 0 and b'"key"' in body:
+            data = json.loads(body)["data"]
+            self.firsts.setdefault((request.path, data["key"]), []).append(data["n"])
         self.ok[key] += 1
         return web.Response(text="ok")
 
@@ -115,7 +123,9 @@ class Workers:
         return [proc.wait(60) for proc in self.procs]
 
 
-async def emit_events(url: str, owner: str, total: int, rate: float, progress: dict[str, int]) -> None:
+async def emit_events(
+    url: str, owner: str, total: int, rate: float, progress: dict[str, int], keys: int = 0
+) -> None:
     """Emit ``total`` events in transactions of 50 at about ``rate`` per second,
     riding out the Postgres restart (an unknown commit outcome is fine: the
     database, not this counter, says what was committed)."""
@@ -128,11 +138,20 @@ async def emit_events(url: str, owner: str, total: int, rate: float, progress: d
         try:
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(url)
-            await conn.execute(
-                "select outbox.emit(%s, 'order.created', jsonb_build_object('n', %s::int + g)) "
-                "from generate_series(1, %s) g",
-                (owner, sent, n),
-            )
+            if keys:
+                await conn.execute(
+                    "insert into outbox.events (owner_id, event_type, data, ordering_key) "
+                    "select %s, 'order.created', jsonb_build_object('n', %s::int + g, "
+                    "'key', 'k' || ((%s::int + g) %% %s)), 'k' || ((%s::int + g) %% %s) "
+                    "from generate_series(1, %s) g",
+                    (owner, sent, sent, keys, sent, keys, n),
+                )
+            else:
+                await conn.execute(
+                    "select outbox.emit(%s, 'order.created', jsonb_build_object('n', %s::int + g)) "
+                    "from generate_series(1, %s) g",
+                    (owner, sent, n),
+                )
             await conn.commit()
             sent += n
             progress["emitted"] = sent
@@ -193,6 +212,9 @@ def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
                     lost.append(f"event {event_id} x {path}: failed after {n_logged} logged attempts")
             elif status == "pending":
                 lost.append(f"event {event_id} x {path}: still pending")
+    for (path, ordering_key), order in faults.firsts.items():
+        if order != sorted(order):
+            lost.append(f"{path} key {ordering_key}: first receipts out of emit order")
     pairs = len(events) * len(path_of)
     duplicates = sum(max(0, n - 1) for n in faults.ok.values())
     undispatched, pending, leased = queue_state(url)
@@ -212,6 +234,7 @@ def reconcile(url: str, faults: Faults, kills: int) -> tuple[Table, int]:
             f"{faults.kinds['500']} / {faults.kinds['reset']} / {faults.kinds['hang']}",
         ),
         ("duplicates (extra 2xx receipts)", duplicates),
+        ("ordering keys checked (webhook x key)", len(faults.firsts)),
         ("left pending / leased / undispatched", f"{pending} / {leased} / {undispatched}"),
         ("orphans: deliveries w/o event / w/o webhook / attempts", " / ".join(map(str, orphans))),
         ("LOST", len(lost)),
@@ -254,7 +277,7 @@ async def main(args: argparse.Namespace) -> int:
         workers = Workers(url, args.workers, env)
         rng = random.Random(11)
         progress = {"emitted": 0}
-        emitter = asyncio.create_task(emit_events(url, "chaos", args.events, args.rate, progress))
+        emitter = asyncio.create_task(emit_events(url, "chaos", args.events, args.rate, progress, args.keys))
         restarted = False
         started = time.monotonic()
         next_kill = started + args.kill_every
@@ -311,6 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fail-rate", type=float, default=0.1, help="fraction of requests the receiver fails"
     )
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--keys", type=int, default=0, help="spread events over this many ordering keys")
     return parser.parse_args(argv)
 
 
