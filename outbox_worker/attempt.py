@@ -22,22 +22,24 @@ import aiohttp
 from yarl import URL
 
 from outbox_worker.jobs import Job, Outcome
-from outbox_worker.netpolicy import BlockedTarget, GuardedResolver, check_url
+from outbox_worker.netpolicy import HOLD_SECONDS, BlockedTarget, GuardedResolver, UrlPolicy, check_url
 from outbox_worker.retry import next_delay, parse_retry_after
 from outbox_worker.settings import Settings
 from outbox_worker.signing import sign_headers
 
 
-def make_session(settings: Settings) -> aiohttp.ClientSession:
+def make_session(settings: Settings, policy: UrlPolicy) -> aiohttp.ClientSession:
     """The one HTTP client of a worker process: its connection pool, the
     resolver that refuses blocked addresses, and no cookies, redirects or
     decompression."""
     connector = aiohttp.TCPConnector(
         limit=settings.concurrency,
         limit_per_host=settings.per_host_concurrency,
-        resolver=GuardedResolver(allow_private=settings.allow_private_networks),
+        resolver=GuardedResolver(policy),
         ttl_dns_cache=30,
     )
+    # Names resolved under the old policy are resolved again under the new.
+    policy.on_change(connector.clear_dns_cache)
     return aiohttp.ClientSession(
         connector=connector,
         # sock_connect, not connect: it times opening a connection only, not
@@ -95,10 +97,12 @@ async def _read_capped(response: aiohttp.ClientResponse, limit: int, job: Job) -
 class Attempter:
     """Sends one job's request and judges the answer."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings, policy: UrlPolicy) -> None:
         self._session = session
         self._settings = settings
+        self._policy = policy
         self._urls: dict[str, URL] = {}
+        policy.on_change(self._urls.clear)  # checked under the old policy
 
     def failure(
         self,
@@ -135,6 +139,20 @@ class Attempter:
             disable_reason=disable_reason,
         )
 
+    def held(self, job: Job, attempted_at: datetime, reason: str) -> Outcome:
+        """A delivery the URL policy refuses until a setting changes: due again
+        in :data:`HOLD_SECONDS` with its attempts unchanged (the completer
+        logs no attempt for it), the reason naming that setting."""
+        return Outcome(
+            job=job,
+            status="pending",
+            retry_in=HOLD_SECONDS,
+            attempted_at=attempted_at,
+            duration_ms=0.0,
+            error_class="policy",
+            error=f"held, not sent: {reason}",
+        )
+
     def internal_error(self, job: Job, exc: BaseException) -> Outcome:
         """The outcome of an attempt that crashed on a bug of ours: it costs
         one attempt, never the delivery."""
@@ -146,9 +164,7 @@ class Attempter:
         url = self._urls.get(raw)
         if url is None:
             url = URL(raw, encoded=False)
-            check_url(
-                url, allow_http=self._settings.allow_http, allow_private=self._settings.allow_private_networks
-            )
+            check_url(url, self._policy)
             if len(self._urls) >= 4096:
                 self._urls.clear()
             self._urls[raw] = url
@@ -191,14 +207,21 @@ class Attempter:
                 job, attempted_at, elapsed(), "timeout", f"no response within {settings.request_timeout}s"
             )
         except BlockedTarget as exc:
-            return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc))
+            return self._refused(job, attempted_at, exc)
         except aiohttp.ClientConnectorDNSError as exc:
             if isinstance(exc.os_error, BlockedTarget):
-                return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc.os_error))
+                return self._refused(job, attempted_at, exc.os_error)
             return self.failure(job, attempted_at, elapsed(), "dns", str(exc))
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             return self.failure(job, attempted_at, elapsed(), "connection", f"{type(exc).__name__}: {exc}")
         return self._judge(job, attempted_at, elapsed(), status, storable_text(raw), retry_after_header)
+
+    def _refused(self, job: Job, attempted_at: datetime, exc: BlockedTarget) -> Outcome:
+        """Held when a setting would allow the target, else failed at once:
+        no retry can reach an address that is never allowed."""
+        if exc.held:
+            return self.held(job, attempted_at, str(exc))
+        return self.failure(job, attempted_at, 0.0, "invalid_target", str(exc), final=True)
 
     def _judge(
         self,

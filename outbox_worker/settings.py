@@ -11,8 +11,12 @@ import os
 import socket
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 
 
 def _default_worker_id() -> str:
@@ -101,11 +105,17 @@ class Settings(BaseSettings):
         description="Fernet keys (JSON list, newest first) sealing webhook secrets at rest; empty = off.",
     )
 
-    # Network policy at send time
+    # Network policy at send time: the database's (outbox.config), which these can only tighten
     allow_private_networks: bool = Field(
-        False, description="Allow receivers on loopback/private/link-local addresses (development)."
+        True,
+        description="`false`: refuse loopback and private receivers even where "
+        "`outbox.config.allow_private_networks` allows them; `true` follows the database.",
     )
-    allow_http: bool = Field(False, description="Allow plain-http receivers (development).")
+    allow_http: bool = Field(
+        True,
+        description="`false`: refuse plain-http receivers even where `outbox.config.allow_http` allows "
+        "them; `true` follows the database.",
+    )
 
     # Operations: Prometheus metrics and health probes
     metrics_port: int = Field(
@@ -124,6 +134,23 @@ class Settings(BaseSettings):
         "brut_",
         description="Prefix of the API keys `outbox-worker api-keys create` issues (sent as `X-Api-Key`).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        # Refused here, naming the variable, rather than as a libpq parse
+        # error at the first connection. Never echoed: it may hold a password.
+        expected = "expected postgresql://user[:password]@host[:port]/dbname or libpq key=value pairs"
+        scheme, sep, _ = value.partition("://")
+        if sep and scheme.lower() not in _POSTGRES_SCHEMES:
+            raise ValueError(f"{scheme}:// is not a PostgreSQL URL: {expected}")
+        try:
+            from outbox_worker.db import libpq_url  # db imports settings' neighbours, not settings
+
+            conninfo_to_dict(libpq_url(value))
+        except psycopg.ProgrammingError:
+            raise ValueError(f"not a PostgreSQL URL: {expected}") from None
+        return value
 
     @field_validator("retry_schedule")
     @classmethod

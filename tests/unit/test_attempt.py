@@ -12,9 +12,10 @@ from aiohttp import web
 
 from outbox_worker.attempt import Attempter, make_session
 from outbox_worker.jobs import Job
+from outbox_worker.netpolicy import HOLD_SECONDS
 from outbox_worker.signing import verify_body_signature
 from tests.receiver import Receiver
-from tests.workers import settings
+from tests.workers import open_policy, settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -22,8 +23,9 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 @pytest.fixture
 async def attempter() -> AsyncIterator[Attempter]:
     config = settings("postgresql://", max_response_bytes=16)
-    async with make_session(config) as session:
-        yield Attempter(session, config)
+    policy = open_policy(config)
+    async with make_session(config, policy) as session:
+        yield Attempter(session, config, policy)
 
 
 def job(url: str, attempt: int = 1, **fields: Any) -> Job:
@@ -70,12 +72,20 @@ async def test_what_cannot_be_sent_fails_without_a_request(attempter: Attempter,
     assert receiver.requests == []
 
 
-async def test_a_blocked_address_is_refused_at_send_time(receiver: Receiver) -> None:
+async def test_a_target_a_setting_would_allow_is_held_with_its_attempts_unchanged(receiver: Receiver) -> None:
     config = settings("postgresql://", allow_private_networks=False)
-    async with make_session(config) as session:
-        outcome = await Attempter(session, config).attempt(job(receiver.url("/private")))
-    assert outcome.error_class == "invalid_target"
+    policy = open_policy(config)
+    async with make_session(config, policy) as session:
+        outcome = await Attempter(session, config, policy).attempt(job(receiver.url("/private"), attempt=4))
+    assert (outcome.status, outcome.error_class, outcome.retry_in) == ("pending", "policy", HOLD_SECONDS)
+    assert outcome.error and "OUTBOX_ALLOW_PRIVATE_NETWORKS=false" in outcome.error
     assert receiver.requests == []
+
+
+async def test_a_target_never_allowed_fails_at_once(attempter: Attempter) -> None:
+    outcome = await attempter.attempt(job("https://169.254.169.254/latest/meta-data/"))
+    assert (outcome.status, outcome.error_class) == ("failed", "invalid_target")
+    assert outcome.error and "never allowed" in outcome.error
 
 
 async def test_the_sweeps_cancellation_ends_an_attempt_as_a_timeout(
