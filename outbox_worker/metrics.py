@@ -222,12 +222,10 @@ class OpsServer:
         site = web.TCPSite(self._runner, self._settings.metrics_host, self._settings.metrics_port)
         try:
             await site.start()
-        except OSError as exc:
+        except OSError:
             await self._runner.cleanup()
-            raise RuntimeError(
-                f"cannot serve metrics on {self._settings.metrics_host}:{self._settings.metrics_port}: {exc} "
-                "(set OUTBOX_METRICS_PORT to a free port, or 0 to disable)"
-            ) from exc
+            self._runner = None
+            raise
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.metrics_port
         IN_FLIGHT.set_function(self._probes.in_flight)
@@ -268,22 +266,36 @@ class OpsServer:
             "database": False,
             "listen": self._probes.listening(),
         }
+        problem: dict[str, str] = {}
         try:
             async with self._pool.connection(timeout=2) as conn:
-                await db.fetch_async(conn, "ping", {})
+                await db.fetch_async(conn, "ping", {})  # the outbox schema too
             checks["database"] = True
         except Exception as exc:
-            self._log.info("readiness: database unreachable", error=str(exc).strip())
+            problem = {"error": str(exc).strip()}
+            self._log.info("readiness: database not usable", **problem)
         ok = all(checks.values())
         return web.json_response(
-            {"status": "ready" if ok else "not ready", **checks}, status=200 if ok else 503
+            {"status": "ready" if ok else "not ready", **checks, **problem}, status=200 if ok else 503
         )
 
 
 async def start_server(
     settings: Settings, pool: AsyncConnectionPool[Any], probes: Probes, log: Any
 ) -> OpsServer | None:
-    """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0."""
+    """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0. A port taken
+    (another worker on this host) costs the probes and metrics, never the
+    worker: it warns and delivers on without them."""
     if settings.metrics_port == 0:
         return None
-    return await OpsServer(settings, pool, probes, log).start()
+    try:
+        return await OpsServer(settings, pool, probes, log).start()
+    except OSError as exc:
+        log.warning(
+            "metrics and health server not started: its port is taken; delivering without it",
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+            error=exc.strerror or str(exc),
+            fix="give each worker on a host its own OUTBOX_METRICS_PORT (0 turns the server off)",
+        )
+        return None

@@ -263,3 +263,57 @@ def test_dispatch_metrics_count_like_prometheus_client_would() -> None:
     families = ("outbox_dispatched_events", "outbox_dispatch_lag_seconds", "outbox_attempt_duration_seconds")
     for family in families:
         assert sample(f"{family}_created") > 1.7e9
+
+
+def test_a_second_worker_on_a_taken_metrics_port_warns_and_delivers(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with socket.socket() as taken:  # the first worker's metrics server, as far as the second can tell
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hook = webhooks.create_webhook(conn, "v", "http://127.0.0.1:9/refused", ["order.created"])
+        emit(conn, "v", "order.created", {"id": 1})
+        process = spawn_worker(database_url, "second", metrics_port=port, metrics_host="127.0.0.1")
+        try:
+            # It runs on: the delivery is attempted (and fails: nothing listens on port 9).
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "select count(*) from outbox.delivery_attempts a join outbox.deliveries d "
+                        "on d.id = a.delivery_id where d.webhook_id = %s",
+                        (hook.id,),
+                    ).fetchone()
+                    != (0,)
+                ),
+                timeout=20,
+                what="the second worker delivering",
+            )
+            assert process.poll() is None
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    warnings = [json.loads(line) for line in err.decode().splitlines() if "port is taken" in line]
+    assert warnings and warnings[0]["port"] == port and "OUTBOX_METRICS_PORT" in warnings[0]["fix"]
+
+
+async def test_readyz_fails_when_the_schema_is_gone(make_database: Any) -> None:
+    from outbox_worker import migrate
+
+    url = make_database("outbox_ready_schema")
+    migrate.upgrade(url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with running_worker(url, metrics_port=port, metrics_host="127.0.0.1"):
+
+        async def ready() -> bool:
+            return (await get(base + "/readyz"))[0] == 200
+
+        await eventually(ready, what="ready with its schema")
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("drop schema outbox cascade")
+        status, body = await get(base + "/readyz")
+        assert status == 503
+        answer = json.loads(body)
+        assert answer["database"] is False and "run `outbox-worker migrate`" in answer["error"]
