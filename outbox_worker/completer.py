@@ -95,6 +95,7 @@ class Completer:
             delivery_id=job.id,
             event_id=job.event_id,
             webhook_id=str(job.webhook_id),
+            origin=job.origin,  # scheme://host:port: never a path or query, which may hold tokens
             attempt=job.attempt,
             outcome=outcome.status,
             status_code=outcome.status_code,

@@ -93,6 +93,7 @@ class _HotPathStats:
         self.deliveries = {"delivered": 0, "failed": 0}
         self.results: dict[str, int] = {}
         self.duration = _Buckets((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0))
+        self.held = 0  # deliveries the URL policy held (no attempt)
         self.dispatched = 0
         self.dispatch_lag = _Buckets(
             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -172,12 +173,60 @@ def record_outcome(outcome: Outcome) -> None:
     """Count one attempt (called from ``Completer.record``)."""
     result = "retrying" if outcome.status == "pending" else outcome.status
     stats = _STATS
+    if result == "retrying" and outcome.error_class == "policy":
+        stats.held += 1  # not an attempt: the URL policy held it, nothing was sent
+        return
     stats.attempts[result] += 1
     if result != "retrying":
         stats.deliveries[result] += 1
     cls = status_class(outcome)
     stats.results[cls] = stats.results.get(cls, 0) + 1
     stats.duration.observe(outcome.duration_ms / 1000)
+
+
+class Summary:
+    """The worker's summary log line: every ``interval`` seconds while work
+    flows, what happened since the last one (deliveries delivered and
+    failed, attempts retried, deliveries held by the URL policy, events
+    dispatched and their mean commit-to-dispatch lag). It reads the counters
+    above and adds nothing per delivery."""
+
+    def __init__(self, interval: float, in_flight: Callable[[], int], log: Any) -> None:
+        self.interval = interval
+        self._in_flight = in_flight
+        self._log = log
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int, int, int, int, float]:
+        s = _STATS
+        return (s.deliveries["delivered"], s.attempts["retrying"], s.deliveries["failed"], s.held,
+                s.dispatched, s.dispatch_lag.sum)  # fmt: skip
+
+    def log_once(self) -> bool:
+        """Log what changed since the last call, if anything did."""
+        now, last = self._read(), self._last
+        delivered, retried, failed, held, dispatched, lag = (a - b for a, b in zip(now, last, strict=True))
+        self._last = now
+        if not (delivered or retried or failed or held or dispatched):
+            return False
+        self._log.info(
+            "summary",
+            seconds=self.interval,
+            delivered=delivered,
+            retried=retried,
+            failed=failed,
+            held=held,
+            events=dispatched,
+            lag_ms=round(lag / dispatched * 1000, 1) if dispatched else None,
+            in_flight=self._in_flight(),
+        )
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.log_once()
 
 
 def observe_dispatch(created_at: Iterable[datetime]) -> None:

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     metrics_interval: float = Field(
         15.0, gt=0, description="Seconds between the queue-depth queries behind the metrics (not per scrape)."
     )
+    summary_interval: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between the worker's summary log line (delivered, retried, failed, lag) while "
+        "work flows; 0: none.",
+    )
 
     # Management API
     api_key_prefix: str = Field(

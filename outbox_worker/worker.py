@@ -178,6 +178,9 @@ class Worker:
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
             asyncio.create_task(watcher.run(), name="url-policy"),
         ]
+        if settings.summary_interval:
+            summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
+            background.append(asyncio.create_task(summary.run(), name="summary"))
         if sender.box is not None:
             sealer = SecretSealer(pool, sender.box, self.log)
             background.append(asyncio.create_task(sealer.run(), name="secret-sealer"))
