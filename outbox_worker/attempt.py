@@ -177,7 +177,8 @@ class Attempter:
         started = time.perf_counter()
 
         def elapsed() -> float:
-            return (time.perf_counter() - started) * 1000
+            # To 0.1 ms, as stored and shown: more digits are noise, not precision.
+            return round((time.perf_counter() - started) * 1000, 1)
 
         if not job.enabled:
             return self.failure(job, attempted_at, 0.0, "invalid_target", "webhook disabled", final=True)

@@ -101,7 +101,7 @@ class Completer:
             status_code=outcome.status_code,
             error_class=outcome.error_class,
             error=outcome.error,
-            duration_ms=round(outcome.duration_ms, 2),
+            duration_ms=outcome.duration_ms,
             retry_in=round(outcome.retry_in, 3) if outcome.status == "pending" else None,
         )
 

@@ -245,7 +245,14 @@ def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
     ctx: Context = click_ctx.ensure_object(Context)
     try:
         code = asyncio.run(
-            demo.run(server_url=server_url, keep=keep, orders=orders, console=Console(), as_json=ctx.as_json)
+            # soft_wrap: a command or URL to copy is never broken over lines.
+            demo.run(
+                server_url=server_url,
+                keep=keep,
+                orders=orders,
+                console=Console(soft_wrap=True),
+                as_json=ctx.as_json,
+            )
         )
     except psycopg.Error as exc:
         raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc
