@@ -108,13 +108,11 @@ class Settings(BaseSettings):
     # Network policy at send time: the database's (outbox.config), which these can only tighten
     allow_private_networks: bool = Field(
         True,
-        description="`false`: refuse loopback and private receivers even where "
-        "`outbox.config.allow_private_networks` allows them; `true` follows the database.",
+        description="`false` refuses loopback/private receivers that `outbox.config` allows.",
     )
     allow_http: bool = Field(
         True,
-        description="`false`: refuse plain-http receivers even where `outbox.config.allow_http` allows "
-        "them; `true` follows the database.",
+        description="`false` refuses plain-http receivers that `outbox.config` allows.",
     )
 
     # Operations: Prometheus metrics and health probes
@@ -131,8 +129,8 @@ class Settings(BaseSettings):
     summary_interval: float = Field(
         60.0,
         ge=0,
-        description="Seconds between the worker's summary log line (delivered, retried, failed, lag) while "
-        "work flows; 0: none.",
+        description="Seconds between summary log lines (delivered, retried, failed, lag) while work "
+        "flows; 0: none.",
     )
 
     # Management API
