@@ -50,7 +50,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def _route_stdlib_logging(level: str, renderer: structlog.types.Processor) -> None:
-    """Libraries' own log lines (psycopg_pool's connection errors, aiohttp's)
+    """Libraries' own log records (psycopg_pool's connection errors, aiohttp's)
     through the same renderer: JSON logs stay JSON, one object per line."""
     handler = _Handler(sys.stderr)
     handler.setFormatter(
@@ -68,7 +68,10 @@ def _route_stdlib_logging(level: str, renderer: structlog.types.Processor) -> No
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
+    # Libraries' info lines (alembic's plugins, its revisions) are their
+    # chatter, not ours: warnings and up, unless debugging.
+    chosen = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(chosen if chosen == logging.DEBUG else max(chosen, logging.WARNING))
 
 
 def get_logger(**initial: Any) -> Any:
