@@ -20,6 +20,7 @@ from yarl import URL
 
 from bench import receiver as receiver_mod
 from outbox_worker.client import HttpClient
+from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.settings import Settings
 
 BODY = b'{"event":"order.created","data":{"id":"ord_1","total":20},"timestamp":"2026-12-07T00:00:00.000Z"}'
@@ -33,7 +34,9 @@ async def rounds(port: int, hosts: int, in_flight: int) -> None:
     process = psutil.Process()
     rss = [process.memory_info().rss / 2**20]
     settings = Settings(allow_private_networks=True, allow_http=True, metrics_port=0)
-    async with HttpClient(settings, loopback) as http:
+    policy = UrlPolicy.for_worker(settings)
+    policy.set_database(allow_http=True, allow_private=True)
+    async with HttpClient(settings, policy, loopback) as http:
         gate = asyncio.Semaphore(in_flight)
 
         async def one(i: int) -> None:

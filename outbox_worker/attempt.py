@@ -15,6 +15,7 @@ and tells that cancellation from shutdown's.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import UTC, datetime
 
@@ -23,7 +24,7 @@ from yarl import URL
 
 from outbox_worker.client import HttpClient, ResolveError
 from outbox_worker.jobs import Job, Outcome
-from outbox_worker.netpolicy import BlockedTarget, check_url
+from outbox_worker.netpolicy import HOLD_SECONDS, BlockedTarget, UrlPolicy, check_url
 from outbox_worker.retry import next_delay, parse_retry_after
 from outbox_worker.settings import Settings
 from outbox_worker.signing import sign_headers
@@ -51,21 +52,39 @@ def timed_out(job: Job) -> bool:
     return True
 
 
+_URL = re.compile(r"https?://[^\s()]+")
+
+
+def _origin_only(match: re.Match[str]) -> str:
+    # A URL's path and query can hold a receiver's token: logs and the
+    # attempt log keep its origin only.
+    try:
+        url = URL(match.group(0))
+        return f"{url.scheme}://{url.host}:{url.port}"
+    except ValueError:
+        return "<url>"
+
+
 def describe(exc: BaseException) -> str:
-    """One line for a transport error: pyreqwest's message and its causes."""
+    """One line for a transport error: pyreqwest's message and its causes,
+    every URL in them cut to its origin."""
     if isinstance(exc, PyreqwestError):
         causes = getattr(exc, "details", {}).get("causes") or []
-        return "; ".join([f"{type(exc).__name__}: {exc.message}", *(c["message"] for c in causes)])
-    return f"{type(exc).__name__}: {exc}"
+        text = "; ".join([f"{type(exc).__name__}: {exc.message}", *(c["message"] for c in causes)])
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return _URL.sub(_origin_only, text)
 
 
 class Attempter:
     """Sends one job's request and judges the answer."""
 
-    def __init__(self, http: HttpClient, settings: Settings) -> None:
+    def __init__(self, http: HttpClient, settings: Settings, policy: UrlPolicy) -> None:
         self._http = http
         self._settings = settings
+        self._policy = policy
         self._urls: dict[str, URL] = {}
+        policy.on_change(self._urls.clear)  # checked under the old policy
 
     def failure(
         self,
@@ -102,6 +121,20 @@ class Attempter:
             disable_reason=disable_reason,
         )
 
+    def held(self, job: Job, attempted_at: datetime, reason: str) -> Outcome:
+        """A delivery the URL policy refuses until a setting changes: due again
+        in :data:`HOLD_SECONDS` with its attempts unchanged (the completer
+        logs no attempt for it), the reason naming that setting."""
+        return Outcome(
+            job=job,
+            status="pending",
+            retry_in=HOLD_SECONDS,
+            attempted_at=attempted_at,
+            duration_ms=0.0,
+            error_class="policy",
+            error=f"held, not sent: {reason}",
+        )
+
     def internal_error(self, job: Job, exc: BaseException) -> Outcome:
         """The outcome of an attempt that crashed on a bug of ours: it costs
         one attempt, never the delivery."""
@@ -113,9 +146,7 @@ class Attempter:
         url = self._urls.get(raw)
         if url is None:
             url = URL(raw, encoded=False)
-            check_url(
-                url, allow_http=self._settings.allow_http, allow_private=self._settings.allow_private_networks
-            )
+            check_url(url, self._policy)
             if len(self._urls) >= 4096:
                 self._urls.clear()
             self._urls[raw] = url
@@ -128,7 +159,8 @@ class Attempter:
         started = time.perf_counter()
 
         def elapsed() -> float:
-            return (time.perf_counter() - started) * 1000
+            # To 0.1 ms, as stored and shown: more digits are noise, not precision.
+            return round((time.perf_counter() - started) * 1000, 1)
 
         if not job.enabled:
             return self.failure(job, attempted_at, 0.0, "invalid_target", "webhook disabled", final=True)
@@ -155,13 +187,20 @@ class Attempter:
                 job, attempted_at, elapsed(), "timeout", f"no response within {settings.request_timeout}s"
             )
         except BlockedTarget as exc:
-            return self.failure(job, attempted_at, elapsed(), "invalid_target", str(exc))
+            return self._refused(job, attempted_at, exc)
         except ResolveError as exc:
             return self.failure(job, attempted_at, elapsed(), "dns", str(exc))
         except (PyreqwestError, ValueError, OSError) as exc:
             return self.failure(job, attempted_at, elapsed(), "connection", describe(exc))
         body_text = storable_text(answer.body)
         return self._judge(job, attempted_at, elapsed(), answer.status, body_text, answer.retry_after)
+
+    def _refused(self, job: Job, attempted_at: datetime, exc: BlockedTarget) -> Outcome:
+        """Held when a setting would allow the target, else failed at once:
+        no retry can reach an address that is never allowed."""
+        if exc.held:
+            return self.held(job, attempted_at, str(exc))
+        return self.failure(job, attempted_at, 0.0, "invalid_target", str(exc), final=True)
 
     def _judge(
         self,

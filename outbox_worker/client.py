@@ -42,7 +42,7 @@ from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.response import ResponseBodyReader
 from yarl import URL
 
-from outbox_worker.netpolicy import BlockedTarget, is_blocked
+from outbox_worker.netpolicy import BlockedTarget, UrlPolicy
 from outbox_worker.settings import Settings
 
 # How long a name's vetted address is used before it is resolved again
@@ -101,10 +101,12 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 class HttpClient:
-    def __init__(self, settings: Settings, resolver: Resolver = system_resolver) -> None:
+    def __init__(self, settings: Settings, policy: UrlPolicy, resolver: Resolver = system_resolver) -> None:
         self._settings = settings
         self._resolver = resolver
-        self._allow_private = settings.allow_private_networks
+        self._policy = policy
+        # Names vetted under the old policy are vetted again under the new.
+        policy.on_change(self.forget_names)
         self._limit = settings.max_response_bytes
         self._shared = self._builder().build()  # for IP literals: nothing to pin
         self._shards = [_Shard(self._shared) for _ in range(SHARDS)]
@@ -190,9 +192,13 @@ class HttpClient:
         try:
             host, port = key
             addresses = await self._resolver(host, port)
-            allowed = [a for a in addresses if self._allow_private or not is_blocked(ipaddress.ip_address(a))]
+            refusals = [self._policy.refuse(ipaddress.ip_address(a)) for a in addresses]
+            allowed = [a for a, refused in zip(addresses, refusals, strict=True) if refused is None]
             if not allowed:
-                raise BlockedTarget(f"{host} resolves only to private or reserved addresses")
+                first = next(r for r in refusals if r is not None)
+                # Held only if the one switch could open every address it resolves to.
+                held = all(r is not None and r.held for r in refusals)
+                raise BlockedTarget(f"{host} resolves only to refused addresses: {first}", held=held)
             address = pin.address if pin is not None and pin.address in allowed else allowed[0]
             self._shards[hash(key) % SHARDS].pins[key] = _Pin(address, time.monotonic() + DNS_TTL)
             future.set_result(address)
@@ -229,6 +235,13 @@ class HttpClient:
             raise
         finally:
             shard.rebuild = None
+
+    def forget_names(self) -> None:
+        """Vet every name again before its next request (the policy changed):
+        its pin expires now; the clients keep their connections."""
+        for shard in self._shards:
+            for pin in shard.pins.values():
+                pin.expires = 0.0
 
     @property
     def pinned(self) -> int:

@@ -104,12 +104,13 @@ class Completer:
             delivery_id=job.id,
             event_id=job.event_id,
             webhook_id=str(job.webhook_id),
+            origin=job.origin,  # scheme://host:port: never a path or query, which may hold tokens
             attempt=job.attempt,
             outcome=outcome.status,
             status_code=outcome.status_code,
             error_class=outcome.error_class,
             error=outcome.error,
-            duration_ms=round(outcome.duration_ms, 2),
+            duration_ms=outcome.duration_ms,
             retry_in=round(outcome.retry_in, 3) if outcome.status == "pending" else None,
         )
 

@@ -292,7 +292,7 @@ async def run(
     *, server_url: str | None, keep: bool = False, orders: int = 10, console: Console | None = None,
     as_json: bool = False,
 ) -> int:  # fmt: skip
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     started = time.monotonic()
     quiet = as_json
 

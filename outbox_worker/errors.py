@@ -89,6 +89,28 @@ class InvalidApiKeyPrefix(ValidationError):
     sqlstate = "OW021"
 
 
+class NoEventTypes(ValidationError):
+    """A webhook must subscribe to at least one event type or pattern."""
+
+    sqlstate = "OW013"
+
+
+class UnknownSetting(ValidationError):
+    """``outbox.set_config`` was given a name that is not a column of ``outbox.config``."""
+
+    sqlstate = "OW014"
+
+
+class SchemaNotMigrated(OutboxError):
+    """The database has no ``outbox`` schema, or an older one than this code needs."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "the database has no outbox schema, or an older one: run `outbox-worker migrate`"
+            + (f" ({detail})" if detail else "")
+        )
+
+
 class FixedId(OutboxError):
     """An UPDATE named the id of an event, webhook or delivery (their children refer to it)."""
 
@@ -111,6 +133,8 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         InvalidSecret,
         ApiKeyNotFound,
         InvalidApiKeyPrefix,
+        NoEventTypes,
+        UnknownSetting,
         FixedId,
     )
     if cls.sqlstate
@@ -121,7 +145,15 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
 _BY_SQLSTATE["22P05"] = InvalidPayload  # \u0000 in a string: jsonb cannot store it
 
 
+# An object of the outbox schema is missing: invalid schema name, undefined
+# table, undefined function.
+_MISSING_OBJECT = frozenset({"3F000", "42P01", "42883"})
+
+
 def from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> OutboxError | None:
-    """The OutboxError for an ``OW`` SQLSTATE (and a few payload errors), or None."""
+    """The OutboxError for an ``OW`` SQLSTATE (and a few payload errors, and
+    a missing outbox schema), or None."""
+    if sqlstate in _MISSING_OBJECT and "outbox" in message:
+        return SchemaNotMigrated(message)
     cls = _BY_SQLSTATE.get(sqlstate or "")
     return cls(message, hint=hint) if cls else None

@@ -35,6 +35,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
+    _route_stdlib_logging(level, renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -48,6 +49,35 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so that configuring again replaces it and no other handler."""
+
+
+def _route_stdlib_logging(level: str, renderer: structlog.types.Processor) -> None:
+    """Libraries' own log records (psycopg_pool's connection errors, aiohttp's)
+    through the same renderer: JSON logs stay JSON, one object per line."""
+    handler = _Handler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _redact,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries' info lines (alembic's plugins, its revisions) are their
+    # chatter, not ours: warnings and up, unless debugging.
+    chosen = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(chosen if chosen == logging.DEBUG else max(chosen, logging.WARNING))
 
 
 def get_logger(**initial: Any) -> Any:

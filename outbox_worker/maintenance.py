@@ -1,5 +1,7 @@
 """Upkeep beside the hot path: disabling endpoints that keep failing, sealing
-secrets stored in plaintext, erasing previous secrets whose overlap ended."""
+secrets stored in plaintext, erasing previous secrets whose overlap ended,
+making parked keyed deliveries due, and keeping the URL policy in step with
+the database."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db
+from outbox_worker.netpolicy import HOLD_SECONDS, UrlPolicy
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.sql import query
@@ -146,3 +149,45 @@ class HeadUnparker:
             except Exception as exc:
                 self._log.warning("unparking keyed deliveries failed", error=str(exc).strip())
             await asyncio.sleep(self.interval)
+
+
+class PolicyWatcher:
+    """Reads the database's URL policy (``outbox.config``) into the worker's
+    :class:`~outbox_worker.netpolicy.UrlPolicy`, at start and every
+    ``interval`` seconds: one switch in the database opens local receivers
+    for every worker, and a change reaches them within that interval."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], policy: UrlPolicy, log: Any, interval: float = 5.0
+    ) -> None:
+        self._pool = pool
+        self._policy = policy
+        self._log = log.bind(component="policy")
+        self.interval = interval
+
+    async def run_once(self, wait: float = 30.0) -> None:
+        policy = self._policy
+        async with self._pool.connection(timeout=wait) as conn:
+            [row] = await db.fetch_async(conn, "url_policy", {})
+            known = policy.known
+            changed = policy.set_database(
+                allow_http=row["allow_http"], allow_private=row["allow_private_networks"]
+            )
+            if changed and known:
+                # Held deliveries are judged again now, not when their hold ends.
+                await db.fetch_async(conn, "release_held", {"hold_seconds": HOLD_SECONDS})
+        if changed or not known:
+            self._log.info(
+                "URL policy",
+                allow_http=policy.allow_http,
+                allow_private_networks=policy.allow_private,
+                database=dict(row),
+            )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.run_once()
+            except Exception as exc:  # the last policy read stays in force
+                self._log.warning("reading the URL policy failed", error=str(exc).strip())

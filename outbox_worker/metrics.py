@@ -93,6 +93,7 @@ class _HotPathStats:
         self.deliveries = {"delivered": 0, "failed": 0}
         self.results: dict[str, int] = {}
         self.duration = _Buckets((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0))
+        self.held = 0  # deliveries the URL policy held (no attempt)
         self.dispatched = 0
         self.dispatch_lag = _Buckets(
             (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -172,12 +173,60 @@ def record_outcome(outcome: Outcome) -> None:
     """Count one attempt (called from ``Completer.record``)."""
     result = "retrying" if outcome.status == "pending" else outcome.status
     stats = _STATS
+    if result == "retrying" and outcome.error_class == "policy":
+        stats.held += 1  # not an attempt: the URL policy held it, nothing was sent
+        return
     stats.attempts[result] += 1
     if result != "retrying":
         stats.deliveries[result] += 1
     cls = status_class(outcome)
     stats.results[cls] = stats.results.get(cls, 0) + 1
     stats.duration.observe(outcome.duration_ms / 1000)
+
+
+class Summary:
+    """The worker's summary log line: every ``interval`` seconds while work
+    flows, what happened since the last one (deliveries delivered and
+    failed, attempts retried, deliveries held by the URL policy, events
+    dispatched and their mean commit-to-dispatch lag). It reads the counters
+    above and adds nothing per delivery."""
+
+    def __init__(self, interval: float, in_flight: Callable[[], int], log: Any) -> None:
+        self.interval = interval
+        self._in_flight = in_flight
+        self._log = log
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int, int, int, int, float]:
+        s = _STATS
+        return (s.deliveries["delivered"], s.attempts["retrying"], s.deliveries["failed"], s.held,
+                s.dispatched, s.dispatch_lag.sum)  # fmt: skip
+
+    def log_once(self) -> bool:
+        """Log what changed since the last call, if anything did."""
+        now, last = self._read(), self._last
+        delivered, retried, failed, held, dispatched, lag = (a - b for a, b in zip(now, last, strict=True))
+        self._last = now
+        if not (delivered or retried or failed or held or dispatched):
+            return False
+        self._log.info(
+            "summary",
+            seconds=self.interval,
+            delivered=delivered,
+            retried=retried,
+            failed=failed,
+            held=held,
+            events=dispatched,
+            lag_ms=round(lag / dispatched * 1000, 1) if dispatched else None,
+            in_flight=self._in_flight(),
+        )
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.log_once()
 
 
 def observe_dispatch(created_at: Iterable[datetime]) -> None:
@@ -222,12 +271,10 @@ class OpsServer:
         site = web.TCPSite(self._runner, self._settings.metrics_host, self._settings.metrics_port)
         try:
             await site.start()
-        except OSError as exc:
+        except OSError:
             await self._runner.cleanup()
-            raise RuntimeError(
-                f"cannot serve metrics on {self._settings.metrics_host}:{self._settings.metrics_port}: {exc} "
-                "(set OUTBOX_METRICS_PORT to a free port, or 0 to disable)"
-            ) from exc
+            self._runner = None
+            raise
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._settings.metrics_port
         IN_FLIGHT.set_function(self._probes.in_flight)
@@ -268,22 +315,36 @@ class OpsServer:
             "database": False,
             "listen": self._probes.listening(),
         }
+        problem: dict[str, str] = {}
         try:
             async with self._pool.connection(timeout=2) as conn:
-                await db.fetch_async(conn, "ping", {})
+                await db.fetch_async(conn, "ping", {})  # the outbox schema too
             checks["database"] = True
         except Exception as exc:
-            self._log.info("readiness: database unreachable", error=str(exc).strip())
+            problem = {"error": str(exc).strip()}
+            self._log.info("readiness: database not usable", **problem)
         ok = all(checks.values())
         return web.json_response(
-            {"status": "ready" if ok else "not ready", **checks}, status=200 if ok else 503
+            {"status": "ready" if ok else "not ready", **checks, **problem}, status=200 if ok else 503
         )
 
 
 async def start_server(
     settings: Settings, pool: AsyncConnectionPool[Any], probes: Probes, log: Any
 ) -> OpsServer | None:
-    """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0."""
+    """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0. A port taken
+    (another worker on this host) costs the probes and metrics, never the
+    worker: it warns and delivers on without them."""
     if settings.metrics_port == 0:
         return None
-    return await OpsServer(settings, pool, probes, log).start()
+    try:
+        return await OpsServer(settings, pool, probes, log).start()
+    except OSError as exc:
+        log.warning(
+            "metrics and health server not started: its port is taken; delivering without it",
+            host=settings.metrics_host,
+            port=settings.metrics_port,
+            error=exc.strerror or str(exc),
+            fix="give each worker on a host its own OUTBOX_METRICS_PORT (0 turns the server off)",
+        )
+        return None

@@ -11,8 +11,12 @@ import os
 import socket
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 
 
 def _default_worker_id() -> str:
@@ -107,11 +111,15 @@ class Settings(BaseSettings):
         description="Fernet keys (JSON list, newest first) sealing webhook secrets at rest; empty = off.",
     )
 
-    # Network policy at send time
+    # Network policy at send time: the database's (outbox.config), which these can only tighten
     allow_private_networks: bool = Field(
-        False, description="Allow receivers on loopback/private/link-local addresses (development)."
+        True,
+        description="`false` refuses loopback/private receivers that `outbox.config` allows.",
     )
-    allow_http: bool = Field(False, description="Allow plain-http receivers (development).")
+    allow_http: bool = Field(
+        True,
+        description="`false` refuses plain-http receivers that `outbox.config` allows.",
+    )
 
     # Operations: Prometheus metrics and health probes
     metrics_port: int = Field(
@@ -123,6 +131,12 @@ class Settings(BaseSettings):
     )
     metrics_interval: float = Field(
         15.0, gt=0, description="Seconds between the queue-depth queries behind the metrics (not per scrape)."
+    )
+    summary_interval: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between summary log lines (delivered, retried, failed, lag) while work "
+        "flows; 0: none.",
     )
 
     # Management API
@@ -141,6 +155,23 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests/s per client address, as above (proxies: docs/reference.md).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str) -> str:
+        # Refused here, naming the variable, rather than as a libpq parse
+        # error at the first connection. Never echoed: it may hold a password.
+        expected = "expected postgresql://user[:password]@host[:port]/dbname or libpq key=value pairs"
+        scheme, sep, _ = value.partition("://")
+        if sep and scheme.lower() not in _POSTGRES_SCHEMES:
+            raise ValueError(f"{scheme}:// is not a PostgreSQL URL: {expected}")
+        try:
+            from outbox_worker.db import libpq_url  # db imports settings' neighbours, not settings
+
+            conninfo_to_dict(libpq_url(value))
+        except psycopg.ProgrammingError:
+            raise ValueError(f"not a PostgreSQL URL: {expected}") from None
+        return value
 
     @field_validator("retry_schedule")
     @classmethod

@@ -147,6 +147,11 @@ def list_webhooks(conn: db.SyncConnection, owner_id: str, event_type: str | None
     return [Webhook.from_row(r) for r in rows]
 
 
+def list_all_webhooks(conn: db.SyncConnection, event_type: str | None = None) -> list[Webhook]:
+    """Every owner's webhooks, for operators (the CLI without ``--owner``)."""
+    return [Webhook.from_row(r) for r in db.fetch(conn, "list_all_webhooks", {"event_type": event_type})]
+
+
 def get_webhook(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> Webhook:
     return Webhook.from_row(db.fetch(conn, "get_webhook", _ids(owner_id, webhook_id))[0])
 

@@ -24,9 +24,17 @@ from outbox_worker.attempt import Attempter
 from outbox_worker.client import HttpClient
 from outbox_worker.completer import Completer
 from outbox_worker.dispatch import Dispatcher
+from outbox_worker.errors import SchemaNotMigrated
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
-from outbox_worker.maintenance import FailingWebhookDisabler, HeadUnparker, PreviousSecretEraser, SecretSealer
+from outbox_worker.maintenance import (
+    FailingWebhookDisabler,
+    HeadUnparker,
+    PolicyWatcher,
+    PreviousSecretEraser,
+    SecretSealer,
+)
+from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.sender import Sender
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
@@ -56,6 +64,7 @@ class Worker:
         self.sender: Sender | None = None
         self.completer: Completer | None = None
         self.ops: metrics.OpsServer | None = None
+        self.url_policy = UrlPolicy.for_worker(settings)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -139,6 +148,17 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dispatch_wake.wait(), timeout)
 
+    async def _first_policy(self, watcher: PolicyWatcher) -> None:
+        """Read the database's URL policy before sending anything. A missing
+        schema ends the worker; an unreachable database does not (until it
+        answers, the policy is the strictest and refused deliveries are held)."""
+        try:
+            await watcher.run_once(wait=self.settings.connect_timeout)
+        except SchemaNotMigrated:
+            raise
+        except Exception as exc:
+            self.log.warning("database not answering at start; the worker retries", error=str(exc).strip())
+
     async def run(self) -> int:
         settings = self.settings
         pool = self._pool()
@@ -150,9 +170,18 @@ class Worker:
         )
         self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
-        http = HttpClient(settings)
+        watcher = PolicyWatcher(pool, self.url_policy, self.log)
+        try:
+            await self._first_policy(watcher)
+        except SchemaNotMigrated:
+            # Nothing would work: say so at once, instead of warning forever.
+            if self.ops:
+                await self.ops.stop()
+            await pool.close()
+            raise
+        http = HttpClient(settings, self.url_policy)
         self.completer = completer = Completer(pool, settings, self.log, lambda: self._key_freed())
-        attempter = Attempter(http, settings)
+        attempter = Attempter(http, settings, self.url_policy)
         self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log)
         dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log)
         background = [
@@ -160,7 +189,11 @@ class Worker:
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
             asyncio.create_task(PreviousSecretEraser(pool, self.log).run(), name="secret-eraser"),
             asyncio.create_task(HeadUnparker(pool, self.log, self._key_freed).run(), name="ordering"),
+            asyncio.create_task(watcher.run(), name="url-policy"),
         ]
+        if settings.summary_interval:
+            summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
+            background.append(asyncio.create_task(summary.run(), name="summary"))
         if sender.box is not None:
             sealer = SecretSealer(pool, sender.box, self.log)
             background.append(asyncio.create_task(sealer.run(), name="secret-sealer"))

@@ -23,6 +23,12 @@ select outbox.delete_webhook(%(owner_id)s, %(webhook_id)s);
 -- list_webhooks: an owner's webhooks, optionally only those an event type reaches
 select * from outbox.list_webhooks(%(owner_id)s, %(event_type)s);
 
+-- list_all_webhooks: every owner's webhooks (operators), optionally only those an event type reaches
+select w.*
+  from outbox.webhook_info w
+ where cast(%(event_type)s as text) is null or w.events && outbox.event_patterns(%(event_type)s)
+ order by w.owner_id, w.created_at, w.id;
+
 -- get_webhook: one webhook of an owner
 select * from outbox.get_webhook(%(owner_id)s, %(webhook_id)s);
 
@@ -275,7 +281,9 @@ with outcome as (
     -- failure only moves a delivery this worker still holds.
     update outbox.deliveries d
        set status = o.status,
-           attempts = o.attempt,
+           -- A delivery held by the URL policy ("policy") was not sent: its
+           -- attempts stay, and no attempt is logged for it.
+           attempts = case when o.error_class = 'policy' then d.attempts else o.attempt end,
            next_attempt_at = case when o.status = 'pending' then now() + make_interval(secs => o.retry_in)
                                   else d.next_attempt_at end,
            completed_at = case when o.status = 'pending' then null else now() end,
@@ -320,11 +328,12 @@ with outcome as (
     select o.id, o.attempt, o.attempted_at, o.duration_ms, o.status_code, o.error_class, o.error,
            o.response_body, %(worker_id)s
       from outcome o
-     where o.id in (select m.id from moved m)
+     where o.error_class is distinct from 'policy'
+       and (o.id in (select m.id from moved m)
         or o.id in (select d.id
                       from outbox.deliveries d
                      where d.id = any (array(select id from outcome except select id from moved))
-                       for key share)
+                       for key share))
 ), health as (
     -- A 429 is throttling, not a failure: it never counts toward auto-disable.
     select m.webhook_id, bool_or(m.status = 'delivered') as any_success
@@ -444,6 +453,60 @@ with doomed as (
 )
 delete from outbox.events e using doomed where e.id = doomed.id;
 
+-- browse_deliveries: a page of deliveries for `outbox-worker deliveries list`, newest first; each filter NULL = any
+select d.id, w.owner_id as owner, d.webhook_id as webhook, d.event_id as event, e.event_type,
+       d.status::text as status, d.attempts, d.created_at, d.next_attempt_at, d.completed_at,
+       d.last_status_code, d.last_error
+  from outbox.deliveries d
+  join outbox.webhooks w on w.id = d.webhook_id
+  join outbox.events e on e.id = d.event_id
+ where (cast(%(owner_id)s as text) is null or w.owner_id = %(owner_id)s)
+   and (cast(%(webhook_id)s as uuid) is null or d.webhook_id = %(webhook_id)s)
+   and (cast(%(status)s as outbox.delivery_status) is null or d.status = %(status)s)
+   and (cast(%(since)s as timestamptz) is null or d.created_at >= %(since)s)
+   and (cast(%(before_id)s as bigint) is null or d.id < %(before_id)s)
+ order by d.id desc
+ limit %(limit)s;
+
+-- browse_events: a page of events for `outbox-worker events list`, newest first, with their deliveries by state; each filter NULL = any
+select e.id, e.owner_id as owner, e.event_type, e.created_at, e.dispatched_at,
+       c.deliveries, c.delivered, c.failed
+  from (select *
+          from outbox.events e
+         where (cast(%(owner_id)s as text) is null or e.owner_id = %(owner_id)s)
+           and (cast(%(event_type)s as text) is null or e.event_type = %(event_type)s)
+           and (cast(%(since)s as timestamptz) is null or e.created_at >= %(since)s)
+           and (cast(%(before_id)s as bigint) is null or e.id < %(before_id)s)
+         order by e.id desc
+         limit %(limit)s) e
+ cross join lateral (select count(*) as deliveries,
+                            count(*) filter (where d.status = 'delivered') as delivered,
+                            count(*) filter (where d.status = 'failed') as failed
+                       from outbox.deliveries d
+                      where d.event_id = e.id) c
+ order by e.id desc;
+
+-- show_config: the database's settings (outbox.config) for `outbox-worker config show`
+select to_jsonb(c) - 'singleton' as settings from outbox.config c;
+
+-- set_config: change one setting of outbox.config by name; the value stored
+select outbox.set_config(%(name)s, %(value)s) as value;
+
+-- purge_preview: what purge would delete for a cutoff (`purge --dry-run`): finished events with their deliveries and attempts
+with doomed as materialized (
+    select e.id, e.created_at
+      from outbox.events e
+     where e.dispatched_at is not null
+       and e.created_at < %(older_than)s
+       and not exists (select 1 from outbox.deliveries d where d.event_id = e.id and d.status = 'pending')
+), their_deliveries as materialized (
+    select d.id from doomed join outbox.deliveries d on d.event_id = doomed.id
+)
+select (select count(*) from doomed) as events,
+       (select min(created_at) from doomed) as oldest,
+       (select count(*) from their_deliveries) as deliveries,
+       (select count(*) from their_deliveries t join outbox.delivery_attempts a on a.delivery_id = t.id) as attempts;
+
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
 
@@ -495,8 +558,19 @@ select (select count(*) from outbox.deliveries d
        (select count(*) from outbox.delivery_attempts a
          where not exists (select from outbox.deliveries d where d.id = a.delivery_id)) as attempts_without_delivery;
 
--- ping: readiness probe
-select 1 as ok;
+-- url_policy: the database's URL policy, which the worker enforces at send time (read every few seconds)
+select allow_http, allow_private_networks from outbox.config;
+
+-- release_held: make deliveries the URL policy held due now (the policy changed); only rows due within a hold are looked at
+update outbox.deliveries
+   set next_attempt_at = now()
+ where status = 'pending'
+   and next_attempt_at <= now() + make_interval(secs => %(hold_seconds)s)
+   and leased_by is null
+   and starts_with(last_error, 'held, not sent:');
+
+-- ping: readiness probe (the outbox schema must be there too)
+select 1 as ok from outbox.config;
 
 -- demo_open_config: let the demo's webhooks point at its plain-http loopback receiver
 update outbox.config set allow_http = true, allow_private_networks = true;

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.settings import Settings
 from outbox_worker.worker import Worker
 
@@ -33,6 +34,14 @@ FAST = {
 
 def settings(database_url: str, **overrides: Any) -> Settings:
     return Settings.model_validate({**FAST, "database_url": database_url, **overrides})
+
+
+def open_policy(config: Settings) -> UrlPolicy:
+    """The URL policy of a worker whose database allows loopback over http
+    (as tests/conftest.py's TEST_CONFIG does), for attempts run without one."""
+    policy = UrlPolicy.for_worker(config)
+    policy.set_database(allow_http=True, allow_private=True)
+    return policy
 
 
 @asynccontextmanager

@@ -25,9 +25,10 @@ code                      status  when
 ``validation_error``      422     the request does not match the OpenAPI schema
 ``invalid_url``           422     the URL is refused (scheme, host, private address)
 ``unknown_event_type``    422     an event type or topic is not in the catalogue
+``no_event_types``        422     the events list is empty
 ``invalid_owner_id``      422     the owner id is refused
 ``invalid_input``         422     a value the database cannot store (NUL, bad UTF-8)
-``unavailable``           503     the database cannot be reached
+``unavailable``           503     the database cannot be reached, or is not migrated
 ``internal_error``        500     a bug
 ``http_error``            other   any other HTTP-level refusal
 ========================  ======  =================================================

@@ -94,6 +94,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.close()
 
 
+def _fastapi(*, openapi_url: str | None, docs_url: str | None, **options: Any) -> FastAPI:
+    """FastAPI, its docs page served with Swagger UI's assets from the
+    fastapi-offline package (under ``/docs/assets``) instead of a CDN, so
+    the page works offline and behind a strict network policy."""
+    if openapi_url is None or docs_url is None:
+        return FastAPI(openapi_url=openapi_url, docs_url=None, **options)
+    from fastapi_offline import FastAPIOffline
+
+    app: FastAPI = FastAPIOffline(
+        docs_url=docs_url, static_url=f"{docs_url}/assets", openapi_url=openapi_url, **options
+    )
+    return app
+
+
 def create_app(
     settings_or_database_url: Settings | str,
     *,
@@ -112,7 +126,7 @@ def create_app(
     else:
         overrides: dict[str, Any] = {"database_url": settings_or_database_url}
         settings = Settings(**overrides)
-    app = FastAPI(
+    app = _fastapi(
         title="outbox_worker management API",
         version=_version(),
         description="Manage webhooks over the outbox SQL functions. Authenticate with `X-Api-Key`.",

@@ -34,6 +34,7 @@ ErrorCode = Literal[
     "validation_error",
     "invalid_url",
     "unknown_event_type",
+    "no_event_types",
     "invalid_owner_id",
     "invalid_input",
     "unavailable",
@@ -98,6 +99,9 @@ _NOT_FOUND_MESSAGES: dict[type[errors.NotFound], str] = {
 
 
 async def _outbox_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, errors.SchemaNotMigrated):
+        _log.error("api.schema_not_migrated", error=str(exc))
+        return error_response(503, "unavailable", exc.message)
     if isinstance(exc, errors.NotFound):
         return error_response(404, "not_found", _NOT_FOUND_MESSAGES.get(type(exc), "not found"))
     if isinstance(exc, errors.WebhookLimitReached):
@@ -106,6 +110,8 @@ async def _outbox_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(422, "invalid_url", exc.message)
     if isinstance(exc, errors.UnknownEventType):
         return error_response(422, "unknown_event_type", exc.message)
+    if isinstance(exc, errors.NoEventTypes):
+        return error_response(422, "no_event_types", exc.message)
     if isinstance(exc, errors.InvalidOwnerId):
         return error_response(422, "invalid_owner_id", exc.message)
     if isinstance(exc, errors.ValidationError):
@@ -130,7 +136,7 @@ async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
     return too_many_requests(exc.seconds)
 
 
-async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # Only location, message and type: pydantic's "input" would echo the
     # request back, and "ctx" may hold objects JSON cannot carry.
@@ -144,9 +150,25 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     ]
     if any(issue["type"] == "json_invalid" for issue in issues):
         return error_response(400, "bad_request", "the request body is not valid JSON", details=issues)
+    content_type = request.headers.get("content-type")
+    if any(issue["loc"] == ["body"] for issue in issues) and not _is_json(content_type):
+        # Without the header the body is not read as JSON at all: say so,
+        # rather than that the body is not an object.
+        sent = f"it was {content_type!r}" if content_type else "the request had none"
+        return error_response(
+            422,
+            "validation_error",
+            f"send the body as JSON with the header Content-Type: application/json ({sent})",
+            details=issues,
+        )
     return error_response(
         422, "validation_error", "the request does not match the API schema", details=issues
     )
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 _HTTP_CODES: dict[int, ErrorCode] = {
@@ -232,6 +254,6 @@ def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: f"The body is larger than {MAX_BODY_BYTES} bytes.",
         422: "The request or a value in it was refused.",
         429: "Too many requests from this key or address: retry after `Retry-After` seconds.",
-        503: "The database is unavailable.",
+        503: "The database is unavailable, or not migrated.",
     }
     return {status: {"model": ErrorBody, "description": descriptions[status]} for status in statuses}

@@ -2,11 +2,12 @@
 
 Its commands live beside the frame they hang from: :mod:`.base` (the group,
 context, output and errors), :mod:`.manage` (webhooks, event types, emit,
-redeliver, API keys) and :mod:`.operate` (migrate, run, stats, purge, grant,
-secrets, demo, api).
+redeliver, API keys), :mod:`.operate` (migrate, run, stats, purge, grant,
+secrets, demo, api), :mod:`.browse` (deliveries and events lists) and
+:mod:`.develop` (config, receive).
 """
 
-from outbox_worker.cli import manage, operate
+from outbox_worker.cli import browse, develop, manage, operate
 from outbox_worker.cli.base import main
 
-__all__ = ["main", "manage", "operate"]
+__all__ = ["browse", "develop", "main", "manage", "operate"]

@@ -1,23 +1,27 @@
 """The command line's frame: the ``outbox-worker`` group, its context (one
-connection per command, in one transaction), output as a table or JSON, and
-errors as one line.
+connection per command, in one transaction), output, and errors as one line.
 
-Each command opens one connection, runs in one transaction and prints a
-table (or JSON with ``--json``). Errors print one line and exit 1; bad usage
-exits 2.
+Each command opens one connection, runs in one transaction and prints plain
+lines (tab-separated when stdout is not a terminal, aligned when it is;
+never a value cut or wrapped), or JSON with ``--json``, which every command
+also takes after its name. Errors print one line (JSON with ``--json``) and
+exit 1; bad usage exits 2. No traceback reaches the user.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 import psycopg
+import pydantic
 
 from outbox_worker import db, logs, pooling
 from outbox_worker.errors import OutboxError
@@ -40,9 +44,50 @@ class Context:
             conn = db.connect(db.libpq_url(self.settings.database_url))
             self.policy.check_sync(conn)  # through a transaction-mode pooler: nothing prepared
         except psycopg.OperationalError as exc:
-            raise click.ClickException(f"cannot connect to the database: {exc}") from exc
+            raise click.ClickException(f"cannot connect to the database: {one_line(exc)}") from exc
         with conn:  # commits on success, rolls back on error
             yield conn
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (libpq's span several)."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or str(exc) or type(exc).__name__
+    return " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+
+
+# -- ages and times -----------------------------------------------------------
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
+_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str, param_hint: str) -> timedelta:
+    """An age in days, hours, minutes or seconds (``30d``, ``12h``, ``90min``,
+    ``45s``). ``m`` is refused: it reads as minutes to some and as months to
+    others, and a purge of one minute's age deletes all history."""
+    found = _AGE.fullmatch(text.strip().lower())
+    if found is None or found.group(2) not in _UNITS:
+        unit = found.group(2) if found else None
+        why = " ('m' could be minutes or months: write min, or 30d for a month)" if unit == "m" else ""
+        raise click.BadParameter(
+            f"{text!r}: use a number and one of d, h, min, s (e.g. 30d, 12h, 90min){why}",
+            param_hint=param_hint,
+        )
+    return timedelta(seconds=float(found.group(1)) * _UNITS[found.group(2)])
+
+
+def moment(text: str, param_hint: str, now: datetime) -> datetime:
+    """A point in time: ISO-8601 (UTC unless it says otherwise) or an age before ``now``."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return now - parse_age(text, param_hint)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# -- output -------------------------------------------------------------------
 
 
 def _jsonable(value: Any) -> Any:
@@ -59,37 +104,72 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _text(value: Any, *, terminal: bool) -> str:
+    if value is None:
+        return "-" if terminal else ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_text(v, terminal=terminal) for v in value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    # One value, one cell: a tab or line break would split it.
+    return " ".join(str(value).split()) if any(c in str(value) for c in "\t\r\n") else str(value)
+
+
+def _terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def _columns(lines: list[list[str]], terminal: bool) -> list[str]:
+    if not terminal:
+        return ["\t".join(cells) for cells in lines]
+    widths = [max(len(cells[i]) for cells in lines) for i in range(len(lines[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip() for cells in lines]
+
+
 def output(ctx: Context, rows: Sequence[dict[str, Any]], title: str | None = None) -> None:
+    """A list: a header and one line per row (JSON: a list of objects)."""
     if ctx.as_json:
         click.echo(json.dumps(_jsonable(list(rows)), ensure_ascii=False, indent=2))
         return
-    # Imported here, not at the top: `outbox-worker run` never prints a
-    # table and rich costs it RSS.
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if len(rows) == 1:  # one record: vertical, so a secret or URL is never truncated
-        table = Table(title=title, show_header=False)
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for key, value in rows[0].items():
-            table.add_row(
-                key, "" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
-            )
-        console.print(table)
+    terminal = _terminal()
+    if terminal and title:
+        click.secho(title, bold=True)
+    if not rows:
+        if terminal:
+            click.echo("(none)")
         return
-    table = Table(title=title)
-    for column in rows[0] if rows else ["(none)"]:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            *("" if v is None else ", ".join(v) if isinstance(v, list) else str(v) for v in row.values())
-        )
-    console.print(table)
+    header = [str(k) for k in rows[0]]
+    lines = [header, *([_text(v, terminal=terminal) for v in row.values()] for row in rows)]
+    rendered = _columns(lines, terminal)
+    if terminal:
+        click.secho(rendered[0], bold=True)
+    else:
+        click.echo(rendered[0])
+    for line in rendered[1:]:
+        click.echo(line)
+
+
+def output_record(ctx: Context, row: dict[str, Any], title: str | None = None) -> None:
+    """One object: a line per field (JSON: a list holding the object)."""
+    if ctx.as_json:
+        click.echo(json.dumps(_jsonable([row]), ensure_ascii=False, indent=2))
+        return
+    terminal = _terminal()
+    if terminal and title:
+        click.secho(title, bold=True)
+    for line in _columns([[str(k), _text(v, terminal=terminal)] for k, v in row.items()], terminal):
+        click.echo(line)
+
+
+# -- errors -------------------------------------------------------------------
 
 
 def handle_errors(func: F) -> F:
+    """Kept for commands that still carry it; the group turns errors into
+    one line for every command (see :class:`OutboxGroup`)."""
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
@@ -101,12 +181,112 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _settings_error(exc: pydantic.ValidationError) -> str:
+    """One line per refused setting, naming its environment variable."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"OUTBOX_{field.upper()}: {message}")
+    return "; ".join(problems)
+
+
+def _as_click_error(exc: Exception) -> click.ClickException:
+    if isinstance(exc, click.ClickException):
+        return exc
+    mapped = db.translate(exc)  # statements run outside db.fetch: a missing schema, an OW code
+    if isinstance(mapped, OutboxError):
+        return click.ClickException(str(mapped))
+    if isinstance(exc, pydantic.ValidationError):
+        return click.ClickException(_settings_error(exc))
+    if isinstance(exc, psycopg.OperationalError):
+        return click.ClickException(f"the database: {one_line(exc)}")
+    if isinstance(exc, psycopg.Error):
+        return click.ClickException(f"the database refused: {one_line(exc)}")
+    logs.get_logger().debug("command failed", exc_info=exc)
+    return click.ClickException(
+        f"unexpected error: {type(exc).__name__}: {one_line(exc)} (OUTBOX_LOG_LEVEL=debug shows where)"
+    )
+
+
+def _show(exc: click.ClickException, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"error": exc.format_message(), "exit_code": exc.exit_code}), err=True)
+    else:
+        exc.show()
+
+
+def _json_option(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value and (obj := ctx.find_object(Context)) is not None:
+        obj.as_json = True
+
+
+def _with_json_option(params: list[click.Parameter]) -> None:
+    if not any(p.name == "as_json" for p in params):
+        params.append(
+            click.Option(
+                ["--json", "as_json"],
+                is_flag=True,
+                expose_value=False,
+                callback=_json_option,
+                help="Print JSON instead of plain lines (here or before the command).",
+            )
+        )
+
+
+class OutboxCommand(click.Command):
+    """A command that takes ``--json`` after its name too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _with_json_option(self.params)
+
+
+class OutboxGroup(click.Group):
+    """The group of groups and commands: ``--json`` everywhere, and every
+    error, expected or not, as one line."""
+
+    command_class = OutboxCommand
+    group_class = type  # subgroups are OutboxGroups too
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _with_json_option(self.params)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise _as_click_error(exc) from exc
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv  # known before parsing, for errors in parsing too
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(argv, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            _show(exc, as_json)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except pydantic.ValidationError as exc:  # settings, read before any command runs
+            _show(_as_click_error(exc), as_json)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group()
+@click.group(cls=OutboxGroup)
 @click.option("--database-url", envvar="OUTBOX_DATABASE_URL", help="Overrides OUTBOX_DATABASE_URL.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of plain lines.")
 @click.version_option(package_name="outbox-worker")
 @click.pass_context
 def main(click_ctx: click.Context, database_url: str | None, as_json: bool) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from outbox_worker import api_keys, db, webhooks
-from outbox_worker.cli.base import Context, handle_errors, main, output, pass_ctx
+from outbox_worker.cli.base import Context, handle_errors, main, output, output_record, pass_ctx
 from outbox_worker.emit import emit as emit_event
 
 
@@ -41,19 +41,24 @@ def webhooks_create(ctx: Context, owner: str, url: str, events: tuple[str, ...])
     with ctx.connection() as conn:
         created = webhooks.create_webhook(conn, owner, url, events, box=ctx.box)
         hook = webhooks.get_webhook(conn, owner, created.id)
-    output(ctx, [{**_webhook_row(hook), "secret": created.secret}], "Webhook created: store the secret now")
+    output_record(
+        ctx, {**_webhook_row(hook), "secret": created.secret}, "Webhook created: store the secret now"
+    )
 
 
 @webhooks_group.command("list")
-@click.option("--owner", required=True)
+@click.option("--owner", default=None, help="Only this owner's webhooks (default: every owner's).")
 @click.option("--event", default=None, help="Only webhooks this event type reaches.")
 @pass_ctx
 @handle_errors
-def webhooks_list(ctx: Context, owner: str, event: str | None) -> None:
-    """List an owner's webhooks (never their secrets)."""
+def webhooks_list(ctx: Context, owner: str | None, event: str | None) -> None:
+    """List webhooks, an owner's or every owner's (never their secrets)."""
     with ctx.connection() as conn:
-        hooks = webhooks.list_webhooks(conn, owner, event)
-    output(ctx, [_webhook_row(w) for w in hooks], f"Webhooks of {owner}")
+        if owner is None:
+            hooks = webhooks.list_all_webhooks(conn, event)
+        else:
+            hooks = webhooks.list_webhooks(conn, owner, event)
+    output(ctx, [_webhook_row(w) for w in hooks], f"Webhooks of {owner}" if owner else "Webhooks")
 
 
 @webhooks_group.command("update")
@@ -72,7 +77,7 @@ def webhooks_update(
         hook = webhooks.update_webhook(
             conn, owner, webhook_id, url=url, events=list(events) or None, enabled=enabled
         )
-    output(ctx, [_webhook_row(hook)], "Webhook updated")
+    output_record(ctx, _webhook_row(hook), "Webhook updated")
 
 
 @webhooks_group.command("delete")
@@ -108,7 +113,7 @@ def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
     """Issue a new secret; the old one keeps signing for the overlap window."""
     with ctx.connection() as conn:
         rotated = webhooks.rotate_webhook_secret(conn, owner, webhook_id, box=ctx.box)
-    output(ctx, [{"id": str(rotated.id), "secret": rotated.secret}], "New secret: store it now")
+    output_record(ctx, {"id": str(rotated.id), "secret": rotated.secret}, "New secret: store it now")
 
 
 # -- the worker ---------------------------------------------------------------
@@ -170,7 +175,7 @@ def emit_cmd(ctx: Context, owner: str, event_type: str, data: str) -> None:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
     with ctx.connection() as conn:
         event_id = emit_event(conn, owner, event_type, payload)
-    output(ctx, [{"event_id": event_id}])
+    output_record(ctx, {"event_id": event_id})
 
 
 @main.group("event-types")
@@ -226,7 +231,7 @@ def api_keys_create(ctx: Context, owner: str) -> None:
     with ctx.connection() as conn:
         created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix)
     row = {"id": str(created.id), "owner": owner, "key": created.key}
-    output(ctx, [row], "API key created: store it now")
+    output_record(ctx, row, "API key created: store it now")
 
 
 @api_keys_group.command("list")

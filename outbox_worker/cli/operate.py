@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import signal
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 import psycopg
 
 from outbox_worker import db, grants, pooling, webhooks
-from outbox_worker.cli.base import Context, handle_errors, main, output, pass_ctx
+from outbox_worker.cli.base import Context, handle_errors, main, output, output_record, parse_age, pass_ctx
 from outbox_worker.maintenance import sealed_params
 from outbox_worker.secretbox import generate_key, new_secret
 from outbox_worker.settings import Settings
@@ -98,22 +98,40 @@ def stats_cmd(ctx: Context) -> None:
     if ctx.as_json:
         output(ctx, [{"webhooks": table, "undispatched_events": backlog["undispatched"]}])
         return
-    output(ctx, table or [{"webhooks": "none"}], "Queue health")
+    output(ctx, table, "Queue health")
     age = backlog["oldest_undispatched_seconds"]
     click.echo(
-        f"undispatched events: {backlog['undispatched']}" + (f" (oldest {float(age):.1f} s)" if age else "")
+        f"undispatched events: {backlog['undispatched']}" + (f" (oldest {float(age):.1f} s)" if age else ""),
+        err=not sys.stdout.isatty(),  # piped: stdout holds the table alone
     )
 
 
 @main.command("purge")
 @click.option(
-    "--older-than", required=True, help="Age like 30d, 12h, 90m: finished history older than this goes."
+    "--older-than",
+    required=True,
+    help="Age in d, h, min or s (30d, 12h, 90min): finished history older goes.",
 )
-@click.option("--batch-size", default=5000, show_default=True)
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1))
+@click.option("--dry-run", is_flag=True, help="Print what would go, delete nothing.")
 @pass_ctx
-def purge_cmd(ctx: Context, older_than: str, batch_size: int) -> None:
+def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> None:
     """Delete finished events with their deliveries and attempts, in batches."""
-    cutoff = datetime.now(UTC) - parse_age(older_than)
+    cutoff = datetime.now(UTC) - parse_age(older_than, "--older-than")
+    if dry_run:
+        with ctx.connection() as conn:
+            [row] = db.fetch(conn, "purge_preview", {"older_than": cutoff})
+        if ctx.as_json:
+            output_record(ctx, {**row, "older_than": cutoff, "dry_run": True})
+            return
+        click.echo(
+            f"would purge {row['events']} events "
+            f"({row['deliveries']} deliveries, {row['attempts']} attempts) "
+            f"created before {cutoff.isoformat(timespec='seconds')}"
+            + (f", the oldest at {row['oldest'].isoformat(timespec='seconds')}" if row["oldest"] else "")
+            + "; nothing deleted (--dry-run)"
+        )
+        return
     total = 0
     while True:
         # One short transaction per batch: no long locks, vacuum keeps up.
@@ -124,15 +142,6 @@ def purge_cmd(ctx: Context, older_than: str, batch_size: int) -> None:
         if deleted < batch_size:
             break
     click.echo(f"purged {total} events (with their deliveries and attempts) older than {cutoff.isoformat()}")
-
-
-def parse_age(text: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    try:
-        value, unit = float(text[:-1]), text[-1]
-        return timedelta(seconds=value * units[unit])
-    except (ValueError, KeyError, IndexError):
-        raise click.BadParameter(f"{text!r}: use a number and one of s, m, h, d, w (e.g. 30d)") from None
 
 
 @main.command("grant")
@@ -277,7 +286,14 @@ def demo_cmd(click_ctx: click.Context, keep: bool, orders: int) -> None:
     ctx: Context = click_ctx.ensure_object(Context)
     try:
         code = asyncio.run(
-            demo.run(server_url=server_url, keep=keep, orders=orders, console=Console(), as_json=ctx.as_json)
+            # soft_wrap: a command or URL to copy is never broken over lines.
+            demo.run(
+                server_url=server_url,
+                keep=keep,
+                orders=orders,
+                console=Console(soft_wrap=True),
+                as_json=ctx.as_json,
+            )
         )
     except psycopg.Error as exc:
         raise click.ClickException(f"demo: PostgreSQL refused: {str(exc).strip()}") from exc

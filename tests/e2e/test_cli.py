@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from outbox_worker import migrate
-from tests.cli import create_hook, run
+from tests.cli import create_hook, run, run_in_terminal
 from tests.helpers import orphans
 
 
@@ -128,7 +130,7 @@ def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[A
     stats = json.loads(run(database_url, "--json", "stats").stdout)[0]
     [row] = stats["webhooks"]
     assert (row["pending"], row["failed"]) == (1, 1) and stats["undispatched_events"] == 0
-    assert "Queue health" in run(database_url, "stats").stdout
+    assert run(database_url, "stats").stdout.startswith("owner\twebhook\turl\t")  # piped: plain lines
 
     # The owner is required; an operator acting across owners says so.
     unowned = run(database_url, "redeliver", str(old_failed))
@@ -159,3 +161,111 @@ def test_stats_redeliver_and_purge(database_url: str, conn: psycopg.Connection[A
     assert orphans(conn) == (0, 0, 0)
     bad = run(database_url, "purge", "--older-than", "soon")
     assert bad.returncode == 2 and "use a number and one of" in bad.stderr
+
+
+def test_every_command_on_an_unmigrated_database_says_to_migrate(make_database: Any) -> None:
+    url = make_database("outbox_cli_bare")
+    commands = [
+        ["stats"], ["webhooks", "list"], ["webhooks", "list", "--owner", "v"],
+        ["webhooks", "create", "--owner", "v", "--url", "https://e.com/", "--event", "*"],
+        ["emit", "--owner", "v", "--type", "order.created", "--data", "{}"],
+        ["api-keys", "create", "--owner", "v"], ["event-types", "list"], ["purge", "--older-than", "30d"],
+        ["redeliver", "1", "--owner", "v"], ["deliveries", "list"], ["events", "list"], ["config", "show"],
+    ]  # fmt: skip
+    for command in commands:
+        result = run(url, *command)
+        assert result.returncode == 1, command
+        [line] = result.stderr.splitlines()
+        assert "run `outbox-worker migrate`" in line, command
+    started = time.monotonic()
+    worker = run(url, "run")
+    assert worker.returncode == 1 and time.monotonic() - started < 20
+    assert "run `outbox-worker migrate`" in worker.stderr.splitlines()[-1]
+    assert "Traceback" not in worker.stderr and "worker started" not in worker.stderr
+
+
+@pytest.mark.parametrize("url", ["postgres//oops", "mysql://user:hunter2@db/app"])
+def test_a_malformed_database_url_is_one_line_naming_the_variable(url: str) -> None:
+    result = run(url, "stats")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: OUTBOX_DATABASE_URL: ") and "postgresql://" in line
+    assert "hunter2" not in line
+
+
+def test_json_is_taken_after_the_command_and_errors_are_json_too(database_url: str) -> None:
+    listed = run(database_url, "event-types", "list", "--json")
+    assert listed.returncode == 0 and "order.created" in {t["name"] for t in json.loads(listed.stdout)}
+    missing = run(
+        database_url, "webhooks", "delete", "00000000-0000-0000-0000-000000000000", "--owner", "v", "--json"
+    )
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert "not found" in json.loads(missing.stderr)["error"]
+    usage = run(database_url, "--json", "emit", "--owner", "v")
+    assert usage.returncode == 2 and "--type" in json.loads(usage.stderr)["error"]
+
+
+def test_ids_keys_and_secrets_are_never_cut_or_wrapped(database_url: str) -> None:
+    shown = run_in_terminal(
+        database_url, "api-keys", "create", "--owner", "a-rather-long-owner-name-for-width"
+    )
+    key = next(line.split()[-1] for line in shown.splitlines() if line.startswith("key "))
+    assert key.startswith("brut_") and len(key) > 40
+    with psycopg.connect(database_url) as conn:
+        from outbox_worker import api_keys
+
+        assert api_keys.api_key_owner(conn, key) == "a-rather-long-owner-name-for-width"  # whole and usable
+    hook = json.loads(create_hook(database_url).stdout)[0]
+    assert hook["id"] in run_in_terminal(database_url, "webhooks", "list", "--owner", "v")
+    piped = run(database_url, "webhooks", "list", "--owner", "v").stdout.splitlines()
+    assert piped[0].split("\t")[:2] == ["id", "owner"] and piped[1].split("\t")[0] == hook["id"]
+    assert (
+        run(database_url, "webhooks", "list").stdout.splitlines()[1].split("\t")[0] == hook["id"]
+    )  # every owner
+
+
+def test_deliveries_and_events_lists_find_the_id_to_redeliver(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    create_hook(database_url)
+    ids = [_finished_delivery(conn, "failed", f"{n} hours") for n in range(3)]
+    conn.execute(
+        "update outbox.deliveries d set created_at = e.created_at "
+        "from outbox.events e where e.id = d.event_id"
+    )
+    failed = json.loads(
+        run(database_url, "--json", "deliveries", "list", "--owner", "v", "--status", "failed").stdout
+    )
+    assert [d["id"] for d in failed] == sorted(ids, reverse=True)
+    first = run(database_url, "deliveries", "list", "--limit", "2")
+    assert "more: add --before" in first.stderr
+    before = first.stderr.split("--before ")[1].split()[0]
+    rest = json.loads(
+        run(database_url, "--json", "deliveries", "list", "--limit", "2", "--before", before).stdout
+    )
+    assert [d["id"] for d in rest] == [min(ids)]
+    recent = json.loads(run(database_url, "--json", "deliveries", "list", "--since", "30min").stdout)
+    assert [d["id"] for d in recent] == [ids[0]]
+    events = json.loads(
+        run(database_url, "--json", "events", "list", "--owner", "v", "--type", "order.created").stdout
+    )
+    assert len(events) == 3 and all((e["deliveries"], e["failed"]) == (1, 1) for e in events)
+    assert run(database_url, "redeliver", str(failed[0]["id"]), "--owner", "v").returncode == 0
+
+
+def test_purge_refuses_ambiguous_units_and_previews_with_dry_run(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    create_hook(database_url)
+    _finished_delivery(conn, "delivered", "40 days")
+    _finished_delivery(conn, "delivered", "1 day")
+    for ambiguous in ("1m", "2w", "3mo"):
+        refused = run(database_url, "purge", "--older-than", ambiguous)
+        assert refused.returncode == 2 and "one of d, h, min, s" in refused.stderr
+    assert "minutes or months" in run(database_url, "purge", "--older-than", "1m").stderr
+    preview = run(database_url, "purge", "--older-than", "30d", "--dry-run")
+    assert preview.returncode == 0 and "would purge 1 events (1 deliveries, 1 attempts)" in preview.stdout
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (2,)  # nothing went
+    as_json = json.loads(run(database_url, "--json", "purge", "--older-than", "90min", "--dry-run").stdout)[0]
+    assert (as_json["events"], as_json["dry_run"]) == (2, True)
+    assert "purged 1 events" in run(database_url, "purge", "--older-than", "720h").stdout

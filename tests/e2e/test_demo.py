@@ -11,9 +11,11 @@ import time
 import psycopg
 
 
-def run_demo(*args: str, database_url: str | None) -> tuple[subprocess.CompletedProcess[str], float]:
+def run_demo(
+    *args: str, database_url: str | None, columns: int = 120
+) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env["COLUMNS"] = "120"
+    env["COLUMNS"] = str(columns)
     if database_url:
         env["OUTBOX_DATABASE_URL"] = database_url
     started = time.monotonic()
@@ -63,3 +65,20 @@ def test_demo_on_a_configured_server_uses_and_drops_a_throwaway_database(server_
         databases_after = {r[0] for r in conn.execute("select datname from pg_database")}
     leftovers = {d for d in databases_after - databases_before if d.startswith("outbox_demo_")}
     assert not leftovers, f"the demo left {leftovers} behind"
+
+
+def test_demo_keep_prints_its_commands_whole_and_json_comes_after_the_command(server_url: str) -> None:
+    done, _ = run_demo("demo", "--orders", "1", "--json", database_url=server_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["ok"] is True
+    kept, _ = run_demo("demo", "--orders", "1", "--keep", database_url=server_url, columns=80)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    lines = kept.stdout.splitlines()
+    connect = next(line for line in lines if line.startswith("Connect with: psql "))
+    url = connect.split('"')[1]
+    with psycopg.connect(url) as conn:  # whole: it connects
+        assert conn.execute("select count(*) from outbox.events").fetchone() is not None
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    assert any(line.startswith("Kept: database ") and f"drop database {name}'" in line for line in lines)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f"drop database {name} with (force)")

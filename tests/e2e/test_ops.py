@@ -263,3 +263,106 @@ def test_dispatch_metrics_count_like_prometheus_client_would() -> None:
     families = ("outbox_dispatched_events", "outbox_dispatch_lag_seconds", "outbox_attempt_duration_seconds")
     for family in families:
         assert sample(f"{family}_created") > 1.7e9
+
+
+def test_a_second_worker_on_a_taken_metrics_port_warns_and_delivers(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    with socket.socket() as taken:  # the first worker's metrics server, as far as the second can tell
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        hook = webhooks.create_webhook(conn, "v", "http://127.0.0.1:9/refused", ["order.created"])
+        emit(conn, "v", "order.created", {"id": 1})
+        process = spawn_worker(database_url, "second", metrics_port=port, metrics_host="127.0.0.1")
+        try:
+            # It runs on: the delivery is attempted (and fails: nothing listens on port 9).
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "select count(*) from outbox.delivery_attempts a join outbox.deliveries d "
+                        "on d.id = a.delivery_id where d.webhook_id = %s",
+                        (hook.id,),
+                    ).fetchone()
+                    != (0,)
+                ),
+                timeout=20,
+                what="the second worker delivering",
+            )
+            assert process.poll() is None
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    warnings = [json.loads(line) for line in err.decode().splitlines() if "port is taken" in line]
+    assert warnings and warnings[0]["port"] == port and "OUTBOX_METRICS_PORT" in warnings[0]["fix"]
+
+
+async def test_readyz_fails_when_the_schema_is_gone(make_database: Any) -> None:
+    from outbox_worker import migrate
+
+    url = make_database("outbox_ready_schema")
+    migrate.upgrade(url)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with running_worker(url, metrics_port=port, metrics_host="127.0.0.1"):
+
+        async def ready() -> bool:
+            return (await get(base + "/readyz"))[0] == 200
+
+        await eventually(ready, what="ready with its schema")
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("drop schema outbox cascade")
+        status, body = await get(base + "/readyz")
+        assert status == 503
+        answer = json.loads(body)
+        assert answer["database"] is False and "run `outbox-worker migrate`" in answer["error"]
+
+
+def test_the_worker_says_what_it_does_at_the_default_level(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    hook = webhooks.create_webhook(conn, "v", "http://127.0.0.1:9/refused?token=t0ps3cret", ["order.created"])
+    for i in range(3):
+        emit(conn, "v", "order.created", {"i": i})
+    process = spawn_worker(database_url, "talker", log_level="info", summary_interval=0.2)
+    try:
+        wait_for(
+            lambda: conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (6,),
+            timeout=20,
+            what="two attempts per delivery",
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    failures = [line for line in lines if line["event"] == "attempt"]
+    assert failures and all(
+        (f["webhook_id"], f["origin"], f["error_class"]) == (str(hook.id), "http://127.0.0.1:9", "connection")
+        and f["level"] in ("info", "warning")
+        and "status_code" in f
+        for f in failures
+    )
+    summaries = [line for line in lines if line["event"] == "summary"]
+    assert sum(s["retried"] for s in summaries) >= 3 and sum(s["events"] for s in summaries) == 3
+    assert "t0ps3cret" not in err.decode()
+
+
+def test_library_log_lines_stay_json(server_url: str) -> None:
+    # psycopg_pool logs through the standard library when it cannot connect.
+    url = with_database(server_url, "outbox_no_such_database")
+    process = spawn_worker(url, "no-database", log_level="info")
+    try:
+        deadline = time.monotonic() + 20
+        seen: list[str] = []
+        assert process.stderr is not None
+        while time.monotonic() < deadline and not any("psycopg.pool" in line for line in seen):
+            seen.append(process.stderr.readline().decode())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=30)
+    lines = [line for line in seen + rest.decode().splitlines() if line.strip()]
+    pool_lines = [json.loads(line) for line in lines if "psycopg.pool" in line]
+    assert pool_lines and pool_lines[0]["logger"] == "psycopg.pool" and pool_lines[0]["level"] == "warning"
+    for line in lines:
+        json.loads(line)  # every line one JSON object

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +34,7 @@ WEBHOOK_NOT_FOUND = {"code": "not_found", "message": "webhook not found"}
 DELIVERY_NOT_FOUND = {"code": "not_found", "message": "delivery not found"}
 BRAND_NOT_FOUND = {"code": "not_found", "message": "brand not found"}
 HOOKS = "/api/vendor/webhooks"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +228,7 @@ def test_a_sixth_webhook_is_refused_with_409(client: httpx.Client, conn: psycopg
         ({"url": "not a url", "events": ["order.created"]}, 422, "invalid_url"),
         ({"url": "https://user:pw@example.com/", "events": ["order.created"]}, 422, "invalid_url"),
         ({"url": "https://example.com/", "events": ["order.shipped"]}, 422, "unknown_event_type"),
-        ({"url": "https://example.com/", "events": []}, 422, "unknown_event_type"),
+        ({"url": "https://example.com/", "events": []}, 422, "no_event_types"),
         ({"url": "https://example.com/\u0000", "events": ["order.created"]}, 422, "invalid_input"),
         ({"url": "https://example.com/\ud800", "events": ["order.created"]}, 422, "invalid_input"),
         ({"events": ["order.created"]}, 422, "validation_error"),
@@ -321,7 +324,7 @@ def test_refused_updates_and_queries_are_422_and_change_nothing(
     r = client.request(method, f"{HOOKS}/{hook['id']}{suffix}", headers=auth(key), **kwargs)
 
     assert r.status_code == 422, r.text
-    assert r.json()["code"] in {"validation_error", "invalid_url", "unknown_event_type"}
+    assert r.json()["code"] in {"validation_error", "invalid_url", "unknown_event_type", "no_event_types"}
     assert client.get(f"{HOOKS}/{hook['id']}", headers=auth(key)).json() == {
         k: v for k, v in hook.items() if k != "secret"
     }
@@ -688,6 +691,62 @@ def test_another_brands_id_is_404_whether_or_not_it_exists(
             r = client.request(method, f"/brands/{brand}/webhooks", headers=auth(key), **kwargs)
             assert (r.status_code, r.json()) == (404, BRAND_NOT_FOUND), (brand, method)
     assert snapshot(conn) == before
+
+
+# -- what the API says to someone setting it up -------------------------------------------------
+
+
+def test_an_unmigrated_database_is_a_503_that_says_to_migrate(make_database: Any) -> None:
+    with serve(create_app(make_database("outbox_api_bare"))) as base, httpx.Client(base_url=base) as c:
+        r = c.get(HOOKS, headers={"X-Api-Key": "brut_" + "0" * 64})
+    assert r.status_code == 503
+    assert r.json()["code"] == "unavailable" and "run `outbox-worker migrate`" in r.json()["message"]
+
+
+def test_a_post_without_content_type_is_told_to_send_it(
+    client: httpx.Client, conn: psycopg.Connection[Any]
+) -> None:
+    body = b'{"url": "https://example.com/hook", "events": ["order.created"]}'
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        r = client.post(HOOKS, content=body, headers={**auth(issue_key(conn, "vendor-1")), **headers})
+        assert r.status_code == 422
+        assert "Content-Type: application/json" in r.json()["message"]
+    assert conn.execute("select count(*) from outbox.webhooks").fetchone() == (0,)
+
+
+def test_an_empty_events_list_has_its_own_code(client: httpx.Client, conn: psycopg.Connection[Any]) -> None:
+    r = client.post(
+        HOOKS,
+        json={"url": "https://example.com/hook", "events": []},
+        headers=auth(issue_key(conn, "vendor-1")),
+    )
+    assert (r.status_code, r.json()["code"]) == (422, "no_event_types")
+
+
+def test_the_docs_page_loads_its_assets_from_the_app(client: httpx.Client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']?([^"'\s>]+)""", page.text)
+    assert assets and not [a for a in assets if a.startswith(("http:", "https:", "//"))]
+    for asset in assets:
+        if asset.endswith((".js", ".css")):
+            got = client.get(asset)
+            assert got.status_code == 200 and len(got.content) > 10_000, asset
+
+
+def test_the_brand_api_docs_localhost_example_is_refused_and_documented(
+    client: httpx.Client, conn: psycopg.Connection[Any]
+) -> None:
+    conn.execute("update outbox.config set allow_http = false, allow_private_networks = false")
+    r = client.post(
+        "/brands/brand-1/webhooks",
+        json={"topic": "Deals", "url": "https://localhost:3000"},
+        headers=auth(issue_key(conn, "brand-1")),
+    )
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_url")
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    deviations = next(line for line in reference.splitlines() if "Deviations:" in line)
+    assert "`https://localhost:3000` is refused" in deviations
 
 
 # -- the document and the app ------------------------------------------------------------

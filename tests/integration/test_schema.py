@@ -271,3 +271,20 @@ def test_downgrade_to_base_leaves_the_database_as_before_and_upgrade_works_again
     assert migrate.current_revision(url) == migrate.head_revision()
     with psycopg.connect(url) as conn:
         assert differences(first, snapshot(conn)) == {}
+
+
+def test_each_revisions_downgrade_restores_the_schema_before_it(make_database: Any) -> None:
+    """Every step down undoes its step up exactly, not only the last one to base."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(migrate.alembic_config(""))
+    chain = [s.revision for s in reversed(list(script.walk_revisions()))]
+    url = make_database("outbox_schema_steps")
+    for earlier in chain[:-1]:
+        migrate.upgrade(url, earlier)
+        with psycopg.connect(url) as conn:
+            before = snapshot(conn)
+        migrate.upgrade(url)
+        migrate.downgrade(url, earlier)
+        with psycopg.connect(url) as conn:
+            assert differences(before, snapshot(conn)) == {}, f"downgrade to {earlier}"

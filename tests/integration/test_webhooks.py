@@ -97,13 +97,18 @@ def test_limit_holds_under_20_concurrent_creates(database_url: str, conn: psycop
         (["order.shipped"], 'unknown event type "order.shipped"'),
         (["order.created", "nope"], 'unknown event type "nope"'),
         (["zzz.*"], 'unknown event type pattern "zzz.*"'),
-        ([], "at least one event type"),
     ],
 )
 def test_unknown_events_are_refused(conn: psycopg.Connection[Any], events: list[str], message: str) -> None:
     with pytest.raises(errors.UnknownEventType, match=message):
         webhooks.create_webhook(conn, "vendor-1", URL, events)
     assert webhooks.list_webhooks(conn, "vendor-1") == []
+
+
+def test_an_empty_event_list_has_its_own_error_code(conn: psycopg.Connection[Any]) -> None:
+    with pytest.raises(errors.NoEventTypes, match="at least one event type") as refused:
+        webhooks.create_webhook(conn, "vendor-1", URL, [])
+    assert refused.value.sqlstate == "OW013" and not isinstance(refused.value, errors.UnknownEventType)
 
 
 def test_wildcards_and_filtering_by_event(conn: psycopg.Connection[Any]) -> None:
@@ -158,7 +163,7 @@ def test_invalid_urls_are_refused(conn: psycopg.Connection[Any], url: str, messa
 )
 def test_private_targets_are_refused_by_default(conn: psycopg.Connection[Any], url: str) -> None:
     conn.execute("update outbox.config set allow_private_networks = false")
-    with pytest.raises(errors.InvalidURL, match="private|internal"):
+    with pytest.raises(errors.InvalidURL, match="loopback or private|never allowed"):
         webhooks.create_webhook(conn, "vendor-1", url, ["order.created"])
 
 

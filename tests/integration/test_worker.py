@@ -30,7 +30,7 @@ from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
 from tests.receiver import Held, Receiver
-from tests.workers import delivery_states, running_worker, settings, settled
+from tests.workers import delivery_states, open_policy, running_worker, settings, settled
 
 
 async def until_settled(database_url: str, expected: int, timeout: float = 20) -> None:
@@ -499,27 +499,6 @@ async def test_a_hanging_endpoint_does_not_starve_the_others(
         await other.stop()
 
 
-async def test_send_time_guard_refuses_private_targets(
-    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
-) -> None:
-    # Registered while the database allowed it (or via a name that resolves
-    # privately): the worker's own policy still refuses to connect.
-    webhooks.create_webhook(conn, "v", receiver.url("/literal"), ["order.created"])
-    webhooks.create_webhook(
-        conn, "v", receiver.url("/name").replace("127.0.0.1", "localhost"), ["order.created"]
-    )
-    emit(conn, "v", "order.created", {"id": 1})
-    async with running_worker(database_url, allow_private_networks=False, retry_schedule=[60, 60, 60]):
-        await eventually(
-            lambda: conn.execute("select count(*) from outbox.delivery_attempts").fetchone() == (2,),
-            timeout=10,
-        )
-    assert receiver.requests == []
-    rows = conn.execute("select error_class, error from outbox.delivery_log order by url").fetchall()
-    assert [r[0] for r in rows] == ["invalid_target", "invalid_target"]
-    assert "127.0.0.1 is a loopback" in rows[0][1] and "localhost resolves only to private" in rows[1][1]
-
-
 async def test_a_pinned_vacuum_horizon_slows_nothing_to_a_stop(
     database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
@@ -841,9 +820,10 @@ async def test_a_job_leased_ahead_joins_its_hosts_queue_if_the_host_is_at_its_li
     jobs = [Job(i, i, hook_b, 1, b_url, (secret,), b"{}") for i in range(1, 5)]
     jobs += [Job(i, i, hook_a, 1, a_url, (secret,), b"{}") for i in range(5, 11)]
     outcomes: list[Outcome] = []
-    async with HttpClient(config) as http:
+    policy = open_policy(config)
+    async with HttpClient(config, policy) as http:
         log = structlog.get_logger()
-        sender = Sender(None, Attempter(http, config), config, outcomes.append, log)  # type: ignore[arg-type]
+        sender = Sender(None, Attempter(http, config, policy), config, outcomes.append, log)  # type: ignore[arg-type]
         assert sender.reserve(20) == 10  # 8 slots and a refill of 2 ahead
         sender.hand_over(jobs, 10)
         assert sender.in_flight == 8 and sender.ledger.waiting == [9, 10]

@@ -13,9 +13,10 @@ from aiohttp import web
 from outbox_worker.attempt import Attempter
 from outbox_worker.client import HttpClient
 from outbox_worker.jobs import Job
+from outbox_worker.netpolicy import HOLD_SECONDS
 from outbox_worker.signing import verify_body_signature
 from tests.receiver import Receiver
-from tests.workers import settings
+from tests.workers import open_policy, settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -23,8 +24,9 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 @pytest.fixture
 async def attempter() -> AsyncIterator[Attempter]:
     config = settings("postgresql://", max_response_bytes=16)
-    async with HttpClient(config) as http:
-        yield Attempter(http, config)
+    policy = open_policy(config)
+    async with HttpClient(config, policy) as http:
+        yield Attempter(http, config, policy)
 
 
 def job(url: str, attempt: int = 1, **fields: Any) -> Job:
@@ -39,6 +41,7 @@ async def test_a_2xx_is_delivered_signed_and_its_answer_capped(
 
     outcome = await attempter.attempt(job(receiver.script("/ok", long_answer)))
     assert (outcome.status, outcome.status_code, outcome.error_class) == ("delivered", 200, None)
+    assert outcome.duration_ms == round(outcome.duration_ms, 1)  # to 0.1 ms, as stored and shown
     assert outcome.response_body == "x" * 16
     [got] = receiver.requests
     assert got.headers["webhook-id"] == "evt_42"
@@ -71,12 +74,20 @@ async def test_what_cannot_be_sent_fails_without_a_request(attempter: Attempter,
     assert receiver.requests == []
 
 
-async def test_a_blocked_address_is_refused_at_send_time(receiver: Receiver) -> None:
+async def test_a_target_a_setting_would_allow_is_held_with_its_attempts_unchanged(receiver: Receiver) -> None:
     config = settings("postgresql://", allow_private_networks=False)
-    async with HttpClient(config) as http:
-        outcome = await Attempter(http, config).attempt(job(receiver.url("/private")))
-    assert outcome.error_class == "invalid_target"
+    policy = open_policy(config)
+    async with HttpClient(config, policy) as http:
+        outcome = await Attempter(http, config, policy).attempt(job(receiver.url("/private"), attempt=4))
+    assert (outcome.status, outcome.error_class, outcome.retry_in) == ("pending", "policy", HOLD_SECONDS)
+    assert outcome.error and "OUTBOX_ALLOW_PRIVATE_NETWORKS=false" in outcome.error
     assert receiver.requests == []
+
+
+async def test_a_target_never_allowed_fails_at_once(attempter: Attempter) -> None:
+    outcome = await attempter.attempt(job("https://169.254.169.254/latest/meta-data/"))
+    assert (outcome.status, outcome.error_class) == ("failed", "invalid_target")
+    assert outcome.error and "never allowed" in outcome.error
 
 
 async def test_the_sweeps_cancellation_ends_an_attempt_as_a_timeout(
@@ -90,3 +101,10 @@ async def test_the_sweeps_cancellation_ends_an_attempt_as_a_timeout(
     task.cancel()
     outcome = await task
     assert (outcome.status, outcome.error_class) == ("pending", "timeout")
+
+
+async def test_a_connection_error_never_carries_the_urls_path_or_query(attempter: Attempter) -> None:
+    outcome = await attempter.attempt(job("http://127.0.0.1:1/hook/secret-path?token=t0ps3cret"))
+    assert outcome.error_class == "connection" and outcome.error
+    assert "t0ps3cret" not in outcome.error and "secret-path" not in outcome.error
+    assert "http://127.0.0.1:1" in outcome.error

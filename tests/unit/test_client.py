@@ -23,7 +23,9 @@ from yarl import URL
 from outbox_worker.client import HttpClient, ResolveError
 from outbox_worker.netpolicy import BlockedTarget
 from tests.receiver import Receiver
-from tests.workers import settings
+from tests.workers import open_policy, settings
+
+CONFIG = settings("postgresql://")
 
 
 def never() -> bool:
@@ -31,7 +33,8 @@ def never() -> bool:
 
 
 def client(**overrides: object) -> HttpClient:
-    return HttpClient(settings("postgresql://", max_response_bytes=16, **overrides))
+    config = settings("postgresql://", max_response_bytes=16, **overrides)
+    return HttpClient(config, open_policy(config))
 
 
 async def test_a_name_is_pinned_to_the_address_that_was_vetted(receiver: Receiver) -> None:
@@ -42,7 +45,9 @@ async def test_a_name_is_pinned_to_the_address_that_was_vetted(receiver: Receive
         return ["127.0.0.1"]  # what a rebinding name would answer first
 
     url = receiver.url("/pinned").replace("127.0.0.1", "rebind.example")
-    async with HttpClient(settings("postgresql://"), resolver) as http:
+    async with HttpClient(
+        settings("postgresql://"), open_policy(settings("postgresql://")), resolver
+    ) as http:
         for _ in range(3):
             answer = await http.post(URL(url), b"{}", {}, never)
             assert answer.status == 200
@@ -53,7 +58,7 @@ async def test_a_name_is_pinned_to_the_address_that_was_vetted(receiver: Receive
 async def test_a_name_resolving_only_to_private_addresses_is_refused(receiver: Receiver) -> None:
     url = URL(receiver.url("/private").replace("127.0.0.1", "localhost"))
     async with client(allow_private_networks=False) as http:
-        with pytest.raises(BlockedTarget, match="localhost resolves only to private"):
+        with pytest.raises(BlockedTarget, match="localhost resolves only to refused addresses"):
             await http.post(url, b"{}", {}, never)
     async with client(allow_private_networks=True) as http:
         assert (await http.post(url, b"{}", {}, never)).status == 200
@@ -169,7 +174,9 @@ async def test_a_name_is_resolved_again_after_its_ttl_and_keeps_its_client_if_un
         return ["127.0.0.1"]
 
     url = URL(receiver.url("/again").replace("127.0.0.1", "again.example"))
-    async with HttpClient(settings("postgresql://"), resolver) as http:
+    async with HttpClient(
+        settings("postgresql://"), open_policy(settings("postgresql://")), resolver
+    ) as http:
         await http.post(url, b"{}", {}, never)
         first = http._shards[hash(("again.example", url.port)) % client_module.SHARDS].client
         await http.post(url, b"{}", {}, never)
@@ -182,7 +189,9 @@ async def test_names_arriving_together_share_one_rebuild(receiver: Receiver) -> 
         return ["127.0.0.1"]
 
     names = [receiver.url(f"/n{i}").replace("127.0.0.1", f"n{i}.example") for i in range(40)]
-    async with HttpClient(settings("postgresql://"), resolver) as http:
+    async with HttpClient(
+        settings("postgresql://"), open_policy(settings("postgresql://")), resolver
+    ) as http:
         answers = await asyncio.gather(*(http.post(URL(u), b"{}", {}, never) for u in names))
         assert {a.status for a in answers} == {200} and http.pinned == 40
     assert sorted(r.headers["Host"].split(":")[0] for r in receiver.requests) == sorted(

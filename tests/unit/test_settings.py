@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,23 @@ def test_readme_documents_every_setting(repo_root: Path) -> None:
     for line in settings_table().splitlines()[2:]:
         variable = line.split("|")[1].strip()
         assert variable in readme, f"{variable} is missing from the README's configuration table"
+
+
+def test_the_table_command_prints_no_warning() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "outbox_worker.settings"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("| Variable | Default | Meaning |")
+
+
+@pytest.mark.parametrize("url", ["postgres//oops", "mysql://user:hunter2@db/app", "host='db"])
+def test_a_malformed_database_url_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(database_url=url)
+    [error] = refused.value.errors()
+    assert "not a PostgreSQL URL" in error["msg"] and "hunter2" not in error["msg"]  # what the CLI prints
