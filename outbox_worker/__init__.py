@@ -8,6 +8,9 @@ least once to every matching webhook.
 from outbox_worker.emit import emit, emit_async
 from outbox_worker.errors import (
     DeliveryNotFound,
+    InvalidHeaders,
+    InvalidIdempotencyKey,
+    InvalidOrderingKey,
     InvalidOwnerId,
     InvalidPayload,
     InvalidURL,
@@ -15,6 +18,7 @@ from outbox_worker.errors import (
     OutboxError,
     PayloadOutOfRange,
     PayloadTooLarge,
+    ReservedHeader,
     UnknownEventType,
     ValidationError,
     WebhookLimitReached,
@@ -25,6 +29,9 @@ from outbox_worker.webhooks import Webhook, WebhookSecret
 
 __all__ = [
     "DeliveryNotFound",
+    "InvalidHeaders",
+    "InvalidIdempotencyKey",
+    "InvalidOrderingKey",
     "InvalidOwnerId",
     "InvalidPayload",
     "InvalidURL",
@@ -32,6 +39,7 @@ __all__ = [
     "OutboxError",
     "PayloadOutOfRange",
     "PayloadTooLarge",
+    "ReservedHeader",
     "Settings",
     "UnknownEventType",
     "ValidationError",

@@ -89,6 +89,38 @@ class InvalidApiKeyPrefix(ValidationError):
     sqlstate = "OW021"
 
 
+class InvalidOrderingKey(ValidationError):
+    sqlstate = "OW030"
+
+
+class InvalidIdempotencyKey(ValidationError):
+    sqlstate = "OW031"
+
+
+class InvalidHeaders(ValidationError):
+    """Webhook headers that are not an object of header names to printable
+    ASCII values (at most 20, values up to 4096 characters)."""
+
+    sqlstate = "OW033"
+
+
+class ReservedHeader(InvalidHeaders):
+    """A header the worker sets itself: the signature headers, ``webhook-*``,
+    ``Host``, ``Content-*``, ``User-Agent``, ``traceparent``, hop-by-hop ones."""
+
+    sqlstate = "OW032"
+
+
+class InvalidRateLimit(ValidationError):
+    sqlstate = "OW034"
+
+
+class WebhookDisabled(ValidationError):
+    """A test event was asked of a disabled webhook."""
+
+    sqlstate = "OW035"
+
+
 class FixedId(OutboxError):
     """An UPDATE named the id of an event, webhook or delivery (their children refer to it)."""
 
@@ -111,6 +143,12 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         InvalidSecret,
         ApiKeyNotFound,
         InvalidApiKeyPrefix,
+        InvalidOrderingKey,
+        InvalidIdempotencyKey,
+        ReservedHeader,
+        InvalidHeaders,
+        InvalidRateLimit,
+        WebhookDisabled,
         FixedId,
     )
     if cls.sqlstate

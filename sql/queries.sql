@@ -2,8 +2,9 @@
 -- header. Parameters are psycopg placeholders; the worker's hot-path
 -- queries take arrays so that one round trip serves a whole batch.
 
--- emit: queue one event in the caller's transaction
-select outbox.emit(%(owner_id)s, %(event_type)s, cast(%(data)s as jsonb)) as id;
+-- emit: queue one event in the caller's transaction (the first event's id again for a repeated idempotency key)
+select outbox.emit(%(owner_id)s, %(event_type)s, cast(%(data)s as jsonb),
+                   ordering_key => %(ordering_key)s, idempotency_key => %(idempotency_key)s) as id;
 
 -- add_event_type: add (or re-describe) an event type in the catalogue
 select outbox.add_event_type(%(name)s, %(description)s);
@@ -12,10 +13,14 @@ select outbox.add_event_type(%(name)s, %(description)s);
 select name, description, created_at from outbox.event_types order by name;
 
 -- create_webhook: register a webhook; the only time its secret is returned
-select id, secret from outbox.create_webhook(%(owner_id)s, %(url)s, %(events)s, %(sealed_secret)s);
+select id, secret
+  from outbox.create_webhook(%(owner_id)s, %(url)s, %(events)s, %(sealed_secret)s,
+                             rate_limit => cast(%(rate_limit)s as numeric), headers => cast(%(headers)s as jsonb));
 
--- update_webhook: change url, events or enabled (NULL = unchanged)
-select * from outbox.update_webhook(%(owner_id)s, %(webhook_id)s, %(url)s, %(events)s, %(enabled)s);
+-- update_webhook: change url, events, enabled, rate limit or headers (NULL = unchanged)
+select *
+  from outbox.update_webhook(%(owner_id)s, %(webhook_id)s, %(url)s, %(events)s, %(enabled)s,
+                             rate_limit => cast(%(rate_limit)s as numeric), headers => cast(%(headers)s as jsonb));
 
 -- delete_webhook: remove a webhook with its deliveries and attempts
 select outbox.delete_webhook(%(owner_id)s, %(webhook_id)s);
@@ -28,6 +33,9 @@ select * from outbox.get_webhook(%(owner_id)s, %(webhook_id)s);
 
 -- rotate_webhook_secret: new secret; the old one keeps signing for the overlap
 select id, secret from outbox.rotate_webhook_secret(%(owner_id)s, %(webhook_id)s, %(sealed_secret)s);
+
+-- send_test_event: queue one signed webhook.test event for one webhook alone
+select outbox.send_test_event(%(owner_id)s, %(webhook_id)s) as id;
 
 -- redeliver: start a new round of attempts for one delivery
 select outbox.redeliver(%(delivery_id)s, %(owner_id)s) as id;
@@ -291,7 +299,7 @@ select owner_id, webhook_id, url, enabled, pending, retrying, in_flight, failed,
 select undispatched, extract(epoch from oldest_undispatched_age) as oldest_undispatched_seconds
   from outbox.event_backlog;
 
--- purge: delete one batch of finished history older than a cutoff (events whose deliveries are all finished)
+-- purge: delete one batch of finished history older than a cutoff (events whose deliveries are all finished) and one of idempotency keys past outbox.config.idempotency_window; how many of each
 with doomed as (
     select e.id
       from outbox.events e
@@ -301,8 +309,24 @@ with doomed as (
      order by e.id
      limit %(limit)s
        for update skip locked
+), purged as (
+    delete from outbox.events e using doomed where e.id = doomed.id
+    returning e.id
+), expired as (
+    -- Skips a key an emit is deciding on right now (it holds the row).
+    select k.owner_id, k.key
+      from outbox.idempotency_keys k
+     where k.created_at < now() - (select c.idempotency_window from outbox.config c)
+     order by k.created_at
+     limit %(limit)s
+       for update skip locked
+), forgotten as (
+    delete from outbox.idempotency_keys k
+     using expired x
+     where k.owner_id = x.owner_id and k.key = x.key
+    returning 1
 )
-delete from outbox.events e using doomed where e.id = doomed.id;
+select (select count(*) from purged) as events, (select count(*) from forgotten) as keys;
 
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
@@ -375,11 +399,21 @@ select * from outbox.list_api_keys(%(owner_id)s);
 -- revoke_api_key: revoke a key (owner NULL = any owner, for operators)
 select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
 
--- list_deliveries: a page of a webhook's deliveries with attempts, newest first
-select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s);
+-- list_deliveries: a page of an owner's deliveries (of one webhook, or all; by status, created in a time range) with attempts, newest first
+select *
+  from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s,
+                              cast(%(status)s as outbox.delivery_status),
+                              %(created_since)s, %(created_until)s);
 
--- get_delivery: one delivery of an owner's webhook, with attempts
+-- get_delivery: one delivery of an owner's webhook (NULL: any of the owner's), with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
+
+-- delivery_body: what one of an owner's deliveries POSTs: the stored bytes, or the event to encode them from while they are not stored yet
+select e.body, e.event_type, e.data, e.created_at
+  from outbox.deliveries d
+  join outbox.webhooks w on w.id = d.webhook_id
+  join outbox.events e on e.id = d.event_id
+ where d.id = %(delivery_id)s and w.owner_id = %(owner_id)s;
 
 -- ============================================================ quiet NOTIFY (sql/schema.sql, the emit trigger)
 

@@ -101,7 +101,15 @@ async def list_deliveries(
     ] = None,
 ) -> DeliveryPage:
     """The webhook's delivery log, newest first, each delivery with its attempts."""
-    params = {"owner_id": owner, "webhook_id": webhook_id, "before_id": cursor, "max_rows": limit + 1}
+    params = {
+        "owner_id": owner,
+        "webhook_id": webhook_id,
+        "before_id": cursor,
+        "max_rows": limit + 1,
+        "status": None,
+        "created_since": None,
+        "created_until": None,
+    }
     async with database(request).transaction() as conn:
         rows = await db.fetch_async(conn, "list_deliveries", params)
     page = [DeliveryOut.from_row(r) for r in rows[:limit]]

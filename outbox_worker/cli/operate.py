@@ -15,7 +15,6 @@ from outbox_worker.cli.base import Context, main, output, pass_ctx
 from outbox_worker.maintenance import sealed_params
 from outbox_worker.secretbox import generate_key
 from outbox_worker.settings import Settings
-from outbox_worker.sql import query
 from outbox_worker.worker import run_forever
 
 
@@ -112,18 +111,22 @@ def stats_cmd(ctx: Context) -> None:
 @click.option("--batch-size", default=5000, show_default=True)
 @pass_ctx
 def purge_cmd(ctx: Context, older_than: str, batch_size: int) -> None:
-    """Delete finished events with their deliveries and attempts, in batches."""
+    """Delete finished events with their deliveries and attempts, in batches,
+    and idempotency keys past outbox.config.idempotency_window."""
     cutoff = datetime.now(UTC) - parse_age(older_than)
-    total = 0
+    events = keys = 0
     while True:
         # One short transaction per batch: no long locks, vacuum keeps up.
-        with ctx.connection() as conn, conn.cursor() as cur:
-            cur.execute(query("purge"), {"older_than": cutoff, "limit": batch_size})
-            deleted = cur.rowcount
-        total += deleted
-        if deleted < batch_size:
+        with ctx.connection() as conn:
+            batch = db.fetch(conn, "purge", {"older_than": cutoff, "limit": batch_size})[0]
+        events += batch["events"]
+        keys += batch["keys"]
+        if batch["events"] < batch_size and batch["keys"] < batch_size:
             break
-    click.echo(f"purged {total} events (with their deliveries and attempts) older than {cutoff.isoformat()}")
+    click.echo(
+        f"purged {events} events (with their deliveries and attempts) older than {cutoff.isoformat()}"
+        f" and {keys} expired idempotency keys"
+    )
 
 
 def parse_age(text: str) -> timedelta:
@@ -196,7 +199,8 @@ def secrets_generate_key() -> None:
 @secrets_group.command("reseal")
 @pass_ctx
 def secrets_reseal(ctx: Context) -> None:
-    """Seal every secret under the newest key (after adding a key, before dropping the old one)."""
+    """Seal every secret and header value under the newest key (after adding a key, before
+    dropping the old one)."""
     if ctx.box is None:
         raise click.UsageError("set OUTBOX_SECRET_KEYS first")
     total = 0
