@@ -102,7 +102,9 @@ select m.id as event_id, m.event_type, m.created_at,
        row_number() over (partition by m.id order by i.id) = 1 as first,
        case when row_number() over (partition by m.id order by i.id) = 1 then m.data end as data,
        i.id, i.webhook_id, i.attempts, coalesce(i.leased, false) as leased, w.url, w.secret,
-       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
+       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
+       -- As text: the worker parses each webhook's headers once, not per row.
+       w.headers::text as headers
   from marked m
   left join inserted i on i.event_id = m.id
   left join outbox.webhooks w on w.id = i.webhook_id
@@ -161,7 +163,8 @@ select l.id, l.event_id, l.webhook_id, l.attempts, w.url, w.secret, w.enabled, e
        case when e.body is null then e.event_type end as event_type,
        case when e.body is null then e.data end as data,
        e.created_at,
-       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret
+       case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
+       w.headers::text as headers  -- text, as in dispatch
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
   join outbox.events e on e.id = l.event_id and e.id = any (array(select event_id from leased));
@@ -331,25 +334,33 @@ select (select count(*) from purged) as events, (select count(*) from forgotten)
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
 
--- unsealed_secrets: webhooks whose secrets are stored in plaintext (created from SQL) or sealed under an older key
-select id, secret, previous_secret
+-- unsealed_secrets: webhooks whose secrets or header values are stored in plaintext (created from SQL)
+select id, secret, previous_secret, headers
   from outbox.webhooks
  where secret not like 'enc:v1:%%'
     or (previous_secret is not null and previous_secret not like 'enc:v1:%%')
+    or (headers is not null
+        and exists (select from jsonb_each_text(headers) h where h.value not like 'enc:v1:%%'))
  limit %(limit)s;
 
--- all_secrets: every stored secret, for re-sealing under a new key
-select id, secret, previous_secret from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
+-- all_secrets: every stored secret and header value, for re-sealing under a new key
+select id, secret, previous_secret, headers
+  from outbox.webhooks
+ where id > %(after)s
+ order by id
+ limit %(limit)s;
 
--- store_sealed_secrets: replace secrets with their sealed form, unless they changed meanwhile
+-- store_sealed_secrets: replace secrets and header values with their sealed form, unless they changed meanwhile
 update outbox.webhooks w
-   set secret = s.sealed, previous_secret = s.sealed_previous
+   set secret = s.sealed, previous_secret = s.sealed_previous, headers = cast(s.sealed_headers as jsonb)
   from unnest(cast(%(ids)s as uuid[]), cast(%(old)s as text[]), cast(%(sealed)s as text[]),
-              cast(%(old_previous)s as text[]), cast(%(sealed_previous)s as text[]))
-       as s(id, old, sealed, old_previous, sealed_previous)
+              cast(%(old_previous)s as text[]), cast(%(sealed_previous)s as text[]),
+              cast(%(old_headers)s as text[]), cast(%(sealed_headers)s as text[]))
+       as s(id, old, sealed, old_previous, sealed_previous, old_headers, sealed_headers)
  where w.id = s.id
    and w.secret = s.old
-   and w.previous_secret is not distinct from s.old_previous;
+   and w.previous_secret is not distinct from s.old_previous
+   and w.headers is not distinct from cast(s.old_headers as jsonb);
 
 -- metrics_queue: queue depth and ages for the metrics endpoint (polled every metrics_interval, not per scrape)
 select coalesce(sum(q.pending), 0)::bigint as pending,

@@ -11,17 +11,25 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox_worker import InvalidHeaders, InvalidURL, ReservedHeader, webhooks
+from outbox_worker import InvalidHeaders, InvalidURL, ReservedHeader, emit, webhooks
 from outbox_worker.errors import InvalidRateLimit
 from outbox_worker.secretbox import PREFIX, SecretBox, generate_key
+from outbox_worker.signing import verify_body_signature
+from tests.cli import run
+from tests.helpers import eventually
+from tests.receiver import Receiver
+from tests.workers import running_worker, settled
 
 KEY = generate_key()
 URL = "https://example.com/hook"
 BEARER = {"Authorization": "Bearer s3cr3t-token", "X-Tenant": "t-1"}
 
 
-def stored_headers(conn: psycopg.Connection[Any]) -> dict[str, str] | None:
-    row = conn.execute("select headers from outbox.webhooks").fetchone()
+def stored_headers(conn: psycopg.Connection[Any], webhook_id: Any = None) -> dict[str, str] | None:
+    """As stored: of the one webhook there is, or of ``webhook_id``."""
+    row = conn.execute(
+        "select headers from outbox.webhooks where id = coalesce(%s, id)", (webhook_id,)
+    ).fetchone()
     assert row is not None
     result: dict[str, str] | None = row[0]
     return result
@@ -142,3 +150,47 @@ async def test_async_wrappers_take_headers_and_rate_limits(aconn: psycopg.AsyncC
     box = SecretBox([KEY])
     hook = await webhooks.update_webhook_async(aconn, "v", created.id, headers={"X-B": "2"}, box=box)
     assert hook.header_names == ["X-B"] and hook.rate_limit == 3
+
+
+async def test_the_worker_sends_them_sealed_or_not_and_seals_plaintext_ones(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    """Sealed by the wrapper, or given in plaintext from SQL (as from psql):
+    both reach the receiver as given, beside an intact signature, and the
+    worker seals the plaintext ones."""
+    box = SecretBox([KEY])
+    by_python = webhooks.create_webhook(
+        conn, "v", receiver.url("/sealed"), ["order.created"], headers=BEARER, box=box
+    )
+    by_sql = conn.execute(
+        "select id, secret from outbox.create_webhook('v', %s, '{order.created}', "
+        'headers => \'{"Authorization": "Basic dXNlcjpwYXNz"}\')',
+        (receiver.url("/plain"),),
+    ).fetchone()
+    assert by_sql is not None
+    emit(conn, "v", "order.created", {"id": 1})
+    async with running_worker(database_url, secret_keys=[KEY]):
+        await eventually(lambda: settled(database_url, 2), timeout=15)
+        await eventually(lambda: "Basic" not in str(stored_headers(conn, by_sql[0])), what="sealed")
+    [sent] = receiver.on("/sealed")
+    assert (sent.headers["Authorization"], sent.headers["X-Tenant"]) == ("Bearer s3cr3t-token", "t-1")
+    assert verify_body_signature(sent.body, sent.headers["X-Brutlers-Signature"], by_python.secret)
+    [plain] = receiver.on("/plain")
+    assert plain.headers["Authorization"] == "Basic dXNlcjpwYXNz"
+    stored = stored_headers(conn, by_sql[0])
+    assert stored is not None and {k: box.open(v) for k, v in stored.items()} == {
+        "Authorization": "Basic dXNlcjpwYXNz"
+    }
+
+
+def test_reseal_moves_header_values_to_the_new_key(
+    database_url: str, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    webhooks.create_webhook(conn, "v", URL, ["*"], headers=BEARER, box=SecretBox([KEY]))
+    new_key = generate_key()
+    monkeypatch.setenv("OUTBOX_SECRET_KEYS", json.dumps([new_key, KEY]))
+    resealed = run(database_url, "secrets", "reseal")
+    assert resealed.returncode == 0, resealed.stderr
+    stored = stored_headers(conn)
+    assert stored is not None
+    assert {k: SecretBox([new_key]).open(v) for k, v in stored.items()} == BEARER  # the old key can go

@@ -90,3 +90,18 @@ async def test_the_sweeps_cancellation_ends_an_attempt_as_a_timeout(
     task.cancel()
     outcome = await task
     assert (outcome.status, outcome.error_class) == ("pending", "timeout")
+
+
+async def test_the_webhooks_own_headers_go_along_and_never_replace_ours(receiver: Receiver) -> None:
+    """The database refuses the default signature header's name; a renamed
+    one (OUTBOX_SIGNATURE_HEADER) is guarded here, whatever its case."""
+    config = settings("postgresql://", signature_header="X-Sig")
+    own = (("Authorization", "Bearer t0ken"), ("x-sig", "forged"), ("WEBHOOK-ID", "evt_0"))
+    async with HttpClient(config) as http:
+        outcome = await Attempter(http, config).attempt(job(receiver.url("/h"), headers=own))
+    assert outcome.status == "delivered"
+    [got] = receiver.requests
+    assert got.headers["Authorization"] == "Bearer t0ken"
+    assert got.headers.getall("X-Sig") == [got.headers["X-Sig"]] != ["forged"]
+    assert verify_body_signature(got.body, got.headers["X-Sig"], SECRET)
+    assert got.headers.getall("webhook-id") == ["evt_42"]
