@@ -419,8 +419,8 @@ select *
 -- get_delivery: one delivery of an owner's webhook (NULL: any of the owner's), with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
 
--- delivery_body: what one of an owner's deliveries POSTs: the stored bytes, or the event to encode them from while they are not stored yet
-select e.body, e.event_type, e.data, e.created_at
+-- delivery_body: what one of an owner's deliveries POSTs: the stored bytes, or the event to encode them from while they are not stored yet (data as text, for the worker's parse)
+select e.body, e.event_type, e.data::text as data, e.created_at
   from outbox.deliveries d
   join outbox.webhooks w on w.id = d.webhook_id
   join outbox.events e on e.id = d.event_id
