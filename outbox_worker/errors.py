@@ -105,8 +105,8 @@ class InvalidHeaders(ValidationError):
 
 
 class ReservedHeader(InvalidHeaders):
-    """A header the worker sets itself: the signature headers, ``webhook-*``,
-    ``Host``, ``Content-*``, ``User-Agent``, ``traceparent``, hop-by-hop ones."""
+    """A header the worker sets itself: the signature headers, ``webhook-*``, ``Host``,
+    ``Content-Type``, ``-Length``, ``-Encoding``, ``User-Agent``, ``traceparent``, hop-by-hop ones."""
 
     sqlstate = "OW032"
 

@@ -925,7 +925,7 @@ begin
            or v_name like 'webhook-%' or v_name like 'proxy-%' then
             raise exception 'header "%" is reserved: the worker sets it', h.key
                 using errcode = 'OW032',
-                      hint = 'reserved: the signature headers, webhook-*, Host, Content-*, User-Agent, traceparent and hop-by-hop headers';
+                      hint = 'reserved: the signature headers, webhook-*, Host, Content-Type, -Length, -Encoding, User-Agent, traceparent, tracestate and hop-by-hop headers';
         end if;
         if v_name = any (v_seen) then
             raise exception 'invalid headers: "%" appears twice (names ignore case)', h.key using errcode = 'OW033';

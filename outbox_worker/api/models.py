@@ -35,8 +35,9 @@ IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601)]
 _RATE_LIMIT = "Most requests per second to this webhook, over all workers (0.01 to 10000)."
 _HEADERS = (
     'Sent with every request, e.g. `{"Authorization": "Bearer ..."}`: at most 20, printable ASCII values. '
-    "Stored sealed and never shown again (responses list the names). The signature headers, `webhook-*`, "
-    "`Host`, `Content-*`, `User-Agent`, `traceparent` and hop-by-hop headers are reserved."
+    "Stored sealed and never shown again (responses list the names). The signature headers, "
+    "`webhook-*`, `Host`, `Content-Type`, `-Length`, `-Encoding`, `User-Agent`, `traceparent` "
+    "and hop-by-hop headers are reserved."
 )
 
 # -- the vendor API -----------------------------------------------------------
