@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Any
 from outbox_worker.emit import emit, emit_async
 from outbox_worker.errors import (
     DeliveryNotFound,
+    InvalidHeaders,
+    InvalidIdempotencyKey,
+    InvalidOrderingKey,
     InvalidOwnerId,
     InvalidPayload,
     InvalidURL,
@@ -17,6 +20,7 @@ from outbox_worker.errors import (
     OutboxError,
     PayloadOutOfRange,
     PayloadTooLarge,
+    ReservedHeader,
     UnknownEventType,
     ValidationError,
     WebhookLimitReached,
@@ -41,6 +45,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DeliveryNotFound",
+    "InvalidHeaders",
+    "InvalidIdempotencyKey",
+    "InvalidOrderingKey",
     "InvalidOwnerId",
     "InvalidPayload",
     "InvalidURL",
@@ -48,6 +55,7 @@ __all__ = [
     "OutboxError",
     "PayloadOutOfRange",
     "PayloadTooLarge",
+    "ReservedHeader",
     "Settings",
     "UnknownEventType",
     "ValidationError",

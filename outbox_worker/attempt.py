@@ -23,7 +23,7 @@ from pyreqwest.exceptions import PyreqwestError
 from yarl import URL
 
 from outbox_worker.client import HttpClient, ResolveError
-from outbox_worker.jobs import Job, Outcome
+from outbox_worker.jobs import Headers, Job, Outcome
 from outbox_worker.netpolicy import HOLD_SECONDS, BlockedTarget, UrlPolicy, check_url
 from outbox_worker.retry import next_delay, parse_retry_after
 from outbox_worker.settings import Settings
@@ -85,6 +85,14 @@ class Attempter:
         self._policy = policy
         self._urls: dict[str, URL] = {}
         policy.on_change(self._urls.clear)  # checked under the old policy
+        # The database refuses these names for a webhook's own headers, but
+        # it knows only the default signature header: a renamed one
+        # (OUTBOX_SIGNATURE_HEADER) is kept from being overridden here.
+        signature = settings.signature_header.lower()
+        self._ours = frozenset(
+            {signature, f"{signature}-previous", "webhook-id", "webhook-timestamp", "webhook-signature",
+             "content-type", "content-length", "host", "user-agent"}
+        )  # fmt: skip
 
     def failure(
         self,
@@ -140,6 +148,12 @@ class Attempter:
         one attempt, never the delivery."""
         return self.failure(job, datetime.now(UTC), 0.0, "connection", f"internal error: {exc!r}")
 
+    def _with_webhook_headers(self, custom: Headers, ours: dict[str, str]) -> dict[str, str]:
+        """The webhook's own headers, then ours: a name the worker sets is never the webhook's."""
+        merged = {name: value for name, value in custom if name.lower() not in self._ours}
+        merged.update(ours)
+        return merged
+
     def _checked_url(self, raw: str) -> URL:
         """The parsed, policy-checked URL; a webhook's URL is parsed once,
         not on every request (yarl parsing showed in the profile)."""
@@ -176,6 +190,8 @@ class Attempter:
             signature_header=settings.signature_header,
         )
         headers["Content-Type"] = "application/json"
+        if job.headers:
+            headers = self._with_webhook_headers(job.headers, headers)
         job.deadline = time.monotonic() + settings.request_timeout
         try:
             url = self._checked_url(job.url)

@@ -111,6 +111,38 @@ class SchemaNotMigrated(OutboxError):
         )
 
 
+class InvalidOrderingKey(ValidationError):
+    sqlstate = "OW030"
+
+
+class InvalidIdempotencyKey(ValidationError):
+    sqlstate = "OW031"
+
+
+class InvalidHeaders(ValidationError):
+    """Webhook headers that are not an object of header names to printable
+    ASCII values (at most 20, values up to 4096 characters)."""
+
+    sqlstate = "OW033"
+
+
+class ReservedHeader(InvalidHeaders):
+    """A header the worker sets itself: the signature headers, ``webhook-*``, ``Host``,
+    ``Content-Type``, ``-Length``, ``-Encoding``, ``User-Agent``, ``traceparent``, hop-by-hop ones."""
+
+    sqlstate = "OW032"
+
+
+class InvalidRateLimit(ValidationError):
+    sqlstate = "OW034"
+
+
+class WebhookDisabled(ValidationError):
+    """A test event was asked of a disabled webhook."""
+
+    sqlstate = "OW035"
+
+
 class FixedId(OutboxError):
     """An UPDATE named the id of an event, webhook or delivery (their children refer to it)."""
 
@@ -135,6 +167,12 @@ _BY_SQLSTATE: dict[str, type[OutboxError]] = {
         InvalidApiKeyPrefix,
         NoEventTypes,
         UnknownSetting,
+        InvalidOrderingKey,
+        InvalidIdempotencyKey,
+        ReservedHeader,
+        InvalidHeaders,
+        InvalidRateLimit,
+        WebhookDisabled,
         FixedId,
     )
     if cls.sqlstate

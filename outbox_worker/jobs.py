@@ -8,6 +8,7 @@ speak these terms; none of them imports another only to borrow its types.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -23,6 +24,24 @@ from outbox_worker.settings import Settings
 from outbox_worker.signing import UnreadablePayload
 
 Status = Literal["delivered", "pending", "failed"]
+Headers = tuple[tuple[str, str], ...]
+
+# A webhook's headers column as the claim and dispatch return it (JSON
+# text), parsed: once per distinct value, not once per job. The text
+# changes whenever the headers do, so an update is never served stale.
+_parsed_headers: dict[str, Headers] = {}
+
+
+def stored_headers(raw: str | None) -> Headers:
+    """``(name, stored value)`` pairs of a webhook's headers column; values may be sealed."""
+    if raw is None:
+        return ()
+    parsed = _parsed_headers.get(raw)
+    if parsed is None:
+        if len(_parsed_headers) >= 4096:
+            _parsed_headers.clear()
+        parsed = _parsed_headers[raw] = tuple(json.loads(raw).items())
+    return parsed
 
 
 @dataclass(slots=True)
@@ -38,6 +57,7 @@ class Job:
     secrets: tuple[str, ...] = field(repr=False)
     body: bytes = field(repr=False)
     enabled: bool = True
+    headers: Headers = ()  # the webhook's own, opened (receiver authentication)
     secret_error: str | None = None
     # Why the event's stored payload could not be encoded (then ``body`` is
     # empty and the delivery fails at once, alone; see UnreadablePayload).
@@ -74,9 +94,11 @@ class Job:
         stored = (row["secret"], row["previous_secret"]) if row["previous_secret"] else (row["secret"],)
         try:
             secrets = tuple(open_secret(s, box) for s in stored)
+            # Opened like the secrets (the box caches each sealed value).
+            headers = tuple((name, open_secret(v, box)) for name, v in stored_headers(row.get("headers")))
             secret_error = None
         except SecretUnavailable as exc:
-            secrets, secret_error = (), str(exc)
+            secrets, headers, secret_error = (), (), str(exc)
         return cls(
             id=row["id"],
             event_id=row["event_id"],
@@ -88,6 +110,7 @@ class Job:
             enabled=row.get("enabled", True),
             ordered=row.get("ordered", False),
             send_at=time.monotonic() + delay if (delay := row.get("delay")) else 0.0,
+            headers=headers,
             secret_error=secret_error,
             payload_error=payload_error,
             store_body=store_body,

@@ -6,6 +6,7 @@ the database."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -52,19 +53,25 @@ class FailingWebhookDisabler:
             await asyncio.sleep(self.interval)
 
 
+def _sealed_headers(headers: dict[str, str] | None, box: SecretBox) -> str | None:
+    return None if headers is None else json.dumps({k: box.reseal(v) for k, v in headers.items()})
+
+
 def sealed_params(rows: list[db.Row], box: SecretBox) -> dict[str, Any]:
-    """Parameters of ``store_sealed_secrets``: ``rows``' secrets under the newest key."""
+    """Parameters of ``store_sealed_secrets``: ``rows``' secrets and header values under the newest key."""
     return {
         "ids": [r["id"] for r in rows],
         "old": [r["secret"] for r in rows],
         "sealed": [box.reseal(r["secret"]) for r in rows],
         "old_previous": [r["previous_secret"] for r in rows],
         "sealed_previous": [box.reseal(r["previous_secret"]) if r["previous_secret"] else None for r in rows],
+        "old_headers": [None if r["headers"] is None else json.dumps(r["headers"]) for r in rows],
+        "sealed_headers": [_sealed_headers(r["headers"], box) for r in rows],
     }
 
 
 class SecretSealer:
-    """Seals secrets that were stored in plaintext (created from plain SQL)."""
+    """Seals secrets and header values that were stored in plaintext (created from plain SQL)."""
 
     def __init__(
         self, pool: AsyncConnectionPool[Any], box: SecretBox, log: Any, interval: float = 2.0

@@ -37,9 +37,8 @@ class Settings(BaseSettings):
 
     pooler: Literal["auto", "none", "session", "transaction"] = Field(
         "auto",
-        description="`transaction` (PgBouncer `pool_mode = transaction`): no `SET`, LISTEN, prepared "
-        "statement or session lock on any connection (the worker polls). `none`/`session`: sessions are "
-        "kept. `auto`: `none`, or `transaction` with a warning when a pooler is detected.",
+        description="`transaction`: no session state (PgBouncer transaction mode; the worker polls). `auto`: "
+        "that when a pooler is detected, else `none`/`session`.",
     )
 
     # Worker: wake-up
@@ -53,9 +52,8 @@ class Settings(BaseSettings):
     prepare_statements: bool = Field(True, description="Let psycopg prepare hot queries.")
     synchronous_commit: bool = Field(
         False,
-        description="`false`: the worker's own commits do not wait for the WAL flush (~0.4 ms sooner); "
-        "a database crash can only make it re-send. `true`: the server's setting. Behind a "
-        "transaction pooler it goes on the role (`grant --session-settings`).",
+        description="`false`: the worker's commits skip the WAL flush wait (a crash can only re-send); "
+        "`true`: the server's setting.",
     )
 
     # Worker: capacity
@@ -63,8 +61,7 @@ class Settings(BaseSettings):
     per_host_concurrency: int = Field(
         32,
         ge=1,
-        description="Requests in flight per receiver origin (scheme, host, port) and process; a webhook "
-        "holds at most 3.25x this many slots. Webhooks sharing a host take turns at it.",
+        description="Requests in flight per receiver origin and process; webhooks sharing one take turns.",
     )
     owner_share: float = Field(
         0.25,

@@ -1,27 +1,38 @@
 """Webhook management: thin typed wrappers over the ``outbox.*_webhook`` SQL functions.
 
-Every rule (URL policy, known event types, the per-owner limit, ownership)
-is enforced by the SQL functions, so psql users, other languages and these
-wrappers all get the same answers. Each function has a sync form (psycopg or
-SQLAlchemy connection) and an ``_async`` form.
+Every rule (URL policy, known event types, the per-owner limit, ownership,
+header names and rate limits) is enforced by the SQL functions, so psql
+users, other languages and these wrappers all get the same answers. Each
+function has a sync form (psycopg or SQLAlchemy connection) and an
+``_async`` form.
+
+With a :class:`~outbox_worker.secretbox.SecretBox`, secrets and header
+values are sealed here, before the database sees them; the checks on a
+header value that sealing hides from the database are made here too.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from outbox_worker import db
-from outbox_worker.errors import DeliveryNotFound, InvalidEventTypeName, WebhookNotFound
+from outbox_worker.errors import DeliveryNotFound, InvalidEventTypeName, InvalidHeaders, WebhookNotFound
 from outbox_worker.secretbox import SecretBox, new_secret
 
 # An event type or a pattern ("*", "order.*"), as outbox.event_patterns accepts
 # it. No re.ASCII needed: the classes are spelled out, and \Z refuses a newline.
 _EVENT_FILTER = re.compile(r"(?=.{1,100}\Z)(\*|[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(\.\*)?)\Z")
+
+# outbox.check_headers' rule for a plaintext value: printable ASCII, no
+# surrounding spaces, at most 4096 characters.
+_HEADER_VALUE = re.compile(r"[ -~]{1,4096}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,8 @@ class Webhook:
     updated_at: datetime
     last_success_at: datetime | None = None
     failing_since: datetime | None = None
+    rate_limit: Decimal | None = None  # requests per second over all workers; None: no limit
+    header_names: list[str] = field(default_factory=list)  # custom headers; their values are never read back
 
     @classmethod
     def from_row(cls, row: db.Row) -> Webhook:
@@ -72,8 +85,46 @@ def _secret(rows: list[db.Row], plain: str | None) -> WebhookSecret:
     return WebhookSecret(id=rows[0]["id"], secret=plain if plain is not None else rows[0]["secret"])
 
 
-def _create_params(owner_id: str, url: str, events: Sequence[str], sealed: str | None) -> dict[str, Any]:
-    return {"owner_id": owner_id, "url": url, "events": list(events), "sealed_secret": sealed}
+RateLimit = float | Decimal | int
+
+
+def _seal_value(name: str, value: Any, box: SecretBox) -> Any:
+    if not isinstance(value, str):
+        return value  # the database refuses it, with the header's name
+    if not _HEADER_VALUE.fullmatch(value) or value != value.strip():
+        raise InvalidHeaders(
+            f'invalid value of header "{name}": 1-4096 printable ASCII characters, no surrounding spaces'
+        )
+    return box.seal(value)
+
+
+def _headers_json(headers: Mapping[str, str] | None, box: SecretBox | None) -> str | None:
+    """The ``headers`` argument of the SQL functions: JSON, values sealed
+    with ``box`` (names stay readable: listings show them)."""
+    if headers is None:
+        return None
+    if box is not None:
+        headers = {name: _seal_value(name, value, box) for name, value in headers.items()}
+    return json.dumps(dict(headers), ensure_ascii=False)
+
+
+def _create_params(
+    owner_id: str,
+    url: str,
+    events: Sequence[str],
+    sealed: str | None,
+    rate_limit: RateLimit | None,
+    headers: Mapping[str, str] | None,
+    box: SecretBox | None,
+) -> dict[str, Any]:
+    return {
+        "owner_id": owner_id,
+        "url": url,
+        "events": list(events),
+        "sealed_secret": sealed,
+        "rate_limit": rate_limit,
+        "headers": _headers_json(headers, box),
+    }
 
 
 def _update_params(
@@ -82,6 +133,9 @@ def _update_params(
     url: str | None,
     events: Sequence[str] | None,
     enabled: bool | None,
+    rate_limit: RateLimit | None,
+    headers: Mapping[str, str] | None,
+    box: SecretBox | None,
 ) -> dict[str, Any]:
     return {
         "owner_id": owner_id,
@@ -89,6 +143,8 @@ def _update_params(
         "url": url,
         "events": list(events) if events is not None else None,
         "enabled": enabled,
+        "rate_limit": rate_limit,
+        "headers": _headers_json(headers, box),
     }
 
 
@@ -118,11 +174,22 @@ def _event_filter(event_type: str | None) -> dict[str, str | None]:
 
 
 def create_webhook(
-    conn: db.SyncConnection, owner_id: str, url: str, events: Sequence[str], *, box: SecretBox | None = None
+    conn: db.SyncConnection,
+    owner_id: str,
+    url: str,
+    events: Sequence[str],
+    *,
+    box: SecretBox | None = None,
+    rate_limit: RateLimit | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> WebhookSecret:
-    """Register a webhook. With ``box`` the secret is sealed before it reaches the database."""
+    """Register a webhook. With ``box`` the secret and the header values are
+    sealed before they reach the database. ``rate_limit``: requests per
+    second over all workers (None or 0: none). ``headers``: sent with every
+    request (``{"Authorization": "Bearer ..."}``), never shown again."""
     plain, sealed = _sealed(box)
-    return _secret(db.fetch(conn, "create_webhook", _create_params(owner_id, url, events, sealed)), plain)
+    params = _create_params(owner_id, url, events, sealed, rate_limit, headers, box)
+    return _secret(db.fetch(conn, "create_webhook", params), plain)
 
 
 def update_webhook(
@@ -133,8 +200,13 @@ def update_webhook(
     url: str | None = None,
     events: Sequence[str] | None = None,
     enabled: bool | None = None,
+    rate_limit: RateLimit | None = None,
+    headers: Mapping[str, str] | None = None,
+    box: SecretBox | None = None,
 ) -> Webhook:
-    params = _update_params(owner_id, webhook_id, url, events, enabled)
+    """Change what is given; None leaves it. ``rate_limit=0`` removes the
+    limit; ``headers`` replace the whole set (``{}`` removes them)."""
+    params = _update_params(owner_id, webhook_id, url, events, enabled, rate_limit, headers, box)
     return Webhook.from_row(db.fetch(conn, "update_webhook", params)[0])
 
 
@@ -162,6 +234,11 @@ def rotate_webhook_secret(
     plain, sealed = _sealed(box)
     params = {**_ids(owner_id, webhook_id), "sealed_secret": sealed}
     return _secret(db.fetch(conn, "rotate_webhook_secret", params), plain)
+
+
+def send_test_event(conn: db.SyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> int:
+    """Queue one signed ``webhook.test`` event for this webhook alone; returns the delivery id."""
+    return int(db.fetch(conn, "send_test_event", _ids(owner_id, webhook_id))[0]["id"])
 
 
 def redeliver(conn: db.SyncConnection, delivery_id: int, owner_id: str) -> int:
@@ -194,11 +271,18 @@ def add_event_type(conn: db.SyncConnection, name: str, description: str = "") ->
 
 
 async def create_webhook_async(
-    conn: db.AsyncConnection, owner_id: str, url: str, events: Sequence[str], *, box: SecretBox | None = None
+    conn: db.AsyncConnection,
+    owner_id: str,
+    url: str,
+    events: Sequence[str],
+    *,
+    box: SecretBox | None = None,
+    rate_limit: RateLimit | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> WebhookSecret:
     plain, sealed = _sealed(box)
-    rows = await db.fetch_async(conn, "create_webhook", _create_params(owner_id, url, events, sealed))
-    return _secret(rows, plain)
+    params = _create_params(owner_id, url, events, sealed, rate_limit, headers, box)
+    return _secret(await db.fetch_async(conn, "create_webhook", params), plain)
 
 
 async def update_webhook_async(
@@ -209,8 +293,11 @@ async def update_webhook_async(
     url: str | None = None,
     events: Sequence[str] | None = None,
     enabled: bool | None = None,
+    rate_limit: RateLimit | None = None,
+    headers: Mapping[str, str] | None = None,
+    box: SecretBox | None = None,
 ) -> Webhook:
-    params = _update_params(owner_id, webhook_id, url, events, enabled)
+    params = _update_params(owner_id, webhook_id, url, events, enabled, rate_limit, headers, box)
     return Webhook.from_row((await db.fetch_async(conn, "update_webhook", params))[0])
 
 
@@ -235,6 +322,11 @@ async def rotate_webhook_secret_async(
     plain, sealed = _sealed(box)
     params = {**_ids(owner_id, webhook_id), "sealed_secret": sealed}
     return _secret(await db.fetch_async(conn, "rotate_webhook_secret", params), plain)
+
+
+async def send_test_event_async(conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> int:
+    rows = await db.fetch_async(conn, "send_test_event", _ids(owner_id, webhook_id))
+    return int(rows[0]["id"])
 
 
 async def redeliver_async(conn: db.AsyncConnection, delivery_id: int, owner_id: str) -> int:

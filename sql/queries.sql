@@ -2,8 +2,9 @@
 -- header. Parameters are psycopg placeholders; the worker's hot-path
 -- queries take arrays so that one round trip serves a whole batch.
 
--- emit: queue one event in the caller's transaction
-select outbox.emit(%(owner_id)s, %(event_type)s, cast(%(data)s as jsonb)) as id;
+-- emit: queue one event in the caller's transaction (the first event's id again for a repeated idempotency key)
+select outbox.emit(%(owner_id)s, %(event_type)s, cast(%(data)s as jsonb),
+                   ordering_key => %(ordering_key)s, idempotency_key => %(idempotency_key)s) as id;
 
 -- add_event_type: add (or re-describe) an event type in the catalogue
 select outbox.add_event_type(%(name)s, %(description)s);
@@ -12,10 +13,14 @@ select outbox.add_event_type(%(name)s, %(description)s);
 select name, description, created_at from outbox.event_types order by name;
 
 -- create_webhook: register a webhook; the only time its secret is returned
-select id, secret from outbox.create_webhook(%(owner_id)s, %(url)s, %(events)s, %(sealed_secret)s);
+select id, secret
+  from outbox.create_webhook(%(owner_id)s, %(url)s, %(events)s, %(sealed_secret)s,
+                             rate_limit => cast(%(rate_limit)s as numeric), headers => cast(%(headers)s as jsonb));
 
--- update_webhook: change url, events or enabled (NULL = unchanged)
-select * from outbox.update_webhook(%(owner_id)s, %(webhook_id)s, %(url)s, %(events)s, %(enabled)s);
+-- update_webhook: change url, events, enabled, rate limit or headers (NULL = unchanged)
+select *
+  from outbox.update_webhook(%(owner_id)s, %(webhook_id)s, %(url)s, %(events)s, %(enabled)s,
+                             rate_limit => cast(%(rate_limit)s as numeric), headers => cast(%(headers)s as jsonb));
 
 -- delete_webhook: remove a webhook with its deliveries and attempts
 select outbox.delete_webhook(%(owner_id)s, %(webhook_id)s);
@@ -34,6 +39,9 @@ select * from outbox.get_webhook(%(owner_id)s, %(webhook_id)s);
 
 -- rotate_webhook_secret: new secret; the old one keeps signing for the overlap
 select id, secret from outbox.rotate_webhook_secret(%(owner_id)s, %(webhook_id)s, %(sealed_secret)s);
+
+-- send_test_event: queue one signed webhook.test event for one webhook alone
+select outbox.send_test_event(%(owner_id)s, %(webhook_id)s) as id;
 
 -- redeliver: start a new round of attempts for one delivery of an owner's
 select outbox.redeliver(%(delivery_id)s, %(owner_id)s) as id;
@@ -127,7 +135,9 @@ select m.id as event_id, m.event_type, m.created_at,
        case when row_number() over (partition by m.id order by i.id) = 1 then m.data end as data,
        i.id, i.webhook_id, i.attempts, coalesce(i.leased, false) as leased, w.url, w.secret,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
-       w.owner_id
+       w.owner_id,
+       -- As text: the worker parses each webhook's headers once, not per row.
+       w.headers::text as headers
   from marked m
   left join inserted i on i.event_id = m.id
   left join outbox.webhooks w on w.id = i.webhook_id
@@ -250,7 +260,8 @@ select l.id, l.event_id, l.webhook_id, l.attempts, l.ordered, l.delay, w.url, w.
        case when e.body is null then e.data end as data,
        e.created_at,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
-       w.owner_id
+       w.owner_id,
+       w.headers::text as headers  -- text, as in dispatch
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
   join outbox.events e on e.id = l.event_id and e.id = any (array(select event_id from leased));
@@ -440,7 +451,7 @@ select owner_id, webhook_id, url, enabled, pending, retrying, in_flight, failed,
 select undispatched, extract(epoch from oldest_undispatched_age) as oldest_undispatched_seconds
   from outbox.event_backlog;
 
--- purge: delete one batch of finished history older than a cutoff (events whose deliveries are all finished)
+-- purge: delete one batch of finished history older than a cutoff (events whose deliveries are all finished) and one of idempotency keys past outbox.config.idempotency_window; how many of each
 with doomed as (
     select e.id
       from outbox.events e
@@ -450,8 +461,24 @@ with doomed as (
      order by e.id
      limit %(limit)s
        for update skip locked
+), purged as (
+    delete from outbox.events e using doomed where e.id = doomed.id
+    returning e.id
+), expired as (
+    -- Skips a key an emit is deciding on right now (it holds the row).
+    select k.owner_id, k.key
+      from outbox.idempotency_keys k
+     where k.created_at < now() - (select c.idempotency_window from outbox.config c)
+     order by k.created_at
+     limit %(limit)s
+       for update skip locked
+), forgotten as (
+    delete from outbox.idempotency_keys k
+     using expired x
+     where k.owner_id = x.owner_id and k.key = x.key
+    returning 1
 )
-delete from outbox.events e using doomed where e.id = doomed.id;
+select (select count(*) from purged) as events, (select count(*) from forgotten) as keys;
 
 -- browse_deliveries: a page of deliveries for `outbox-worker deliveries list`, newest first; each filter NULL = any
 select d.id, w.owner_id as owner, d.webhook_id as webhook, d.event_id as event, e.event_type,
@@ -510,11 +537,13 @@ select (select count(*) from doomed) as events,
 -- listen: subscribe the listener connection to new-event wake-ups
 listen outbox_events;
 
--- unsealed_secrets: webhooks whose secrets are stored in plaintext (created from SQL) or sealed under an older key
-select id, secret, previous_secret
+-- unsealed_secrets: webhooks whose secrets or header values are stored in plaintext (created from SQL)
+select id, secret, previous_secret, headers
   from outbox.webhooks
  where secret not like 'enc:v1:%%'
     or (previous_secret is not null and previous_secret not like 'enc:v1:%%')
+    or (headers is not null
+        and exists (select from jsonb_each_text(headers) h where h.value not like 'enc:v1:%%'))
  limit %(limit)s;
 
 -- erase_expired_previous_secrets: forget the previous secrets whose rotation overlap has ended
@@ -526,18 +555,24 @@ update outbox.webhooks
 -- webhook_owners: a page of every webhook's id and owner, for rotating every secret
 select id, owner_id from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
 
--- all_secrets: every stored secret, for re-sealing under a new key
-select id, secret, previous_secret from outbox.webhooks where id > %(after)s order by id limit %(limit)s;
+-- all_secrets: every stored secret and header value, for re-sealing under a new key
+select id, secret, previous_secret, headers
+  from outbox.webhooks
+ where id > %(after)s
+ order by id
+ limit %(limit)s;
 
--- store_sealed_secrets: replace secrets with their sealed form, unless they changed meanwhile
+-- store_sealed_secrets: replace secrets and header values with their sealed form, unless they changed meanwhile
 update outbox.webhooks w
-   set secret = s.sealed, previous_secret = s.sealed_previous
+   set secret = s.sealed, previous_secret = s.sealed_previous, headers = cast(s.sealed_headers as jsonb)
   from unnest(cast(%(ids)s as uuid[]), cast(%(old)s as text[]), cast(%(sealed)s as text[]),
-              cast(%(old_previous)s as text[]), cast(%(sealed_previous)s as text[]))
-       as s(id, old, sealed, old_previous, sealed_previous)
+              cast(%(old_previous)s as text[]), cast(%(sealed_previous)s as text[]),
+              cast(%(old_headers)s as text[]), cast(%(sealed_headers)s as text[]))
+       as s(id, old, sealed, old_previous, sealed_previous, old_headers, sealed_headers)
  where w.id = s.id
    and w.secret = s.old
-   and w.previous_secret is not distinct from s.old_previous;
+   and w.previous_secret is not distinct from s.old_previous
+   and w.headers is not distinct from cast(s.old_headers as jsonb);
 
 -- metrics_queue: queue depth and ages for the metrics endpoint (polled every metrics_interval, not per scrape)
 select coalesce(sum(q.pending), 0)::bigint as pending,
@@ -601,11 +636,21 @@ select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
 -- revoke_api_key_any_owner: operators: revoke a key of any owner
 select * from outbox.revoke_api_key_any_owner(%(key_id)s);
 
--- list_deliveries: a page of a webhook's deliveries with attempts, newest first
-select * from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s);
+-- list_deliveries: a page of an owner's deliveries (of one webhook, or all; by status, created in a time range) with attempts, newest first
+select *
+  from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s,
+                              cast(%(status)s as outbox.delivery_status),
+                              %(created_since)s, %(created_until)s);
 
--- get_delivery: one delivery of an owner's webhook, with attempts
+-- get_delivery: one delivery of an owner's webhook (NULL: any of the owner's), with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
+
+-- delivery_body: what one of an owner's deliveries POSTs: the stored bytes, or the event to encode them from while they are not stored yet (data as text, for the worker's parse)
+select e.body, e.event_type, e.data::text as data, e.created_at
+  from outbox.deliveries d
+  join outbox.webhooks w on w.id = d.webhook_id
+  join outbox.events e on e.id = d.event_id
+ where d.id = %(delivery_id)s and w.owner_id = %(owner_id)s;
 
 -- ============================================================ quiet NOTIFY (sql/schema.sql, the emit trigger)
 

@@ -6,7 +6,8 @@
 --
 -- Error codes raised by the functions below (class "OW", outside every
 -- standard SQLSTATE class, so clients can match them exactly; OW02x is
--- reserved for API keys):
+-- reserved for API keys, OW03x for the delivery features: keys, headers, rate
+-- limits, test events):
 --   OW001 invalid owner id          OW007 payload too large
 --   OW002 unknown event type        OW008 delivery not found
 --   OW003 invalid URL               OW009 invalid event type name
@@ -15,6 +16,9 @@
 --   OW006 invalid payload           OW012 payload beyond receivers' limits
 --   OW013 no event types            OW014 unknown config setting
 --   OW020 API key not found         OW021 invalid API key prefix
+--   OW030 invalid ordering key      OW033 invalid headers
+--   OW031 invalid idempotency key   OW034 invalid rate limit
+--   OW032 reserved header name      OW035 webhook disabled
 --
 -- Advisory locks of the class 1869968482 ('outb', docs/dba.md): (.., 1) "in
 -- flight" and (.., 2) "busy" for quiet NOTIFY, (.., 3) serialises the emit
@@ -33,12 +37,15 @@ create table outbox.config (
     allow_http boolean not null default false,
     allow_private_networks boolean not null default false,
     secret_rotation_overlap interval not null default '24 hours',
-    notify boolean not null default true
+    notify boolean not null default true,
+    idempotency_window interval not null default '24 hours' check (idempotency_window > interval '0')
 );
 insert into outbox.config default values;
 comment on table outbox.config is 'Single-row settings enforced by the outbox SQL functions';
 comment on column outbox.config.notify is
     'Emitting transactions wake workers with NOTIFY (skipped while a worker drains); false: workers only poll';
+comment on column outbox.config.idempotency_window is
+    'How long an idempotency key makes a second emit return the first event (then purge removes it)';
 
 -- One setting of outbox.config by its column name, the value given as text
 -- and cast to the column's type (`outbox-worker config set`); returns the
@@ -82,6 +89,7 @@ insert into outbox.event_types (name, description) values
     ('appointment.cancelled', 'Appointment cancelled'),
     ('customer.created', 'New customer created'),
     ('webhook.disabled', 'A webhook was disabled after failing for too long (emitted by the worker)'),
+    ('webhook.test', 'A test event sent to one webhook by outbox.send_test_event()'),
     ('Deals', 'Brand topic: deals'),
     ('Showings', 'Brand topic: showings'),
     ('Contacts', 'Brand topic: contacts');
@@ -101,11 +109,11 @@ create table outbox.webhooks (
     updated_at timestamptz not null default now(),
     last_success_at timestamptz,
     failing_since timestamptz,
-    -- Requests per second to this webhook, across every worker; NULL: none.
-    rate_limit numeric check (rate_limit > 0),
+    rate_limit numeric constraint webhooks_rate_limit_check check (rate_limit between 0.01 and 10000),
     -- The send slot the next claim paces from (GCRA's theoretical arrival
     -- time); a 429 with Retry-After pushes it out, limited or not.
-    rate_next_at timestamptz
+    rate_next_at timestamptz,
+    headers jsonb constraint webhooks_headers_check check (jsonb_typeof(headers) = 'object')
 );
 create index webhooks_owner_idx on outbox.webhooks (owner_id);
 -- The worker erases previous secrets whose overlap has ended (expired_previous_secrets).
@@ -113,12 +121,17 @@ create index webhooks_previous_secret_idx on outbox.webhooks (previous_secret_ex
     where previous_secret is not null;
 comment on column outbox.webhooks.events is 'Subscribed event types; "*" and "prefix.*" are wildcards';
 comment on column outbox.webhooks.failing_since is 'First failed attempt since the last success; drives auto-disable';
+comment on column outbox.webhooks.rate_limit is 'Most requests per second to this webhook, over all workers; NULL: no limit';
+comment on column outbox.webhooks.headers is
+    'Extra request headers (receiver authentication), name -> value; values sealed like secrets (enc:v1:...) when OUTBOX_SECRET_KEYS is set; NULL: none';
 
 -- The secret-free face of a webhook: what list/get return, and what the
--- read-only DBA role may see.
+-- read-only DBA role may see. Header names only, never their values.
 create view outbox.webhook_info as
 select id, owner_id, url, events, enabled, disabled_reason, created_at, updated_at,
-       last_success_at, failing_since
+       last_success_at, failing_since, rate_limit,
+       coalesce((select array_agg(h.name order by lower(h.name))
+                   from jsonb_object_keys(headers) h(name)), '{}') as header_names
   from outbox.webhooks;
 
 -- ---------------------------------------------------------------- events (the outbox)
@@ -134,7 +147,8 @@ create table outbox.events (
     body bytea,
     -- Deliveries of one (webhook, ordering key) reach the receiver one at a
     -- time, in id order; NULL: no order.
-    ordering_key text
+    ordering_key text,
+    idempotency_key text
 );
 -- The dispatcher's claim: oldest undispatched first. Tiny, because
 -- dispatched rows leave it.
@@ -144,6 +158,30 @@ create index events_ordering_undispatched_idx on outbox.events (owner_id, orderi
     where dispatched_at is null and ordering_key is not null;
 comment on column outbox.events.body is
     'Exact bytes POSTed for this event, identical for every webhook and retry; written with the first recorded attempt (NULL while the first requests are in flight)';
+comment on column outbox.events.ordering_key is
+    'Events of one owner sharing an ordering key reach each webhook one at a time, in id order; NULL: unordered';
+comment on column outbox.events.idempotency_key is
+    'The key this event was emitted with (outbox.idempotency_keys decides duplicates); NULL: none';
+
+-- Idempotency keys: one row per (owner, key) for outbox.config.
+-- idempotency_window, pointing at the event the first emit created. The emit
+-- trigger inserts it with ON CONFLICT, so of two transactions emitting one
+-- key the second waits for the first: it skips its event once the first
+-- commits, and inserts it if the first rolls back. A table of its own, not a
+-- unique index on events: the window is independent of how long purge keeps
+-- events, and emits without a key pay nothing for it. Not a foreign key
+-- either: a key outlives its event if purge removes the event first.
+create table outbox.idempotency_keys (
+    owner_id text not null,
+    key text not null,
+    event_id bigint not null,
+    created_at timestamptz not null default now(),
+    primary key (owner_id, key)
+);
+-- Purge's scan for expired keys.
+create index idempotency_keys_created_idx on outbox.idempotency_keys (created_at);
+comment on table outbox.idempotency_keys is
+    'Idempotency keys within outbox.config.idempotency_window: a second emit with the key returns event_id';
 
 -- lz4 instead of pglz for the payload and the body, where the server has it
 -- (PostgreSQL 14+ built --with-lz4, as Debian's and the official images
@@ -273,6 +311,10 @@ begin
         delete from outbox.delivery_attempts;
     else
         delete from outbox.deliveries;
+    end if;
+    -- Event ids may start again (RESTART IDENTITY): keys must not name them.
+    if tg_table_name = 'events' then
+        delete from outbox.idempotency_keys;
     end if;
     return null;
 end $$;
@@ -675,7 +717,9 @@ begin
         raise exception 'invalid URL "%": fragments (#...) are not allowed', p_url using errcode = 'OW003';
     end if;
     if position('@' in authority) > 0 then
-        raise exception 'invalid URL: credentials in the URL are not allowed' using errcode = 'OW003';
+        raise exception 'invalid URL: credentials (user:password@) in the URL are not allowed'
+            using errcode = 'OW003',
+                  hint = 'send them as a header instead: headers => ''{"Authorization": "Basic <base64 of user:password>"}''';
     end if;
     m := regexp_match(authority, '^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:([0-9]{1,5}))?$');
     if m is null then
@@ -853,6 +897,31 @@ begin
             raise exception 'payload too large: %% bytes, the limit is %% bytes', size, size_limit
                 using errcode = 'OW007', hint = 'outbox.config.max_payload_bytes';
         end if;
+    end if;
+    -- The keys cost an event without them two NULL tests.
+    if new.ordering_key is not null
+       and (pg_catalog.length(new.ordering_key) not between 1 and 255 or new.ordering_key ~ '[[:cntrl:]]') then
+        raise exception 'invalid ordering key: must be 1-255 characters, no control characters' using errcode = 'OW030';
+    end if;
+    if new.idempotency_key is not null then
+        if pg_catalog.length(new.idempotency_key) not between 1 and 255 or new.idempotency_key ~ '[[:cntrl:]]' then
+            raise exception 'invalid idempotency key: must be 1-255 characters, no control characters'
+                using errcode = 'OW031';
+        end if;
+        -- Last, once the event is known to be valid. The key's row decides
+        -- (outbox.idempotency_keys): a key held by an uncommitted transaction
+        -- makes this INSERT wait for it; a live key skips this event (the
+        -- trigger returns NULL: nothing is inserted, nobody is woken), an
+        -- expired one (purge has not run yet) is taken over. The window is
+        -- read only on a conflict.
+        insert into outbox.idempotency_keys as k (owner_id, key, event_id)
+        values (new.owner_id, new.idempotency_key, new.id)
+        on conflict (owner_id, key) do update
+           set event_id = excluded.event_id, created_at = excluded.created_at
+         where k.created_at < pg_catalog.now() - (select c.idempotency_window from outbox.config c);
+        if not found then
+            return null;
+        end if;
     end if;%s
     return new;
 end
@@ -908,18 +977,30 @@ comment on function outbox.release_busy() is
 -- ---------------------------------------------------------------- SQL API: events and webhooks
 -- plpgsql (not SQL) so the INSERT's plan is cached per session, and no SET
 -- clause, for the same reason as the emit trigger: this is the app's hot path.
-create function outbox.emit(owner_id text, event_type text, data jsonb) returns bigint
+-- A duplicate idempotency key inserts nothing (the trigger skips the row);
+-- the id is then the first event's, read after the trigger's INSERT has
+-- waited for the transaction that holds the key (a new snapshot at READ
+-- COMMITTED sees its commit; at REPEATABLE READ or above the trigger's
+-- INSERT fails with a serialization error instead, and a retry sees it).
+create function outbox.emit(owner_id text, event_type text, data jsonb, ordering_key text default null,
+                            idempotency_key text default null) returns bigint
 language plpgsql volatile
 as $$
 declare
     new_id bigint;
 begin
-    insert into outbox.events (owner_id, event_type, data)
-    values (emit.owner_id, emit.event_type, emit.data)
+    insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key)
+    values (emit.owner_id, emit.event_type, emit.data, emit.ordering_key, emit.idempotency_key)
     returning id into new_id;
+    if new_id is null then
+        select k.event_id into new_id
+          from outbox.idempotency_keys k
+         where k.owner_id = emit.owner_id and k.key = emit.idempotency_key;
+    end if;
     return new_id;
 end $$;
-comment on function outbox.emit(text, text, jsonb) is 'Queue an event in the caller''s transaction; returns the event id';
+comment on function outbox.emit(text, text, jsonb, text, text) is
+    'Queue an event in the caller''s transaction; returns the event id (the first event''s for a repeated idempotency key)';
 
 create function outbox.add_event_type(name text, description text default '') returns void
 language plpgsql volatile
@@ -948,7 +1029,89 @@ begin
     return p_secret;
 end $$;
 
-create function outbox.create_webhook(owner_id text, url text, events text[], sealed_secret text default null)
+-- Custom request headers of a webhook, for receiver authentication
+-- (Authorization: Bearer ..., or Basic): a JSON object of names to string
+-- values; '{}' means none (stored as NULL). A value arrives either sealed
+-- (enc:v1:..., from a caller holding OUTBOX_SECRET_KEYS, which checks the
+-- plaintext itself) or in plaintext (from SQL; the worker seals it within
+-- seconds when it has the keys). Names the worker sets itself are refused,
+-- whatever their case (OW032): the signature headers, webhook-*, and those
+-- that frame or route the request.
+create function outbox.check_headers(p_headers jsonb) returns jsonb
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    h record;
+    v_name text;
+    v_seen text[] := '{}';
+    v_value text;
+begin
+    if p_headers is null then
+        return null;
+    end if;
+    if jsonb_typeof(p_headers) <> 'object' then
+        raise exception 'invalid headers: expected a JSON object of header names to values, got %',
+            jsonb_typeof(p_headers) using errcode = 'OW033';
+    end if;
+    if (select count(*) from jsonb_object_keys(p_headers)) > 20 then
+        raise exception 'invalid headers: at most 20 headers per webhook' using errcode = 'OW033';
+    end if;
+    for h in select e.key, e.value from jsonb_each(p_headers) e loop
+        v_name := lower(h.key);
+        if h.key !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]{1,100}$' then
+            raise exception 'invalid header name "%": 1-100 letters, digits or !#$%%&''*+.^_`|~-', h.key
+                using errcode = 'OW033';
+        end if;
+        if v_name in ('host', 'content-length', 'content-type', 'content-encoding', 'transfer-encoding',
+                      'connection', 'keep-alive', 'te', 'trailer', 'upgrade', 'expect', 'user-agent',
+                      'traceparent', 'tracestate', 'x-brutlers-signature', 'x-brutlers-signature-previous')
+           or v_name like 'webhook-%' or v_name like 'proxy-%' then
+            raise exception 'header "%" is reserved: the worker sets it', h.key
+                using errcode = 'OW032',
+                      hint = 'reserved: the signature headers, webhook-*, Host, Content-Type, -Length, -Encoding, User-Agent, traceparent, tracestate and hop-by-hop headers';
+        end if;
+        if v_name = any (v_seen) then
+            raise exception 'invalid headers: "%" appears twice (names ignore case)', h.key using errcode = 'OW033';
+        end if;
+        v_seen := v_seen || v_name;
+        if jsonb_typeof(h.value) <> 'string' then
+            raise exception 'invalid value of header "%": expected a string, got %', h.key, jsonb_typeof(h.value)
+                using errcode = 'OW033';
+        end if;
+        v_value := h.value #>> '{}';
+        if starts_with(v_value, 'enc:v1:') then
+            if v_value !~ '^enc:v1:[A-Za-z0-9_=-]+$' or length(v_value) > 8192 then
+                raise exception 'invalid value of header "%": not a sealed value (enc:v1:...)', h.key
+                    using errcode = 'OW033';
+            end if;
+        elsif v_value !~ '^[ -~]+$' or length(v_value) > 4096 or v_value <> btrim(v_value) then
+            raise exception 'invalid value of header "%": 1-4096 printable ASCII characters, no surrounding spaces', h.key
+                using errcode = 'OW033';
+        end if;
+    end loop;
+    return nullif(p_headers, '{}');
+end $$;
+
+-- Requests per second, over all workers. 0 (or NULL at create) is no limit.
+create function outbox.check_rate_limit(p_rate_limit numeric) returns numeric
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_rate_limit is null or p_rate_limit = 0 then
+        return null;
+    end if;
+    -- NaN and Infinity sort above every number: refused here too.
+    if not (p_rate_limit >= 0.01 and p_rate_limit <= 10000) then
+        raise exception 'invalid rate limit %: requests per second from 0.01 to 10000 (0 removes the limit)',
+            p_rate_limit using errcode = 'OW034';
+    end if;
+    return p_rate_limit;
+end $$;
+
+create function outbox.create_webhook(owner_id text, url text, events text[], sealed_secret text default null,
+                                      rate_limit numeric default null, headers jsonb default null)
 returns table (id uuid, secret text)
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -958,10 +1121,14 @@ declare
     v_count integer;
     v_events text[];
     v_url text;
+    v_rate_limit numeric;
+    v_headers jsonb;
 begin
     perform outbox.check_owner_id(create_webhook.owner_id);
     v_url := outbox.check_url(create_webhook.url);
     v_events := outbox.check_events(create_webhook.events);
+    v_rate_limit := outbox.check_rate_limit(create_webhook.rate_limit);
+    v_headers := outbox.check_headers(create_webhook.headers);
     -- Serialise creates per owner so the limit holds under concurrency;
     -- other owners are not blocked.
     perform pg_advisory_xact_lock(hashtextextended('outbox.webhooks:' || create_webhook.owner_id, 0));
@@ -973,9 +1140,10 @@ begin
             using errcode = 'OW004', hint = 'delete a webhook or raise outbox.config.max_webhooks_per_owner';
     end if;
     return query
-        insert into outbox.webhooks as w (owner_id, url, events, secret)
+        insert into outbox.webhooks as w (owner_id, url, events, secret, rate_limit, headers)
         values (create_webhook.owner_id, v_url, v_events,
-                coalesce(outbox.check_sealed_secret(create_webhook.sealed_secret), outbox.new_secret()))
+                coalesce(outbox.check_sealed_secret(create_webhook.sealed_secret), outbox.new_secret()),
+                v_rate_limit, v_headers)
         returning w.id, w.secret;
 end $$;
 
@@ -985,8 +1153,12 @@ end $$;
 -- update_webhook() would stop every worker's dispatch, for every owner in
 -- the batch, until it ended. Two updates of one webhook still take turns,
 -- and delete_webhook() still waits for a dispatch in progress.
+-- rate_limit 0 removes the limit; headers replace the whole set ('{}'
+-- removes them all): their values are never shown, so there is nothing to
+-- merge with.
 create function outbox.update_webhook(owner_id text, webhook_id uuid, url text default null,
-                                      events text[] default null, enabled boolean default null)
+                                      events text[] default null, enabled boolean default null,
+                                      rate_limit numeric default null, headers jsonb default null)
 returns setof outbox.webhook_info
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -995,6 +1167,8 @@ declare
     v_url text;
     v_events text[];
     v_was_enabled boolean;
+    v_rate_limit numeric;
+    v_headers jsonb;
 begin
     perform outbox.check_owner_id(update_webhook.owner_id);
     if update_webhook.url is not null then
@@ -1003,6 +1177,8 @@ begin
     if update_webhook.events is not null then
         v_events := outbox.check_events(update_webhook.events);
     end if;
+    v_rate_limit := outbox.check_rate_limit(update_webhook.rate_limit);
+    v_headers := outbox.check_headers(update_webhook.headers);
     -- NO KEY UPDATE: nothing here changes the webhook's id, and a FOR UPDATE
     -- lock would make dispatch's FOR KEY SHARE wait.
     select w.enabled into v_was_enabled
@@ -1020,19 +1196,19 @@ begin
          where d.webhook_id = update_webhook.webhook_id and d.status = 'pending'
            and (d.leased_until is null or d.leased_until <= now());
     end if;
-    return query
-        update outbox.webhooks w
-           set url = coalesce(v_url, w.url),
-               events = coalesce(v_events, w.events),
-               enabled = coalesce(update_webhook.enabled, w.enabled),
-               disabled_reason = case when update_webhook.enabled is null then w.disabled_reason
-                                      when update_webhook.enabled then null
-                                      else 'disabled by owner' end,
-               failing_since = case when update_webhook.enabled then null else w.failing_since end,
-               updated_at = now()
-         where w.id = update_webhook.webhook_id
-        returning w.id, w.owner_id, w.url, w.events, w.enabled, w.disabled_reason, w.created_at, w.updated_at,
-                  w.last_success_at, w.failing_since;
+    update outbox.webhooks w
+       set url = coalesce(v_url, w.url),
+           events = coalesce(v_events, w.events),
+           enabled = coalesce(update_webhook.enabled, w.enabled),
+           disabled_reason = case when update_webhook.enabled is null then w.disabled_reason
+                                  when update_webhook.enabled then null
+                                  else 'disabled by owner' end,
+           failing_since = case when update_webhook.enabled then null else w.failing_since end,
+           rate_limit = case when update_webhook.rate_limit is null then w.rate_limit else v_rate_limit end,
+           headers = case when update_webhook.headers is null then w.headers else v_headers end,
+           updated_at = now()
+     where w.id = update_webhook.webhook_id;
+    return query select i.* from outbox.webhook_info i where i.id = update_webhook.webhook_id;
 end $$;
 
 create function outbox.delete_webhook(owner_id text, webhook_id uuid) returns void
@@ -1099,6 +1275,50 @@ begin
         raise exception 'webhook % not found', rotate_webhook_secret.webhook_id using errcode = 'OW005';
     end if;
 end $$;
+
+-- One signed webhook.test event for one webhook: the event is inserted
+-- already dispatched, so the dispatcher never fans it out to the owner's
+-- other webhooks, and its one delivery is queued here. The worker encodes
+-- its body when it claims it, as for any delivery whose body is not stored
+-- yet. FOR KEY SHARE on the webhook, the lock dispatch takes: a delete that
+-- comes meanwhile waits, and its cascade removes this delivery too.
+create function outbox.send_test_event(owner_id text, webhook_id uuid) returns bigint
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_url text;
+    v_enabled boolean;
+    v_event_id bigint;
+    v_delivery_id bigint;
+begin
+    perform outbox.check_owner_id(send_test_event.owner_id);
+    select w.url, w.enabled into v_url, v_enabled
+      from outbox.webhooks w
+     where w.id = send_test_event.webhook_id and w.owner_id = send_test_event.owner_id
+       for key share;
+    if not found then
+        raise exception 'webhook % not found', send_test_event.webhook_id using errcode = 'OW005';
+    end if;
+    if not v_enabled then
+        raise exception 'webhook % is disabled: a test event would not be sent', send_test_event.webhook_id
+            using errcode = 'OW035', hint = 'enable it first (update_webhook ... enabled => true)';
+    end if;
+    insert into outbox.events (owner_id, event_type, data, dispatched_at)
+    values (send_test_event.owner_id, 'webhook.test',
+            jsonb_build_object('webhook_id', send_test_event.webhook_id, 'url', v_url,
+                               'message', 'A test event: your endpoint receives webhooks.'),
+            now())
+    returning id into v_event_id;
+    insert into outbox.deliveries as d (event_id, webhook_id)
+    values (v_event_id, send_test_event.webhook_id)
+    returning d.id into v_delivery_id;
+    -- Wake a sender now rather than at its next poll (sent at commit).
+    perform pg_notify('outbox_events', 'deliveries');
+    return v_delivery_id;
+end $$;
+comment on function outbox.send_test_event(text, uuid) is
+    'Queue one signed webhook.test event for one webhook alone; returns the delivery id';
 
 -- Ends a rotation's overlap now: the previous secret stops signing at once
 -- and is erased (after a leak, say). The worker also erases every previous
@@ -1288,30 +1508,42 @@ begin
 end $$;
 revoke execute on function outbox.end_api_key(uuid, text) from public;
 
--- ---------------------------------------------------------------- SQL API: delivery log per webhook
+-- ---------------------------------------------------------------- SQL API: delivery log
 -- Keyset pagination, newest first: pass the last id of a page as before_id.
-create function outbox.list_deliveries(owner_id text, webhook_id uuid, before_id bigint default null,
-                                       max_rows integer default 50)
+-- webhook_id NULL: all the owner's webhooks. Filters: status, and the
+-- delivery's creation time in [created_since, created_until).
+create function outbox.list_deliveries(owner_id text, webhook_id uuid default null, before_id bigint default null,
+                                       max_rows integer default 50, status outbox.delivery_status default null,
+                                       created_since timestamptz default null,
+                                       created_until timestamptz default null)
 returns setof outbox.delivery_info
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform outbox.check_owner_id(list_deliveries.owner_id);
-    perform 1 from outbox.webhooks w
-     where w.id = list_deliveries.webhook_id and w.owner_id = list_deliveries.owner_id;
-    if not found then
-        raise exception 'webhook % not found', list_deliveries.webhook_id using errcode = 'OW005';
+    if list_deliveries.webhook_id is not null then
+        perform 1 from outbox.webhooks w
+         where w.id = list_deliveries.webhook_id and w.owner_id = list_deliveries.owner_id;
+        if not found then
+            raise exception 'webhook % not found', list_deliveries.webhook_id using errcode = 'OW005';
+        end if;
     end if;
     return query
         select d.* from outbox.delivery_info d
-         where d.webhook_id = list_deliveries.webhook_id
+         where d.owner_id = list_deliveries.owner_id
+           and (list_deliveries.webhook_id is null or d.webhook_id = list_deliveries.webhook_id)
+           and (list_deliveries.status is null or d.status = list_deliveries.status)
+           and (list_deliveries.created_since is null or d.created_at >= list_deliveries.created_since)
+           and (list_deliveries.created_until is null or d.created_at < list_deliveries.created_until)
            and (list_deliveries.before_id is null or d.id < list_deliveries.before_id)
          order by d.id desc
          limit greatest(coalesce(list_deliveries.max_rows, 50), 0);
 end $$;
-comment on function outbox.list_deliveries(text, uuid, bigint, integer) is 'A page of a webhook''s deliveries, newest first, with their attempts';
+comment on function outbox.list_deliveries(text, uuid, bigint, integer, outbox.delivery_status, timestamptz, timestamptz) is
+    'A page of an owner''s deliveries (of one webhook, or all), newest first, with their attempts';
 
+-- webhook_id NULL: whichever of the owner's webhooks the delivery is for.
 create function outbox.get_delivery(owner_id text, webhook_id uuid, delivery_id bigint)
 returns setof outbox.delivery_info
 language plpgsql stable
@@ -1321,7 +1553,8 @@ begin
     perform outbox.check_owner_id(get_delivery.owner_id);
     return query
         select d.* from outbox.delivery_info d
-         where d.id = get_delivery.delivery_id and d.webhook_id = get_delivery.webhook_id
+         where d.id = get_delivery.delivery_id
+           and (get_delivery.webhook_id is null or d.webhook_id = get_delivery.webhook_id)
            and d.owner_id = get_delivery.owner_id;
     if not found then
         raise exception 'delivery % not found', get_delivery.delivery_id using errcode = 'OW008';

@@ -58,8 +58,9 @@ committed before the response is sent.
 The package, from the bottom up (each module imports only those listed
 before it): ``models`` (request and response bodies, request limits),
 ``errors`` (the error body and its handlers), ``deps`` (what both APIs'
-routes depend on: pool, secret box, key check, the delete route), ``vendor``
-and ``brand`` (the routers), ``app`` (``create_app``).
+routes depend on: pool, secret box, key check, the delete route),
+``deliveries`` (the vendor API's delivery log), ``vendor`` and ``brand``
+(the routers), ``app`` (``create_app``).
 """
 
 from __future__ import annotations

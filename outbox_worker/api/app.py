@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from outbox_worker import db, logs, pooling
 from outbox_worker.api.brand import router as brand_router
+from outbox_worker.api.deliveries import router as deliveries_router
 from outbox_worker.api.deps import Database, Limits
 from outbox_worker.api.errors import add_exception_handlers, error_response, too_many_requests
 from outbox_worker.api.limits import RateLimiter
@@ -148,6 +149,7 @@ def create_app(
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(_RateLimitPerAddress, limiter=limits.per_ip)  # outermost: first
     app.include_router(vendor_router)
+    app.include_router(deliveries_router)
     app.include_router(brand_router)
     add_exception_handlers(app)
     return app

@@ -5,11 +5,12 @@ The error body is in :mod:`outbox_worker.api.errors`, with the handlers that sen
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from outbox_worker import db, webhooks
 
@@ -17,6 +18,27 @@ MAX_PAGE_SIZE = 100
 # Webhook bodies are a URL and a few event names; nothing legitimate is near this.
 MAX_BODY_BYTES = 64 * 1024
 MAX_BIGINT = 2**63 - 1
+# What a delivery's attempts show of each answer.
+RESPONSE_PREVIEW_BYTES = 4096
+
+
+def _iso_8601(value: Any) -> Any:
+    # pydantic also reads a number as seconds since the epoch; the document
+    # says an ISO 8601 string, and "0.5" is not one.
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9.eE+-]+\s*", value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+_RATE_LIMIT = "Most requests per second to this webhook, over all workers (0.01 to 10000)."
+_HEADERS = (
+    'Sent with every request, e.g. `{"Authorization": "Bearer ..."}`: at most 20, printable ASCII values. '
+    "Stored sealed and never shown again (responses list the names). The signature headers, "
+    "`webhook-*`, `Host`, `Content-Type`, `-Length`, `-Encoding`, `User-Agent`, `traceparent` "
+    "and hop-by-hop headers are reserved."
+)
 
 # -- the vendor API -----------------------------------------------------------
 
@@ -36,6 +58,10 @@ class WebhookCreate(BaseModel):
 
     url: str = Field(description="Receiver URL (https).")
     events: list[str] = Field(description='Event types; `"*"` and `"prefix.*"` are wildcards.')
+    rate_limit: float | None = Field(
+        None, strict=True, allow_inf_nan=False, description=f"{_RATE_LIMIT} Null: no limit."
+    )
+    headers: dict[str, str] | None = Field(None, description=_HEADERS)
 
 
 class WebhookUpdate(BaseModel):
@@ -47,6 +73,16 @@ class WebhookUpdate(BaseModel):
     )
     status: Literal["active", "disabled"] | None = Field(
         None, description="`disabled` stops deliveries (queued ones fail); `active` resumes."
+    )
+    rate_limit: float | None = Field(
+        None,
+        strict=True,
+        allow_inf_nan=False,
+        description=f"{_RATE_LIMIT} 0 removes it; omitted or null = unchanged.",
+    )
+    headers: dict[str, str] | None = Field(
+        None,
+        description=f"Replaces all the headers (`{{}}` removes them); omitted or null: unchanged. {_HEADERS}",
     )
 
 
@@ -60,6 +96,10 @@ class WebhookOut(BaseModel):
     updated_at: datetime
     last_success_at: datetime | None
     failing_since: datetime | None
+    rate_limit: float | None = Field(description="Requests per second over all workers; null: no limit.")
+    header_names: list[str] = Field(
+        description="Names of the webhook's own headers; their values are never shown."
+    )
 
     @classmethod
     def from_webhook(cls, hook: webhooks.Webhook) -> WebhookOut:
@@ -93,11 +133,20 @@ class AttemptOut(BaseModel):
     status_code: int | None
     error_class: str | None
     error: str | None
-    response_body: str | None = Field(description="Start of the receiver's response body.")
+    response_body: str | None = Field(description="The first 4 KiB of the receiver's response body.")
+
+    @field_validator("response_body")
+    @classmethod
+    def _preview(cls, body: str | None) -> str | None:
+        # The worker keeps OUTBOX_MAX_RESPONSE_BYTES of it, which may be more.
+        if body is None or len(body) <= RESPONSE_PREVIEW_BYTES // 4:
+            return body
+        return body.encode()[:RESPONSE_PREVIEW_BYTES].decode(errors="ignore")
 
 
 class DeliveryOut(BaseModel):
     id: int
+    webhook_id: uuid.UUID
     event_id: int
     event_type: str
     status: Literal["pending", "delivered", "failed"]
@@ -113,6 +162,7 @@ class DeliveryOut(BaseModel):
     def from_row(cls, row: db.Row) -> DeliveryOut:
         return cls(
             id=row["id"],
+            webhook_id=row["webhook_id"],
             event_id=row["event_id"],
             event_type=row["event_type"],
             status=row["status"],
@@ -126,9 +176,23 @@ class DeliveryOut(BaseModel):
         )
 
 
+class DeliveryDetail(DeliveryOut):
+    request_body: str | None = Field(
+        None,
+        description="With `include=body`: the exact body POSTed (the same on every attempt); "
+        "null without it, or when the event's payload cannot be read.",
+    )
+
+
 class DeliveryPage(BaseModel):
     data: list[DeliveryOut] = Field(description="Deliveries, newest first.")
     next: int | None = Field(description="Pass as `cursor` to get the next page; null on the last page.")
+
+
+class ReplayOut(BaseModel):
+    webhook_id: uuid.UUID
+    since: datetime
+    requeued: int = Field(description="Failed deliveries queued again.")
 
 
 def _webhook_fields(hook: webhooks.Webhook) -> dict[str, Any]:
@@ -142,6 +206,8 @@ def _webhook_fields(hook: webhooks.Webhook) -> dict[str, Any]:
         "updated_at": hook.updated_at,
         "last_success_at": hook.last_success_at,
         "failing_since": hook.failing_since,
+        "rate_limit": None if hook.rate_limit is None else float(hook.rate_limit),
+        "header_names": hook.header_names,
     }
 
 

@@ -7,17 +7,26 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from outbox_worker import db, webhooks
-from outbox_worker.api.deps import DELETE_ROUTE, WebhookId, database, delete_owned, key_owner, secret_box
+from outbox_worker.api.deliveries import (
+    Cursor,
+    DeliveryId,
+    PageSize,
+    VendorOwner,
+    delivery_page,
+    redeliver_owned,
+    utc,
+)
+from outbox_worker.api.deps import DELETE_ROUTE, WebhookId, database, delete_owned, secret_box
 from outbox_worker.api.errors import COMMON_ERRORS, documented_errors
 from outbox_worker.api.models import (
-    MAX_BIGINT,
-    MAX_PAGE_SIZE,
     DeliveryOut,
     DeliveryPage,
+    IsoDatetime,
+    ReplayOut,
     SecretOut,
     WebhookCreate,
     WebhookCreated,
@@ -25,9 +34,6 @@ from outbox_worker.api.models import (
     WebhookOut,
     WebhookUpdate,
 )
-
-VendorOwner = Annotated[str, Depends(key_owner)]
-DeliveryId = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="Delivery id.")]
 
 router = APIRouter(prefix="/api/vendor/webhooks", tags=["vendor webhooks"])
 
@@ -37,8 +43,9 @@ async def create_webhook(request: Request, owner: VendorOwner, body: WebhookCrea
     """Register a webhook. The response carries its signing secret, shown this once."""
     async with database(request).transaction() as conn:
         created = await webhooks.create_webhook_async(
-            conn, owner, body.url, body.events, box=secret_box(request)
-        )
+            conn, owner, body.url, body.events, box=secret_box(request),
+            rate_limit=body.rate_limit, headers=body.headers,
+        )  # fmt: skip
         hook = await webhooks.get_webhook_async(conn, owner, created.id)
     return WebhookCreated.from_parts(hook, created.secret)
 
@@ -67,12 +74,13 @@ async def get_webhook(request: Request, owner: VendorOwner, webhook_id: WebhookI
 async def update_webhook(
     request: Request, owner: VendorOwner, webhook_id: WebhookId, body: WebhookUpdate
 ) -> WebhookOut:
-    """Update the URL, events or status of a webhook; omitted fields are unchanged."""
+    """Update the URL, events, status, rate limit or headers of a webhook; omitted fields are unchanged."""
     enabled = None if body.status is None else body.status == "active"
     async with database(request).transaction() as conn:
         hook = await webhooks.update_webhook_async(
-            conn, owner, webhook_id, url=body.url, events=body.events, enabled=enabled
-        )
+            conn, owner, webhook_id, url=body.url, events=body.events, enabled=enabled,
+            rate_limit=body.rate_limit, headers=body.headers, box=secret_box(request),
+        )  # fmt: skip
     return WebhookOut.from_webhook(hook)
 
 
@@ -90,22 +98,40 @@ async def rotate_secret(request: Request, owner: VendorOwner, webhook_id: Webhoo
     return SecretOut(id=rotated.id, secret=rotated.secret)
 
 
-@router.get("/{webhook_id}/deliveries", responses=documented_errors(*COMMON_ERRORS, 404))
-async def list_deliveries(
+@router.post("/{webhook_id}/test", status_code=202, responses=documented_errors(*COMMON_ERRORS, 404))
+async def send_test_event(request: Request, owner: VendorOwner, webhook_id: WebhookId) -> DeliveryOut:
+    """Send one signed `webhook.test` event to this webhook alone; the answer is its delivery
+    (422 for a disabled webhook)."""
+    async with database(request).transaction() as conn:
+        delivery_id = await webhooks.send_test_event_async(conn, owner, webhook_id)
+        ids = {"owner_id": owner, "webhook_id": webhook_id, "delivery_id": delivery_id}
+        row = (await db.fetch_async(conn, "get_delivery", ids))[0]
+    return DeliveryOut.from_row(row)
+
+
+@router.post("/{webhook_id}/replay", status_code=202, responses=documented_errors(*COMMON_ERRORS, 404))
+async def replay_failed(
     request: Request,
     owner: VendorOwner,
     webhook_id: WebhookId,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Deliveries per page.")] = 20,
-    cursor: Annotated[
-        int | None, Query(ge=1, le=MAX_BIGINT, description="The `next` of the previous page.")
-    ] = None,
-) -> DeliveryPage:
-    """The webhook's delivery log, newest first, each delivery with its attempts."""
-    params = {"owner_id": owner, "webhook_id": webhook_id, "before_id": cursor, "max_rows": limit + 1}
+    since: Annotated[
+        IsoDatetime, Query(description="Failed at or after this time (ISO 8601; UTC without an offset).")
+    ],
+) -> ReplayOut:
+    """Queue again every delivery of this webhook that failed since a time."""
+    moment = utc(since)
     async with database(request).transaction() as conn:
-        rows = await db.fetch_async(conn, "list_deliveries", params)
-    page = [DeliveryOut.from_row(r) for r in rows[:limit]]
-    return DeliveryPage(data=page, next=page[-1].id if len(rows) > limit else None)
+        count = await webhooks.replay_failed_async(conn, owner, webhook_id, moment)
+    return ReplayOut(webhook_id=webhook_id, since=moment, requeued=count)
+
+
+@router.get("/{webhook_id}/deliveries", responses=documented_errors(*COMMON_ERRORS, 404))
+async def list_deliveries(
+    request: Request, owner: VendorOwner, webhook_id: WebhookId, limit: PageSize = 20, cursor: Cursor = None
+) -> DeliveryPage:
+    """The webhook's delivery log, newest first, each delivery with its attempts
+    (`/api/vendor/deliveries` filters the whole log)."""
+    return await delivery_page(request, owner, webhook_id=webhook_id, limit=limit, cursor=cursor)
 
 
 @router.post(
@@ -117,10 +143,4 @@ async def redeliver(
     request: Request, owner: VendorOwner, webhook_id: WebhookId, delivery_id: DeliveryId
 ) -> DeliveryOut:
     """Queue a new round of attempts for one delivery (same `webhook-id`, so receivers can deduplicate)."""
-    ids = {"owner_id": owner, "webhook_id": webhook_id, "delivery_id": delivery_id}
-    async with database(request).transaction() as conn:
-        # outbox.redeliver checks the owner; this also ties the delivery to the webhook of the path.
-        await db.fetch_async(conn, "get_delivery", ids)
-        await webhooks.redeliver_async(conn, delivery_id, owner)
-        row = (await db.fetch_async(conn, "get_delivery", ids))[0]
-    return DeliveryOut.from_row(row)
+    return await redeliver_owned(request, owner, delivery_id, webhook_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,25 +22,69 @@ def _webhook_row(w: webhooks.Webhook) -> dict[str, Any]:
         "events": w.events,
         "enabled": w.enabled,
         "disabled_reason": w.disabled_reason,
+        "rate_limit": None if w.rate_limit is None else float(w.rate_limit),
+        "headers": w.header_names,  # names only: the values are never shown again
         "created_at": w.created_at.isoformat(timespec="seconds"),
     }
 
 
+def _headers(values: tuple[str, ...]) -> dict[str, str] | None:
+    """``--header 'Name: value'`` options as a mapping; None when there are none."""
+    if not values:
+        return None
+    headers: dict[str, str] = {}
+    for given in values:
+        name, colon, value = given.partition(":")
+        # Never echo what was given: the value is a credential.
+        if not colon or not name.strip():
+            raise click.BadParameter(
+                "use 'Name: value', e.g. 'Authorization: Bearer ...'", param_hint="--header"
+            )
+        if name.strip().lower() in (n.lower() for n in headers):
+            raise click.BadParameter(f"{name.strip()} is given twice", param_hint="--header")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+_header_option = click.option(
+    "--header",
+    "header",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Sent with every request, e.g. 'Authorization: Bearer ...'; repeat. Never shown again.",
+)
+_rate_limit_option = click.option(
+    "--rate-limit", type=float, help="Most requests per second to this webhook, over all workers."
+)
+
+
 @main.group("webhooks")
 def webhooks_group() -> None:
-    """Create, list, update, delete webhooks and rotate their secrets."""
+    """Create, list, update, delete, test webhooks and rotate their secrets."""
 
 
 @webhooks_group.command("create")
 @click.option("--owner", required=True, help="Owner (vendor, brand, tenant) id.")
 @click.option("--url", required=True, help="Receiver URL (https).")
 @click.option("--event", "events", multiple=True, required=True, help="Event type or pattern; repeat.")
+@_header_option
+@_rate_limit_option
 @pass_ctx
 @handle_errors
-def webhooks_create(ctx: Context, owner: str, url: str, events: tuple[str, ...]) -> None:
+def webhooks_create(
+    ctx: Context,
+    owner: str,
+    url: str,
+    events: tuple[str, ...],
+    header: tuple[str, ...],
+    rate_limit: float | None,
+) -> None:
     """Register a webhook and print its secret (shown this once)."""
+    headers = _headers(header)
     with ctx.connection() as conn:
-        created = webhooks.create_webhook(conn, owner, url, events, box=ctx.box)
+        created = webhooks.create_webhook(
+            conn, owner, url, events, box=ctx.box, rate_limit=rate_limit, headers=headers
+        )
         hook = webhooks.get_webhook(conn, owner, created.id)
     output_record(
         ctx, {**_webhook_row(hook), "secret": created.secret}, "Webhook created: store the secret now"
@@ -67,24 +112,48 @@ def webhooks_list(ctx: Context, owner: str | None, event: str | None) -> None:
 @click.option("--url", default=None)
 @click.option("--event", "events", multiple=True, help="Replaces the subscription; repeat.")
 @click.option("--enable/--disable", "enabled", default=None)
+@_header_option
+@click.option("--no-headers", is_flag=True, help="Remove the webhook's headers.")
+@_rate_limit_option
 @pass_ctx
 @handle_errors
 def webhooks_update(
-    ctx: Context, webhook_id: str, owner: str, url: str | None, events: tuple[str, ...], enabled: bool | None
+    ctx: Context,
+    webhook_id: str,
+    owner: str,
+    url: str | None,
+    events: tuple[str, ...],
+    enabled: bool | None,
+    header: tuple[str, ...],
+    no_headers: bool,
+    rate_limit: float | None,
 ) -> None:
-    """Change a webhook's URL, events or status."""
+    """Change a webhook's URL, events, status, headers (--header replaces them
+    all) or rate limit (0 removes it)."""
+    if header and no_headers:
+        raise click.UsageError("--header and --no-headers exclude each other")
+    headers = {} if no_headers else _headers(header)
     with ctx.connection() as conn:
         hook = webhooks.update_webhook(
-            conn, owner, webhook_id, url=url, events=list(events) or None, enabled=enabled
-        )
+            conn, owner, webhook_id, url=url, events=list(events) or None, enabled=enabled,
+            rate_limit=rate_limit, headers=headers, box=ctx.box,
+        )  # fmt: skip
     output_record(ctx, _webhook_row(hook), "Webhook updated")
 
 
-@webhooks_group.command("delete")
-@click.argument("webhook_id")
-@click.option("--owner", required=True)
-@pass_ctx
-@handle_errors
+def _on_one_webhook(name: str) -> Callable[[Callable[..., None]], click.Command]:
+    """Declare ``webhooks NAME WEBHOOK_ID --owner OWNER``."""
+
+    def declare(func: Callable[..., None]) -> click.Command:
+        func = pass_ctx(handle_errors(func))
+        return webhooks_group.command(name)(
+            click.argument("webhook_id")(click.option("--owner", required=True)(func))
+        )
+
+    return declare
+
+
+@_on_one_webhook("delete")
 def webhooks_delete(ctx: Context, webhook_id: str, owner: str) -> None:
     """Delete a webhook with all its deliveries and attempt logs."""
     with ctx.connection() as conn:
@@ -104,11 +173,15 @@ def webhooks_expire_previous(ctx: Context, webhook_id: str, owner: str) -> None:
     click.echo(f"webhook {webhook_id} is signed with its current secret only")
 
 
-@webhooks_group.command("rotate-secret")
-@click.argument("webhook_id")
-@click.option("--owner", required=True)
-@pass_ctx
-@handle_errors
+@_on_one_webhook("test")
+def webhooks_test(ctx: Context, webhook_id: str, owner: str) -> None:
+    """Send one signed webhook.test event to this webhook alone; prints the delivery id."""
+    with ctx.connection() as conn:
+        delivery_id = webhooks.send_test_event(conn, owner, webhook_id)
+    output(ctx, [{"delivery_id": delivery_id, "webhook": webhook_id, "event_type": "webhook.test"}])
+
+
+@_on_one_webhook("rotate-secret")
 def webhooks_rotate(ctx: Context, webhook_id: str, owner: str) -> None:
     """Issue a new secret; the old one keeps signing for the overlap window."""
     with ctx.connection() as conn:
@@ -165,16 +238,27 @@ def redeliver_cmd(
 @click.option("--owner", required=True)
 @click.option("--type", "event_type", required=True, help="Event type, e.g. order.created.")
 @click.option("--data", required=True, help="JSON object payload.")
+@click.option("--ordering-key", help="Events with the same key reach each webhook in order.")
+@click.option("--idempotency-key", help="A second emit with this key returns the first event's id.")
 @pass_ctx
 @handle_errors
-def emit_cmd(ctx: Context, owner: str, event_type: str, data: str) -> None:
+def emit_cmd(
+    ctx: Context,
+    owner: str,
+    event_type: str,
+    data: str,
+    ordering_key: str | None,
+    idempotency_key: str | None,
+) -> None:
     """Emit one event (in its own transaction)."""
     try:
         payload = json.loads(data)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
     with ctx.connection() as conn:
-        event_id = emit_event(conn, owner, event_type, payload)
+        event_id = emit_event(
+            conn, owner, event_type, payload, ordering_key=ordering_key, idempotency_key=idempotency_key
+        )
     output_record(ctx, {"event_id": event_id})
 
 

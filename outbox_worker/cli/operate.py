@@ -15,7 +15,6 @@ from outbox_worker.cli.base import Context, handle_errors, main, output, output_
 from outbox_worker.maintenance import sealed_params
 from outbox_worker.secretbox import generate_key, new_secret
 from outbox_worker.settings import Settings
-from outbox_worker.sql import query
 from outbox_worker.worker import run_forever
 
 
@@ -116,7 +115,8 @@ def stats_cmd(ctx: Context) -> None:
 @click.option("--dry-run", is_flag=True, help="Print what would go, delete nothing.")
 @pass_ctx
 def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> None:
-    """Delete finished events with their deliveries and attempts, in batches."""
+    """Delete finished events with their deliveries and attempts, in batches,
+    and idempotency keys past outbox.config.idempotency_window."""
     cutoff = datetime.now(UTC) - parse_age(older_than, "--older-than")
     if dry_run:
         with ctx.connection() as conn:
@@ -132,16 +132,19 @@ def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> 
             + "; nothing deleted (--dry-run)"
         )
         return
-    total = 0
+    events = keys = 0
     while True:
         # One short transaction per batch: no long locks, vacuum keeps up.
-        with ctx.connection() as conn, conn.cursor() as cur:
-            cur.execute(query("purge"), {"older_than": cutoff, "limit": batch_size})
-            deleted = cur.rowcount
-        total += deleted
-        if deleted < batch_size:
+        with ctx.connection() as conn:
+            batch = db.fetch(conn, "purge", {"older_than": cutoff, "limit": batch_size})[0]
+        events += batch["events"]
+        keys += batch["keys"]
+        if batch["events"] < batch_size and batch["keys"] < batch_size:
             break
-    click.echo(f"purged {total} events (with their deliveries and attempts) older than {cutoff.isoformat()}")
+    click.echo(
+        f"purged {events} events (with their deliveries and attempts) older than {cutoff.isoformat()}"
+        f" and {keys} expired idempotency keys"
+    )
 
 
 @main.command("grant")
@@ -244,9 +247,9 @@ def secrets_rotate_all(ctx: Context, expire_previous: bool) -> None:
 @secrets_group.command("reseal")
 @pass_ctx
 def secrets_reseal(ctx: Context) -> None:
-    """Seal every secret under the newest key (after adding a key, before dropping
-    the old one). The secrets stay the same: the old key with an old backup
-    still opens them; `secrets rotate-all` changes them."""
+    """Seal every secret and header value under the newest key (after adding a
+    key, before dropping the old one). The secrets stay the same: the old key
+    with an old backup still opens them; `secrets rotate-all` changes them."""
     if ctx.box is None:
         raise click.UsageError("set OUTBOX_SECRET_KEYS first")
     total = 0

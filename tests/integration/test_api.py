@@ -37,21 +37,6 @@ HOOKS = "/api/vendor/webhooks"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def api_url(migrated_url: str) -> Iterator[str]:
-    # No rate limits here: these tests fire requests at machine speed
-    # (tests/integration/test_api_limits.py tests the limits).
-    unlimited = Settings(database_url=migrated_url, api_rate_per_key=0, api_rate_per_ip=0)
-    with serve(create_app(unlimited)) as url:
-        yield url
-
-
-@pytest.fixture
-def client(database_url: str, api_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url, timeout=10) as c:
-        yield c
-
-
 def issue_key(conn: psycopg.Connection[Any], owner: str) -> str:
     return api_keys.create_api_key(conn, owner).key
 
@@ -478,6 +463,11 @@ def every_route(webhook_id: str, delivery_id: int, brand: str) -> list[tuple[str
         ("POST", f"{HOOKS}/{webhook_id}/rotate-secret", {}),
         ("GET", f"{HOOKS}/{webhook_id}/deliveries", {}),
         ("POST", f"{HOOKS}/{webhook_id}/deliveries/{delivery_id}/redeliver", {}),
+        ("POST", f"{HOOKS}/{webhook_id}/test", {}),
+        ("POST", f"{HOOKS}/{webhook_id}/replay", {"params": {"since": "2000-01-01T00:00:00Z"}}),
+        ("GET", "/api/vendor/deliveries", {"params": {"webhook_id": webhook_id}}),
+        ("GET", f"/api/vendor/deliveries/{delivery_id}", {"params": {"include": "body"}}),
+        ("POST", f"/api/vendor/deliveries/{delivery_id}/redeliver", {}),
         ("POST", f"/brands/{brand}/webhooks", {"json": {"topic": "Deals", "url": "https://example.com/x"}}),
         ("GET", f"/brands/{brand}/webhooks", {}),
         ("DELETE", f"/brands/{brand}/webhooks/{webhook_id}", {}),
@@ -771,6 +761,11 @@ def test_the_openapi_document_describes_every_route_and_error(client: httpx.Clie
         ("POST", HOOKS + "/{webhook_id}/rotate-secret"),
         ("GET", HOOKS + "/{webhook_id}/deliveries"),
         ("POST", HOOKS + "/{webhook_id}/deliveries/{delivery_id}/redeliver"),
+        ("POST", HOOKS + "/{webhook_id}/test"),
+        ("POST", HOOKS + "/{webhook_id}/replay"),
+        ("GET", "/api/vendor/deliveries"),
+        ("GET", "/api/vendor/deliveries/{delivery_id}"),
+        ("POST", "/api/vendor/deliveries/{delivery_id}/redeliver"),
         ("POST", "/brands/{brand_id}/webhooks"),
         ("GET", "/brands/{brand_id}/webhooks"),
         ("DELETE", "/brands/{brand_id}/webhooks/{webhook_id}"),

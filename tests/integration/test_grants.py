@@ -45,6 +45,13 @@ def test_app_can_only_emit(database_url: str, conn: psycopg.Connection[Any], rol
         app.execute(
             "insert into outbox.events (owner_id, event_type, data) values ('v', 'order.created', '{}')"
         )
+        # With keys: the trigger records the key, emit reads the first event's id back.
+        keyed = emit(app, "v", "order.created", {}, ordering_key="o-1", idempotency_key="k")
+        assert emit(app, "v", "order.created", {}, idempotency_key="k") == keyed
+        app.execute(
+            "insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key) "
+            "values ('v', 'order.created', '{}', 'o-1', 'k')"
+        )
         for forbidden in (
             "select data from outbox.events",
             "select * from outbox.webhooks",
@@ -54,34 +61,39 @@ def test_app_can_only_emit(database_url: str, conn: psycopg.Connection[Any], rol
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(forbidden)
-    assert conn.execute("select count(*) from outbox.events").fetchone() == (2,)
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (3,)
 
 
 def test_dba_reads_logs_but_never_secrets(
     database_url: str, conn: psycopg.Connection[Any], roles: dict[str, str]
 ) -> None:
-    created = webhooks.create_webhook(conn, "v", "https://example.com/h", ["*"])
+    created = webhooks.create_webhook(
+        conn, "v", "https://example.com/h", ["*"], headers={"Authorization": "Bearer t0ken"}, rate_limit=5
+    )
     with login(database_url, roles["dba"]) as dba:
         for query in (
             "select * from outbox.delivery_log",
             "select * from outbox.queue_stats",
             "select * from outbox.event_backlog",
             "select * from outbox.webhook_info",
-            "select id, url, enabled from outbox.webhooks",
+            "select id, url, enabled, rate_limit from outbox.webhooks",
             "select count(*) from outbox.deliveries",
+            "select * from outbox.idempotency_keys",
         ):
             dba.execute(query).fetchall()
         for forbidden in (
             "select secret from outbox.webhooks",
             "select * from outbox.webhooks",
             "select previous_secret from outbox.webhooks",
+            "select headers from outbox.webhooks",
             "delete from outbox.deliveries",
             "select outbox.emit('v', 'order.created', '{}')",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 dba.execute(forbidden)
         everything = str(dba.execute("select * from outbox.webhook_info").fetchall())
-        assert created.secret not in everything
+        assert created.secret not in everything and "t0ken" not in everything
+        assert "Authorization" in everything  # the names are not secret
 
 
 async def test_worker_role_delivers_and_manages(

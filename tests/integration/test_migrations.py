@@ -27,6 +27,7 @@ EXPECTED_RELATIONS = {
     ("api_keys", "r"),
     ("api_key_info", "v"),
     ("delivery_info", "v"),
+    ("idempotency_keys", "r"),
 }
 
 EXPECTED_PUBLIC_FUNCTIONS = {
@@ -46,6 +47,7 @@ EXPECTED_PUBLIC_FUNCTIONS = {
     "revoke_api_key",
     "list_deliveries",
     "get_delivery",
+    "send_test_event",
 }
 
 

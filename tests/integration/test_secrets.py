@@ -48,7 +48,14 @@ def test_only_wellformed_secrets_are_accepted(conn: psycopg.Connection[Any]) -> 
         db.fetch(
             conn,
             "create_webhook",
-            {"owner_id": "v", "url": "https://example.com/h", "events": ["*"], "sealed_secret": "hunter2"},
+            {
+                "owner_id": "v",
+                "url": "https://example.com/h",
+                "events": ["*"],
+                "sealed_secret": "hunter2",
+                "rate_limit": None,
+                "headers": None,
+            },
         )
 
 

@@ -108,3 +108,19 @@ async def test_a_connection_error_never_carries_the_urls_path_or_query(attempter
     assert outcome.error_class == "connection" and outcome.error
     assert "t0ps3cret" not in outcome.error and "secret-path" not in outcome.error
     assert "http://127.0.0.1:1" in outcome.error
+
+
+async def test_the_webhooks_own_headers_go_along_and_never_replace_ours(receiver: Receiver) -> None:
+    """The database refuses the default signature header's name; a renamed
+    one (OUTBOX_SIGNATURE_HEADER) is guarded here, whatever its case."""
+    config = settings("postgresql://", signature_header="X-Sig")
+    own = (("Authorization", "Bearer t0ken"), ("x-sig", "forged"), ("WEBHOOK-ID", "evt_0"))
+    policy = open_policy(config)
+    async with HttpClient(config, policy) as http:
+        outcome = await Attempter(http, config, policy).attempt(job(receiver.url("/h"), headers=own))
+    assert outcome.status == "delivered"
+    [got] = receiver.requests
+    assert got.headers["Authorization"] == "Bearer t0ken"
+    assert got.headers.getall("X-Sig") == [got.headers["X-Sig"]] != ["forged"]
+    assert verify_body_signature(got.body, got.headers["X-Sig"], SECRET)
+    assert got.headers.getall("webhook-id") == ["evt_42"]
