@@ -15,7 +15,8 @@ BOX = SecretBox([generate_key()])
 def row(headers: str | None) -> dict[str, Any]:
     return {
         "id": 1, "event_id": 2, "webhook_id": uuid.uuid4(), "attempts": 0, "url": "https://example.com/h",
-        "secret": "whsec_c2VjcmV0", "previous_secret": None, "body": b"{}", "headers": headers, "owner_id": "o",
+        "secret": "whsec_c2VjcmV0", "previous_secret": None, "body": b"{}", "headers": headers,
+        "owner_id": "o",
     }  # fmt: skip
 
 
