@@ -6,6 +6,8 @@ with the application's own alembic history.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from alembic import command, op
 from alembic.config import Config
@@ -65,13 +67,13 @@ def _check_known_revision(database_url: str) -> None:
 
 def upgrade(database_url: str, revision: str = "head", *, pooler: str = "auto") -> None:
     _check_known_revision(database_url)
-    pooling.refuse_session_migrations(database_url, revision, pooler, get_logger())
+    refuse_session_migrations(database_url, revision, pooler, get_logger())
     command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str = "base", *, pooler: str = "auto") -> None:
     _check_known_revision(database_url)
-    pooling.refuse_session_migrations(database_url, revision, pooler, get_logger(), downgrade=True)
+    refuse_session_migrations(database_url, revision, pooler, get_logger(), downgrade=True)
     command.downgrade(alembic_config(database_url), revision)
 
 
@@ -88,3 +90,47 @@ def current_revision(database_url: str) -> str | None:
             ).get_current_revision()
     finally:
         eng.dispose()
+
+
+def refuse_session_migrations(
+    database_url: str,
+    target: str,
+    pooler: str,
+    log: Any,
+    *,
+    downgrade: bool = False,
+    script: ScriptDirectory | None = None,
+) -> None:
+    """Refuse, before alembic starts, to run a migration that needs a session
+    through a connection that keeps none.
+
+    Every migration runs in the one transaction alembic opens, so through a
+    transaction-mode pooler it still has one server session for all its
+    statements. A revision that needs more (work across its own commits, a
+    session-level lock or setting) says so with a module-level
+    ``needs_session = "why"``; such a revision is refused here with that
+    reason, and runs against PostgreSQL directly or through a session pool.
+    """
+    with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
+        if pooling.Policy(pooler, log, "migrate").check_sync(conn):
+            return
+    if script is None:
+        script = ScriptDirectory.from_config(alembic_config(""))
+    current = current_revision(database_url) or "base"
+    upper, lower = (current, target) if downgrade else (target, current)
+    try:
+        pending = list(script.iterate_revisions(upper, lower))
+    except Exception:  # a relative or unknown target: alembic will say; check every revision
+        pending = list(script.walk_revisions())
+    needing = [
+        f"{rev.revision} ({reason})"
+        for rev in pending
+        if (reason := getattr(rev.module, "needs_session", None))
+    ]
+    if needing:
+        raise pooling.PoolerError(
+            f"migration {', '.join(needing)} needs a database session, which a transaction-mode "
+            "pooler does not keep",
+            hint="run `outbox-worker migrate` against PostgreSQL directly or through a session-mode "
+            "pool (OUTBOX_DATABASE_URL), then point the processes back at the pooler",
+        )

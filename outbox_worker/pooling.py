@@ -30,7 +30,7 @@ from outbox_worker.errors import OutboxError
 from outbox_worker.settings import Settings
 
 if TYPE_CHECKING:
-    from alembic.script import ScriptDirectory
+    pass
 
 Process = Literal["worker", "api", "cli", "demo", "migrate"]
 
@@ -209,51 +209,3 @@ class Policy:
         if not self._told:
             self._told = True
             level(message, **fields)
-
-
-def refuse_session_migrations(
-    database_url: str,
-    target: str,
-    pooler: str,
-    log: Any,
-    *,
-    downgrade: bool = False,
-    script: ScriptDirectory | None = None,
-) -> None:
-    """Refuse, before alembic starts, to run a migration that needs a session
-    through a connection that keeps none.
-
-    Every migration runs in the one transaction alembic opens, so through a
-    transaction-mode pooler it still has one server session for all its
-    statements. A revision that needs more (work across its own commits, a
-    session-level lock or setting) says so with a module-level
-    ``needs_session = "why"``; such a revision is refused here with that
-    reason, and runs against PostgreSQL directly or through a session pool.
-    """
-    from outbox_worker import migrate  # alembic: only migrations need it
-
-    with psycopg.connect(database_url, autocommit=True, prepare_threshold=None) as conn:
-        if Policy(pooler, log, "migrate").check_sync(conn):
-            return
-    if script is None:
-        from alembic.script import ScriptDirectory
-
-        script = ScriptDirectory.from_config(migrate.alembic_config(""))
-    current = migrate.current_revision(database_url) or "base"
-    upper, lower = (current, target) if downgrade else (target, current)
-    try:
-        pending = list(script.iterate_revisions(upper, lower))
-    except Exception:  # a relative or unknown target: alembic will say; check every revision
-        pending = list(script.walk_revisions())
-    needing = [
-        f"{rev.revision} ({reason})"
-        for rev in pending
-        if (reason := getattr(rev.module, "needs_session", None))
-    ]
-    if needing:
-        raise PoolerError(
-            f"migration {', '.join(needing)} needs a database session, which a transaction-mode "
-            "pooler does not keep",
-            hint="run `outbox-worker migrate` against PostgreSQL directly or through a session-mode "
-            "pool (OUTBOX_DATABASE_URL), then point the processes back at the pooler",
-        )

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 
-from outbox_worker import api_keys, pooling, webhooks
+from outbox_worker import api_keys, migrate, pooling, webhooks
 from outbox_worker.api import create_app
 from outbox_worker.migrate import VERSION_TABLE, head_revision
 from outbox_worker.sql import migrations_dir
@@ -269,14 +269,14 @@ def test_migrations_through_a_transaction_pool(
     )
     script = ScriptDirectory(str(scripts))
     with pytest.raises(pooling.PoolerError) as refused:
-        pooling.refuse_session_migrations(pooled, "head", "auto", Recorded(), script=script)
+        migrate.refuse_session_migrations(pooled, "head", "auto", Recorded(), script=script)
     message = str(refused.value)
     assert "0999 (holds a session lock across its commits) needs a database session" in message
     assert "\n" not in message and "migrate` against PostgreSQL directly" in message
     # Straight to PostgreSQL, or told the pooler keeps sessions, it may run.
-    pooling.refuse_session_migrations(url, "head", "auto", Recorded(), script=script)
+    migrate.refuse_session_migrations(url, "head", "auto", Recorded(), script=script)
     with pgbouncer.running(bouncer.server_url, pool_mode="session") as session_pool:
-        pooling.refuse_session_migrations(session_pool.url(url), "head", "session", Recorded(), script=script)
+        migrate.refuse_session_migrations(session_pool.url(url), "head", "session", Recorded(), script=script)
 
 
 def test_the_demo_through_a_transaction_pool(server_url: str, bouncer: pgbouncer.PgBouncer) -> None:
