@@ -31,10 +31,11 @@ async def test_an_owner_with_five_hanging_receivers_leaves_room_for_the_others(
         for i in range(40):
             emit(conn, "greedy", "order.created", {"i": i})
         async with running_worker(
-            database_url, concurrency=32, per_host_concurrency=8, request_timeout=30.0, lease_seconds=60.0
-        ) as worker:
+            database_url, concurrency=32, per_host_concurrency=8, request_timeout=30.0, lease_seconds=60.0,
+            owner_share=0.25,
+        ) as worker:  # fmt: skip
             ledger = worker.sender.ledger if worker.sender else None
-            assert ledger is not None and ledger.per_owner == 8  # the default share: a quarter
+            assert ledger is not None and ledger.per_owner == 8  # a quarter of the slots
 
             def greedy_settled() -> bool:
                 dispatched = conn.execute("select count(*) from outbox.events where dispatched_at is null")
