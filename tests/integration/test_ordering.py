@@ -109,8 +109,9 @@ async def test_two_workers_keep_each_keys_order_through_failures(
     for key in keys:
         assert answer.succeeded[key] == list(range(per_key)), key
         assert answer.peak[key] == 1, key
-    attempts = conn.execute("select count(distinct worker_id) from outbox.delivery_attempts").fetchone()
-    assert attempts == (2,)  # both workers sent
+    # Which worker sent what is up to their claims (on a busy machine one
+    # may send all); the SIGKILL test in tests/e2e/test_crash.py runs two
+    # processes that both send.
 
 
 async def test_a_failing_head_holds_back_only_its_own_key(
