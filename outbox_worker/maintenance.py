@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -135,7 +136,11 @@ class HeadUnparker:
     """
 
     def __init__(
-        self, pool: AsyncConnectionPool[Any], log: Any, on_unparked: Any, interval: float = 1.0
+        self,
+        pool: AsyncConnectionPool[Any],
+        log: Any,
+        on_unparked: Callable[[], None],
+        interval: float = 1.0,
     ) -> None:
         self._pool = pool
         self._log = log.bind(component="ordering")
