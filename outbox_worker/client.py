@@ -7,7 +7,7 @@ at about twice aiohttp's rate for half its CPU per request
 CPU. What a worker must keep, it keeps here:
 
 - No DNS rebinding window: a hostname is resolved here, every address is
-  vetted (``netpolicy.is_blocked``), and the client that sends to it is
+  vetted (``UrlPolicy.refuse``), and the client that sends to it is
   pinned to the vetted address (``ClientBuilder.resolve``), so the
   connection goes where the check looked. pyreqwest takes only static pins,
   fixed when a client is built, and building one costs ~6 ms of CPU and

@@ -16,6 +16,7 @@ import psycopg
 from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.settings import Settings
 from outbox_worker.worker import Worker
+from tests.helpers import eventually
 
 FAST = {
     "allow_http": True,
@@ -87,3 +88,12 @@ def settled(database_url: str, expected: int) -> bool:
     """True once ``expected`` deliveries exist and none is pending."""
     states = delivery_states(database_url)
     return sum(states.values()) == expected and states.get("pending", 0) == 0
+
+
+async def until_settled(database_url: str, expected: int, timeout: float = 20) -> None:
+    """Wait (polling, with a deadline) until :func:`settled`."""
+
+    async def check() -> bool:
+        return await asyncio.to_thread(settled, database_url, expected)
+
+    await eventually(check, timeout=timeout, interval=0.05, what=f"{expected} settled deliveries")

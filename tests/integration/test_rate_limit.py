@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import psycopg
@@ -11,7 +10,7 @@ from aiohttp import web
 from outbox_worker import emit, webhooks
 from tests.helpers import eventually
 from tests.receiver import Receiver
-from tests.workers import running_worker, settled
+from tests.workers import running_worker, until_settled
 
 
 def busiest_second(arrivals: list[float]) -> int:
@@ -23,13 +22,6 @@ def busiest_second(arrivals: list[float]) -> int:
             start += 1
         most = max(most, end - start + 1)
     return most
-
-
-async def until_settled(database_url: str, expected: int, timeout: float = 30) -> None:
-    async def check() -> bool:
-        return await asyncio.to_thread(settled, database_url, expected)
-
-    await eventually(check, timeout=timeout, interval=0.05, what=f"{expected} settled deliveries")
 
 
 async def test_three_workers_keep_a_webhook_under_its_limit(
@@ -49,7 +41,7 @@ async def test_three_workers_keep_a_webhook_under_its_limit(
         running_worker(database_url, worker_id="b", poll_interval=0.2),
         running_worker(database_url, worker_id="c", poll_interval=0.2),
     ):
-        await until_settled(database_url, 240)
+        await until_settled(database_url, 240, timeout=30)
     limited_at = [r.at for r in receiver.on("/limited")]
     free_at = [r.at for r in receiver.on("/free")]
     assert len(limited_at) == 120 and len(free_at) == 120

@@ -30,14 +30,7 @@ from outbox_worker.sql import query
 from outbox_worker.worker import Worker
 from tests.helpers import eventually, positional, wait_for
 from tests.receiver import Held, Receiver
-from tests.workers import delivery_states, open_policy, running_worker, settings, settled
-
-
-async def until_settled(database_url: str, expected: int, timeout: float = 20) -> None:
-    async def check() -> bool:
-        return await asyncio.to_thread(settled, database_url, expected)
-
-    await eventually(check, timeout=timeout, interval=0.05, what=f"{expected} settled deliveries")
+from tests.workers import delivery_states, open_policy, running_worker, settings, until_settled
 
 
 def attempts_of(conn: psycopg.Connection[Any], url: str) -> list[tuple[Any, ...]]:
