@@ -67,6 +67,20 @@ async def test_sigkill_of_a_worker_loses_nothing(
             timeout=60,
             what="a quarter delivered",
         )
+        # Killed while it holds leases, so that the kill lands mid-run: with
+        # a fast client the other worker could have the rest in hand by now.
+        await eventually(
+            lambda: (
+                conn.execute(
+                    "select count(*) from outbox.deliveries "
+                    "where leased_by = 'crash-0' and status = 'pending'"
+                ).fetchone()
+                != (0,)
+            ),
+            timeout=30,
+            interval=0.001,
+            what="crash-0 holding leases",
+        )
         kill(workers[0], signal.SIGKILL)
         assert workers[0].wait(10) == -signal.SIGKILL
         # What it held when it died: leases no outcome released. Nobody else
