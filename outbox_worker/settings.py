@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from typing import Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from outbox_worker.durations import parse_retention
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 
@@ -106,6 +109,13 @@ class Settings(BaseSettings):
         default_factory=_default_worker_id, description="Name recorded on leases and attempts."
     )
 
+    # History: finished deliveries kept this long, then removed by the workers
+    retention: str = Field(
+        "30d",
+        description="How long finished history (delivered and failed deliveries, their attempts and "
+        "events) is kept, then removed by the workers: `30d`, `12h`, `90min`, `45s`; `off` keeps everything.",
+    )
+
     # Secrets at rest
     secret_keys: list[str] = Field(
         [],
@@ -174,6 +184,13 @@ class Settings(BaseSettings):
             raise ValueError(f"not a PostgreSQL URL: {expected}") from None
         return value
 
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        # Refused at start, with what to write, not at the first purge.
+        parse_retention(value)
+        return value.strip().lower() or "off"
+
     @field_validator("retry_schedule")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:
@@ -191,6 +208,11 @@ class Settings(BaseSettings):
                 f"request_timeout ({self.request_timeout})"
             )
         return self
+
+    @property
+    def retention_window(self) -> timedelta | None:
+        """``OUTBOX_RETENTION`` as a duration; None when off."""
+        return parse_retention(self.retention)
 
     @property
     def max_attempts(self) -> int:

@@ -2,7 +2,7 @@
 
 Reads as its data flows: listener (wake-up) -> dispatcher (events ->
 deliveries) -> sender (claim -> HTTP) -> completer (attempt log), with the
-failing-webhook disabler beside it. Replicas coordinate only through
+maintenance services beside it (failing-webhook disabler, retention). Replicas coordinate only through
 Postgres: SKIP LOCKED claims and leases on the database clock.
 """
 
@@ -35,6 +35,7 @@ from outbox_worker.maintenance import (
     SecretSealer,
 )
 from outbox_worker.netpolicy import UrlPolicy
+from outbox_worker.retention import Retention, connector
 from outbox_worker.sender import Sender
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
@@ -191,6 +192,14 @@ class Worker:
             asyncio.create_task(HeadUnparker(pool, self.log, self._key_freed).run(), name="ordering"),
             asyncio.create_task(watcher.run(), name="url-policy"),
         ]
+        retention = Retention(
+            pool,
+            connector(db.libpq_url(settings.database_url), f"outbox-worker {settings.worker_id} retention"),
+            settings.retention_window,
+            settings.worker_id,
+            self.log,
+        )
+        background.append(asyncio.create_task(retention.run(), name="retention"))
         if settings.summary_interval:
             summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
             background.append(asyncio.create_task(summary.run(), name="summary"))

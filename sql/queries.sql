@@ -451,19 +451,32 @@ select owner_id, webhook_id, url, enabled, pending, retrying, in_flight, failed,
 select undispatched, extract(epoch from oldest_undispatched_age) as oldest_undispatched_seconds
   from outbox.event_backlog;
 
--- purge: delete one batch of finished history older than a cutoff (events whose deliveries are all finished) and one of idempotency keys past outbox.config.idempotency_window; how many of each
-with doomed as (
-    select e.id
+-- purge: one batch of retention: of the next `limit` events after after_id (id order: oldest first), delete those created before older_than (NULL: none) whose deliveries are all finished, their deliveries and attempts going with them (the delete cascade); and up to `limit` idempotency keys past outbox.config.idempotency_window. How many of each, the oldest event deleted, the last id looked at, and whether the look reached the window (the pass is over)
+with scanned as materialized (
+    -- A bounded look along the primary key, wherever the table's end is:
+    -- a batch costs the same in a table of a thousand rows or a billion.
+    select e.id, e.created_at, e.dispatched_at
       from outbox.events e
-     where e.dispatched_at is not null
-       and e.created_at < %(older_than)s
-       and not exists (select 1 from outbox.deliveries d where d.event_id = e.id and d.status = 'pending')
+     where cast(%(older_than)s as timestamptz) is not null
+       and e.id > %(after_id)s
      order by e.id
      limit %(limit)s
+), doomed as (
+    -- Skips an event another transaction holds (a body being stored); the
+    -- next pass takes it. Pending deliveries (leased ones included) keep
+    -- their event, however old.
+    select e.id, e.created_at
+      from outbox.events e
+     where e.id = any (array(select s.id from scanned s
+                              where s.dispatched_at is not null and s.created_at < %(older_than)s))
+       and e.dispatched_at is not null
+       and e.created_at < %(older_than)s
+       and not exists (select from outbox.deliveries d where d.event_id = e.id and d.status = 'pending')
        for update skip locked
 ), purged as (
-    delete from outbox.events e using doomed where e.id = doomed.id
-    returning e.id
+    delete from outbox.events e
+     where e.id = any (array(select id from doomed))
+    returning e.id, e.created_at
 ), expired as (
     -- Skips a key an emit is deciding on right now (it holds the row).
     select k.owner_id, k.key
@@ -478,7 +491,58 @@ with doomed as (
      where k.owner_id = x.owner_id and k.key = x.key
     returning 1
 )
-select (select count(*) from purged) as events, (select count(*) from forgotten) as keys;
+select (select count(*) from purged) as events,
+       (select count(*) from forgotten) as keys,
+       (select min(created_at) from purged) as oldest,
+       coalesce((select max(id) from scanned), %(after_id)s) as last_id,
+       (select count(*) from scanned) < %(limit)s
+           or coalesce((select bool_or(created_at >= %(older_than)s) from scanned), false) as done;
+
+-- purge_removed: rows this transaction deleted from each outbox table (the purge above and its cascade), with the database clock
+select clock_timestamp() as at,
+       coalesce(sum(n_tup_del) filter (where relname = 'deliveries'), 0)::bigint as deliveries,
+       coalesce(sum(n_tup_del) filter (where relname = 'delivery_attempts'), 0)::bigint as attempts
+  from pg_stat_xact_user_tables
+ where schemaname = 'outbox';
+
+-- lease_claim: take a maintenance lease that has expired (or is this holder's already); its claim time, or no row
+update outbox.maintenance_leases l
+   set holder = %(holder)s, acquired_at = clock_timestamp(),
+       expires_at = now() + make_interval(secs => %(lease_seconds)s)
+ where l.name = any (array(
+           -- SKIP LOCKED: a row locked is a holder's batch running (its
+           -- lease renewed): give up at once rather than wait for it.
+           select f.name
+             from outbox.maintenance_leases f
+            where f.name = %(name)s
+              and (f.expires_at < now() or f.holder = %(holder)s)
+              for update skip locked))
+returning l.acquired_at;
+
+-- lease_renew: extend this holder's lease before a batch (the row stays locked until the batch commits); no row: another worker holds it now
+update outbox.maintenance_leases
+   set expires_at = now() + make_interval(secs => %(lease_seconds)s)
+ where name = %(name)s
+   and holder = %(holder)s
+returning clock_timestamp() as at;
+
+-- lease_release: end a pass: record it in outbox.maintenance_runs (trimmed to a week), and let the lease go if still this holder's
+with released as (
+    update outbox.maintenance_leases
+       set expires_at = now()
+     where name = %(name)s
+       and holder = %(holder)s
+    returning name
+), recorded as (
+    insert into outbox.maintenance_runs
+        (name, holder, started_at, finished_at, batches, events, deliveries, attempts, idempotency_keys)
+    values (%(name)s, %(holder)s, %(started_at)s, %(finished_at)s, %(batches)s, %(events)s, %(deliveries)s,
+            %(attempts)s, %(keys)s)
+), trimmed as (
+    delete from outbox.maintenance_runs
+     where finished_at < now() - interval '7 days'
+)
+select count(*) as released from released;
 
 -- browse_deliveries: a page of deliveries for `outbox-worker deliveries list`, newest first; each filter NULL = any
 select d.id, w.owner_id as owner, d.webhook_id as webhook, d.event_id as event, e.event_type,

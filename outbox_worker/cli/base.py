@@ -11,7 +11,6 @@ exit 1; bad usage exits 2. No traceback reaches the user.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import psycopg
 import pydantic
 
 from outbox_worker import db, logs, pooling
+from outbox_worker.durations import DurationError, parse_duration
 from outbox_worker.errors import OutboxError
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
@@ -59,23 +59,14 @@ def one_line(exc: BaseException) -> str:
 
 # -- ages and times -----------------------------------------------------------
 
-_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
-_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400}
-
 
 def parse_age(text: str, param_hint: str) -> timedelta:
     """An age in days, hours, minutes or seconds (``30d``, ``12h``, ``90min``,
-    ``45s``). ``m`` is refused: it reads as minutes to some and as months to
-    others, and a purge of one minute's age deletes all history."""
-    found = _AGE.fullmatch(text.strip().lower())
-    if found is None or found.group(2) not in _UNITS:
-        unit = found.group(2) if found else None
-        why = " ('m' could be minutes or months: write min, or 30d for a month)" if unit == "m" else ""
-        raise click.BadParameter(
-            f"{text!r}: use a number and one of d, h, min, s (e.g. 30d, 12h, 90min){why}",
-            param_hint=param_hint,
-        )
-    return timedelta(seconds=float(found.group(1)) * _UNITS[found.group(2)])
+    ``45s``; see :func:`~outbox_worker.durations.parse_duration`)."""
+    try:
+        return parse_duration(text)
+    except DurationError as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from None
 
 
 def moment(text: str, param_hint: str, now: datetime) -> datetime:

@@ -132,14 +132,20 @@ def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> 
             + "; nothing deleted (--dry-run)"
         )
         return
-    events = keys = 0
+    events = keys = last_id = 0
+    older_than: datetime | None = cutoff
     while True:
         # One short transaction per batch: no long locks, vacuum keeps up.
         with ctx.connection() as conn:
-            batch = db.fetch(conn, "purge", {"older_than": cutoff, "limit": batch_size})[0]
+            batch = db.fetch(
+                conn, "purge", {"older_than": older_than, "after_id": last_id, "limit": batch_size}
+            )[0]
         events += batch["events"]
         keys += batch["keys"]
-        if batch["events"] < batch_size and batch["keys"] < batch_size:
+        last_id = batch["last_id"]
+        if batch["done"]:
+            older_than = None  # past the cutoff: only expired keys may be left
+        if older_than is None and batch["keys"] < batch_size:
             break
     click.echo(
         f"purged {events} events (with their deliveries and attempts) older than {cutoff.isoformat()}"

@@ -148,10 +148,11 @@ def test_a_key_past_the_window_makes_a_new_event_and_purge_removes_it(conn: psyc
         assert emit(conn, "v", "order.created", {}, idempotency_key="k") == second
         _age_keys(conn, "61 minutes")
         emit(conn, "v", "order.created", {}, idempotency_key="fresh")
-        purged = conn.execute(query("purge"), {"older_than": "-infinity", "limit": 1}).fetchone()
-        assert purged == (0, 1)  # a batch of one: the oldest expired key
-        purged = conn.execute(query("purge"), {"older_than": "-infinity", "limit": 10}).fetchone()
-        assert purged == (0, 1)
+        batch = {"older_than": "-infinity", "after_id": 0}
+        purged = conn.execute(query("purge"), {**batch, "limit": 1}).fetchone()
+        assert purged is not None and purged[:2] == (0, 1)  # a batch of one: the oldest expired key
+        purged = conn.execute(query("purge"), {**batch, "limit": 10}).fetchone()
+        assert purged is not None and purged[:2] == (0, 1)
         assert conn.execute("select key from outbox.idempotency_keys").fetchall() == [("fresh",)]
     finally:
         conn.execute("update outbox.config set idempotency_window = default")
