@@ -163,21 +163,24 @@ class Retention:
         async with conn.transaction():
             if not await db.fetch_async(conn, "lease_renew", self._lease()):
                 return None
+            [before] = await db.fetch_async(conn, "purge_removed", {})
             [done] = await db.fetch_async(
                 conn, "purge", {"older_than": cutoff, "after_id": after_id, "limit": self.batch_events}
             )
-            [removed] = await db.fetch_async(conn, "purge_removed", {})
+            [after] = await db.fetch_async(conn, "purge_removed", {})
+        deliveries = after["deliveries"] - before["deliveries"]
+        attempts = after["attempts"] - before["attempts"]
         totals.batches += 1
         totals.events += done["events"]
-        totals.deliveries += removed["deliveries"]
-        totals.attempts += removed["attempts"]
+        totals.deliveries += deliveries
+        totals.attempts += attempts
         totals.keys += done["keys"]
-        totals.finished_at = removed["at"]
+        totals.finished_at = after["at"]
         BATCHES.inc()
         for table, count in (
             ("events", done["events"]),
-            ("deliveries", removed["deliveries"]),
-            ("delivery_attempts", removed["attempts"]),
+            ("deliveries", deliveries),
+            ("delivery_attempts", attempts),
             ("idempotency_keys", done["keys"]),
         ):
             if count:

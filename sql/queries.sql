@@ -498,7 +498,7 @@ select (select count(*) from purged) as events,
        (select count(*) from scanned) < %(limit)s
            or coalesce((select bool_or(created_at >= %(older_than)s) from scanned), false) as done;
 
--- purge_removed: rows this transaction deleted from each outbox table (the purge above and its cascade), with the database clock
+-- purge_removed: rows deleted from deliveries and attempts as this backend counts them, with the database clock: read before and after purge in one transaction, the difference is what purge's cascade removed (the counts may include earlier transactions not yet reported to the statistics)
 select clock_timestamp() as at,
        coalesce(sum(n_tup_del) filter (where relname = 'deliveries'), 0)::bigint as deliveries,
        coalesce(sum(n_tup_del) filter (where relname = 'delivery_attempts'), 0)::bigint as attempts
