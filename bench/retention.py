@@ -161,6 +161,39 @@ class AutovacuumCpu:
         return sum(self.seen.values())
 
 
+class Vacuumer:
+    """Autovacuum's part, for a server that runs without it (this machine's
+    has autovacuum = off, for steady benchmarks): every ``naptime`` seconds,
+    a table whose dead rows exceed autovacuum's trigger (50 + 20% of its
+    rows, the defaults) is vacuumed. Its backend's CPU is the vacuum's cost."""
+
+    TRIGGER = """
+        select s.relname from pg_stat_user_tables s
+         where s.schemaname = %s and s.relname = any(%s)
+           and s.n_dead_tup > 50 + 0.2 * greatest(s.n_live_tup, 0)
+    """
+
+    def __init__(self, url: str, schema: str, naptime: float) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.schema = schema
+        self.naptime = naptime
+        self.pid = self.conn.info.backend_pid
+        self.cpu0 = backend_cost(self.pid)[0]
+        self.last = time.monotonic()
+        self.runs = 0
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last < self.naptime:
+            return
+        self.last = time.monotonic()
+        for (name,) in self.conn.execute(self.TRIGGER, (self.schema, list(TABLES))).fetchall():
+            self.conn.execute(f"vacuum {self.schema}.{name}")
+            self.runs += 1
+
+    def cpu(self) -> float:
+        return backend_cost(self.pid)[0] - self.cpu0
+
+
 class Inserter:
     def __init__(self, url: str, schema: str, rate: int, webhooks: list[str]) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
@@ -238,7 +271,7 @@ async def _service_loop(url: str, window: float, stop: asyncio.Event, pids: list
         await pool.close()
 
 
-def soak_delete(server: str, rate: int, webhooks: int, window: float, seconds: float) -> Soak:
+def soak_delete(server: str, rate: int, webhooks: int, window: float, seconds: float, naptime: float) -> Soak:
     soak = Soak("delete")
     db = BenchDatabase(server, "retdel")
     try:
@@ -259,10 +292,13 @@ def soak_delete(server: str, rate: int, webhooks: int, window: float, seconds: f
             cpu_io = (cpu0, io0)
 
             vacuums = AutovacuumCpu(conn)
+            vacuumer = Vacuumer(db.url, "outbox", naptime) if naptime else None
 
             def tick() -> None:
                 soak.inserted += inserter.tick()
                 vacuums.sample()
+                if vacuumer:
+                    vacuumer.tick()
 
             def sample(at: float) -> None:
                 soak.sizes.append((at, total_size(conn, "outbox")))
@@ -278,6 +314,11 @@ def soak_delete(server: str, rate: int, webhooks: int, window: float, seconds: f
             soak.postgres_cpu = (postgres_cpu() or 0.0) - pg0
             soak.inserter_cpu = inserter.cpu()
             soak.autovacuum_cpu = vacuums.total
+            if vacuumer:
+                soak.notes["vacuums run in autovacuum's place"] = vacuumer.runs
+                soak.notes["their CPU per row removed (us)"] = round(
+                    vacuumer.cpu() / max(soak.removed, 1) * 1e6, 2
+                )
             stats = conn.execute(
                 "select relname, n_dead_tup, autovacuum_count from pg_stat_user_tables "
                 "where schemaname = 'outbox' and relname = any(%s) order by relname",
@@ -335,7 +376,9 @@ def keep_partitions(conn: psycopg.Connection[Any], width_ms: int, window: float)
     return dropped
 
 
-def soak_partition(server: str, rate: int, webhooks: int, window: float, seconds: float) -> Soak:
+def soak_partition(
+    server: str, rate: int, webhooks: int, window: float, seconds: float, naptime: float
+) -> Soak:
     soak = Soak("partition")
     db = BenchDatabase(server, "retpart")
     width = int(window * 1000 / 30)
@@ -454,7 +497,7 @@ def seed_old_history(db: BenchDatabase, events: int, webhooks: list[str], age: s
 
 
 def drain_with(
-    db: BenchDatabase, recv: Any, events: int, webhooks: int, old: int, retention_setting: str
+    db: BenchDatabase, recv: Any, events: int, webhooks: int, old: int, retention_setting: str, age: str
 ) -> dict[str, float]:
     db.execute(
         "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks, "
@@ -467,7 +510,7 @@ def drain_with(
             "select id from outbox.create_webhook(%s, %s, array[%s])", (OWNER, f"{recv.url}/hook/{i}", EVENT)
         )
         hooks.append(str(rows[0][0]))
-    seed_old_history(db, old, hooks, "2 hours")
+    seed_old_history(db, old, hooks, age)
     db.emit_bulk(events)
     expected = events * webhooks
     recv.reset()
@@ -492,7 +535,7 @@ def drain_with(
     }
 
 
-def throughput(server: str, events: int, webhooks: int, old: int, pairs: int) -> None:
+def throughput(server: str, events: int, webhooks: int, old: int, pairs: int, age: str) -> None:
     db = BenchDatabase(server, "rettp")
     got: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     try:
@@ -500,7 +543,7 @@ def throughput(server: str, events: int, webhooks: int, old: int, pairs: int) ->
             for pair in range(pairs):
                 order = ("off", "on") if pair % 2 == 0 else ("on", "off")
                 for mode in order:
-                    out = drain_with(db, recv, events, webhooks, old, "1h" if mode == "on" else "off")
+                    out = drain_with(db, recv, events, webhooks, old, "1h" if mode == "on" else "off", age)
                     got[mode].append(out)
                     print(f"  pair {pair + 1} retention {mode}: {out['rate']:,.0f} deliveries/s, "
                           f"PostgreSQL {out['pg_cpu_ms']:.3f} ms CPU/delivery, removed "
@@ -524,24 +567,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=3)
     parser.add_argument("--window", type=float, default=60.0, help="retention window, seconds")
     parser.add_argument("--seconds", type=float, default=180.0, help="length of each soak")
+    parser.add_argument(
+        "--naptime",
+        type=float,
+        help="seconds between vacuums in autovacuum's place (default: 10 when the server runs without "
+        "autovacuum, else none)",
+    )
     parser.add_argument("--only", choices=("delete", "partition"), help="one strategy")
     parser.add_argument(
         "--throughput", action="store_true", help="the drain with retention on vs off instead"
     )
     parser.add_argument("--events", type=int, default=20_000, help="--throughput: events drained per run")
     parser.add_argument("--old", type=int, default=100_000, help="--throughput: old events seeded per run")
+    parser.add_argument(
+        "--old-age",
+        default="2 hours",
+        help="--throughput: age of the seeded history (30 minutes: none to remove)",
+    )
     parser.add_argument("--pairs", type=int, default=2, help="--throughput: on/off pairs")
     args = parser.parse_args(argv)
+    if args.naptime is None:
+        with psycopg.connect(args.server) as conn:
+            row = conn.execute("show autovacuum").fetchone()
+        args.naptime = 10.0 if row and row[0] == "off" else 0.0
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# bench.retention {started}, {psutil.cpu_count()} cores, args {vars(args)}")
     if args.throughput:
-        throughput(args.server, args.events, args.webhooks, args.old, args.pairs)
+        throughput(args.server, args.events, args.webhooks, args.old, args.pairs, args.old_age)
         return 0
     for strategy in ("delete", "partition"):
         if args.only and args.only != strategy:
             continue
         run = soak_delete if strategy == "delete" else soak_partition
-        report(run(args.server, args.rate, args.webhooks, args.window, args.seconds), args.window)
+        report(
+            run(args.server, args.rate, args.webhooks, args.window, args.seconds, args.naptime), args.window
+        )
     return 0
 
 

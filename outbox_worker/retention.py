@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,9 +43,12 @@ NAME = "retention"
 # rows deleted in one transaction of ~0.1 s on a small machine.
 BATCH_EVENTS = 2000
 # Share of the time a pass spends in batches: after a batch of t seconds it
-# sleeps t * (1 - DUTY) / DUTY. One backend busy 10% of the time is 5% of a
-# 2-core database; the deletes keep up with 3,000 deliveries/s at it.
-DUTY = 0.1
+# sleeps t * (1 - DUTY) / DUTY. A batch of 2,000 events (14,000 rows with 3
+# webhooks) took 30 ms beside a 1,000 events/s load and 100 ms beside a
+# saturating drain here, so at 3% a pass removes ~14,000 rows/s, twice the
+# soak's 7,000, and 4,000 while a drain saturates the machine; at 10% the
+# drain lost 9-15% of its rate (docs/performance.md, "Retention").
+DUTY = 0.03
 LEASE_SECONDS = 60.0
 # Longest pacing sleep: well inside the lease, so a slow batch never lets it lapse.
 MAX_PAUSE = LEASE_SECONDS / 4
@@ -87,7 +90,6 @@ class Totals:
     keys: int = 0
     lost: bool = False  # another worker holds the lease now
     busy_seconds: float = 0.0
-    pauses: list[float] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -136,6 +138,7 @@ class Retention:
         duty: float = DUTY,
         lease_seconds: float = LEASE_SECONDS,
         interval: float | None = None,
+        flush_commits: bool = False,
     ) -> None:
         self._pool = pool
         self._connect = connect
@@ -146,6 +149,10 @@ class Retention:
         self.duty = duty
         self.lease_seconds = lease_seconds
         self.interval = pass_interval(window) if interval is None else interval
+        # As the worker's own commits (OUTBOX_SYNCHRONOUS_COMMIT): a batch's
+        # commit need not wait for its WAL (page images after a checkpoint)
+        # to reach the disk; a crash can only undo deletes the next pass redoes.
+        self.flush_commits = flush_commits
 
     def _lease(self) -> dict[str, Any]:
         return {"name": NAME, "holder": self.holder, "lease_seconds": self.lease_seconds}
@@ -163,6 +170,8 @@ class Retention:
         async with conn.transaction():
             if not await db.fetch_async(conn, "lease_renew", self._lease()):
                 return None
+            if not self.flush_commits:
+                await db.fetch_async(conn, "purge_no_flush", {})
             [before] = await db.fetch_async(conn, "purge_removed", {})
             [done] = await db.fetch_async(
                 conn, "purge", {"older_than": cutoff, "after_id": after_id, "limit": self.batch_events}
@@ -216,7 +225,6 @@ class Retention:
                     if cutoff is None and done["keys"] < self.batch_events:
                         break
                     pause = min(MAX_PAUSE, elapsed * (1 - self.duty) / self.duty)
-                    totals.pauses.append(pause)
                     await asyncio.sleep(pause)
             if not totals.lost:
                 LAG.set(0)

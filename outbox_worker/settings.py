@@ -112,8 +112,8 @@ class Settings(BaseSettings):
     # History: finished deliveries kept this long, then removed by the workers
     retention: str = Field(
         "30d",
-        description="How long finished history (delivered and failed deliveries, their attempts and "
-        "events) is kept, then removed by the workers: `30d`, `12h`, `90min`, `45s`; `off` keeps everything.",
+        description="How long the workers keep finished history (deliveries, attempts, events): "
+        "`30d`, `12h`, `90min`; `off`: forever.",
     )
 
     # Secrets at rest

@@ -198,6 +198,7 @@ class Worker:
             settings.retention_window,
             settings.worker_id,
             self.log,
+            flush_commits=settings.synchronous_commit,
         )
         background.append(asyncio.create_task(retention.run(), name="retention"))
         if settings.summary_interval:

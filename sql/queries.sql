@@ -471,7 +471,11 @@ with scanned as materialized (
                               where s.dispatched_at is not null and s.created_at < %(older_than)s))
        and e.dispatched_at is not null
        and e.created_at < %(older_than)s
-       and not exists (select from outbox.deliveries d where d.event_id = e.id and d.status = 'pending')
+       -- coalesce: never the due index's predicate. Analyzed while all
+       -- was delivered, the planner took that index for each event and read
+       -- every pending row of a backlog: 7 s a batch beside a drain.
+       and not exists (select from outbox.deliveries d
+                        where d.event_id = e.id and coalesce(d.status = 'pending', false))
        for update skip locked
 ), purged as (
     delete from outbox.events e
@@ -505,7 +509,7 @@ select clock_timestamp() as at,
   from pg_stat_xact_user_tables
  where schemaname = 'outbox';
 
--- lease_claim: take a maintenance lease that has expired (or is this holder's already); its claim time, or no row
+-- lease_claim: take a maintenance lease that has lapsed (released or expired); its claim time, or no row
 update outbox.maintenance_leases l
    set holder = %(holder)s, acquired_at = clock_timestamp(),
        expires_at = now() + make_interval(secs => %(lease_seconds)s)
@@ -515,7 +519,7 @@ update outbox.maintenance_leases l
            select f.name
              from outbox.maintenance_leases f
             where f.name = %(name)s
-              and (f.expires_at < now() or f.holder = %(holder)s)
+              and f.expires_at < now()
               for update skip locked))
 returning l.acquired_at;
 
@@ -525,6 +529,9 @@ update outbox.maintenance_leases
  where name = %(name)s
    and holder = %(holder)s
 returning clock_timestamp() as at;
+
+-- purge_no_flush: this batch's commit does not wait for its WAL flush (OUTBOX_SYNCHRONOUS_COMMIT=false): a crash can only undo deletes the next pass redoes
+select set_config('synchronous_commit', 'off', true);
 
 -- lease_release: end a pass: record it in outbox.maintenance_runs (trimmed to a week), and let the lease go if still this holder's
 with released as (

@@ -133,19 +133,19 @@ def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> 
         )
         return
     events = keys = last_id = 0
-    older_than: datetime | None = cutoff
+    scan_before: datetime | None = cutoff
     while True:
         # One short transaction per batch: no long locks, vacuum keeps up.
         with ctx.connection() as conn:
             batch = db.fetch(
-                conn, "purge", {"older_than": older_than, "after_id": last_id, "limit": batch_size}
+                conn, "purge", {"older_than": scan_before, "after_id": last_id, "limit": batch_size}
             )[0]
         events += batch["events"]
         keys += batch["keys"]
         last_id = batch["last_id"]
         if batch["done"]:
-            older_than = None  # past the cutoff: only expired keys may be left
-        if older_than is None and batch["keys"] < batch_size:
+            scan_before = None  # past the cutoff: only expired keys may be left
+        if scan_before is None and batch["keys"] < batch_size:
             break
     click.echo(
         f"purged {events} events (with their deliveries and attempts) older than {cutoff.isoformat()}"

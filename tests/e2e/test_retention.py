@@ -21,7 +21,9 @@ import psycopg
 import pytest
 
 from outbox_worker import migrate, webhooks
+from tests import pgbouncer
 from tests.conftest import TEST_CONFIG
+from tests.e2e.test_pooler import skip_without_pgbouncer
 from tests.helpers import eventually
 from tests.receiver import Receiver
 from tests.workers import kill, spawn_worker
@@ -183,3 +185,39 @@ async def test_retention_holds_the_size_flat_under_load_and_removes_only_finishe
     settled = [size for at, size in sizes if at >= 2 * WINDOW]
     first, second = settled[: len(settled) // 2], settled[len(settled) // 2 :]
     assert max(second) <= max(first) * 1.15, [round(s / 1024) for _, s in sizes]
+
+
+async def test_a_worker_behind_a_transaction_pooler_runs_retention(
+    database_url: str, server_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """PgBouncer in transaction mode lends a server session per transaction:
+    the lease row and per-batch transactions need nothing else."""
+    skip_without_pgbouncer(server_url)
+    hook = str(webhooks.create_webhook(conn, "shop", "https://receiver.example/", ["order.created"]).id)
+    conn.execute(
+        "with e as (insert into outbox.events (owner_id, event_type, data, created_at, dispatched_at) "
+        "select 'shop', 'order.created', '{}', now() - interval '2 hours', now() from generate_series(1, 50) "
+        "returning id) "
+        "insert into outbox.deliveries (event_id, webhook_id, status, completed_at) "
+        "select id, %s, 'delivered', now() from e",
+        (hook,),
+    )
+    with pgbouncer.running(server_url, pool_mode="transaction", pool_size=3) as bouncer:
+        worker = spawn_worker(
+            bouncer.url(database_url), "pooled-keeper", pooler="transaction", retention="1h"
+        )
+        try:
+
+            def removed() -> bool:
+                row = conn.execute("select count(*) from outbox.events").fetchone()
+                return row == (0,)
+
+            await eventually(lambda: asyncio.to_thread(removed), timeout=30, what="old history removed")
+        finally:
+            kill(worker, 15)
+            _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr.decode()[-2000:]
+    runs = conn.execute(
+        "select holder, events, deliveries from outbox.maintenance_runs where events > 0"
+    ).fetchall()
+    assert runs == [("pooled-keeper", 50, 50)]
