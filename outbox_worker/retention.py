@@ -44,10 +44,10 @@ NAME = "retention"
 BATCH_EVENTS = 2000
 # Share of the time a pass spends in batches: after a batch of t seconds it
 # sleeps t * (1 - DUTY) / DUTY. A batch of 2,000 events (14,000 rows with 3
-# webhooks) took 30 ms beside a 1,000 events/s load and 100 ms beside a
-# saturating drain here, so at 3% a pass removes ~14,000 rows/s, twice the
-# soak's 7,000, and 4,000 while a drain saturates the machine; at 10% the
-# drain lost 9-15% of its rate (docs/performance.md, "Retention").
+# webhooks) took 30 ms beside a 1,000 events/s load and ~120 ms beside a
+# saturating drain here: at 3% a pass removes ~14,000 rows/s in the first
+# case, twice what that load adds, and ~3,500 in the second, catching up
+# after it (docs/performance.md, "retention").
 DUTY = 0.03
 LEASE_SECONDS = 60.0
 # Longest pacing sleep: well inside the lease, so a slow batch never lets it lapse.

@@ -4,6 +4,7 @@ keeps, batches, the lease that lets one worker at a time purge, metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -15,7 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker.logs import get_logger
 from outbox_worker.retention import Retention, connector
-from tests.helpers import eventually, orphans
+from outbox_worker.sql import query
+from tests.helpers import eventually, orphans, positional
 
 HOUR = timedelta(hours=1)
 
@@ -178,3 +180,38 @@ async def test_a_worker_whose_lease_was_taken_stops_and_the_passes_never_overlap
     assert [r[0] for r in runs] == ["a", "b"]
     assert runs[0][2] < runs[1][1]  # a's last batch ended before b claimed the lease
     assert runs[0][3] + runs[1][3] == 40
+
+
+def _deliveries_rows_read(node: dict[str, Any]) -> int:
+    """Rows the plan read from outbox.deliveries: kept plus filtered out."""
+    own = 0
+    if node.get("Relation Name") == "deliveries" and node.get("Node Type") != "ModifyTable":
+        own = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+    return own + sum(_deliveries_rows_read(child) for child in node.get("Plans", []))
+
+
+def test_a_batch_reads_its_events_deliveries_not_the_backlog(conn: psycopg.Connection[Any]) -> None:
+    """A batch's check for pending deliveries looks up each event's own.
+    Analyzed while nearly all was delivered, the planner took the due index
+    instead and read every pending row of a backlog per event: 7 s a batch
+    beside a drain."""
+    hook = webhook(conn)
+    for _ in range(50):
+        event(conn, "2 hours", [("delivered", 0)], hook=hook)
+    conn.execute("analyze outbox.deliveries")
+    conn.execute(
+        "insert into outbox.deliveries (event_id, webhook_id) "
+        "select -g, %s from generate_series(1, 3000) g",  # a backlog, pending
+        (hook,),
+    )
+    statement, order = positional(query("purge"))
+    args = {"older_than": "now", "after_id": 0, "limit": 10}
+    literals = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(args[n]) for n in order)
+    conn.execute("prepare batch as " + statement)
+    row = conn.execute(
+        psycopg.sql.SQL("explain (analyze, format json) execute batch({})").format(literals)
+    ).fetchone()
+    assert row is not None
+    plan = row[0][0]["Plan"]
+    assert len(ids(conn)) == 40  # the batch's 10 went
+    assert _deliveries_rows_read(plan) <= 4 * 10, json.dumps(plan, indent=1)
