@@ -33,7 +33,7 @@ def drain_with(
         "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks, "
         "outbox.maintenance_runs restart identity cascade"
     )
-    db.execute("update outbox.maintenance_leases set holder = null, expires_at = '-infinity'")
+    db.execute("update outbox.maintenance_leases set holder = null, expires_at = null")
     hooks = []
     for i in range(webhooks):
         rows = db.execute(

@@ -29,5 +29,7 @@ grant select on outbox.delivery_log, outbox.queue_stats, outbox.event_backlog, o
                 outbox.config to {role};
 -- Not secret, previous_secret nor headers (their values authenticate).
 grant select on outbox.idempotency_keys to {role};
+-- Who runs retention, and its passes.
+grant select on outbox.maintenance_leases, outbox.maintenance_runs to {role};
 grant select (id, owner_id, url, events, enabled, disabled_reason, created_at, updated_at,
               last_success_at, failing_since, previous_secret_expires_at, rate_limit) on outbox.webhooks to {role};

@@ -519,7 +519,7 @@ update outbox.maintenance_leases l
            select f.name
              from outbox.maintenance_leases f
             where f.name = %(name)s
-              and f.expires_at < now()
+              and (f.expires_at is null or f.expires_at < now())
               for update skip locked))
 returning l.acquired_at;
 

@@ -405,7 +405,7 @@ create table outbox.maintenance_leases (
     name text primary key,
     holder text,
     acquired_at timestamptz,
-    expires_at timestamptz not null default '-infinity'
+    expires_at timestamptz  -- NULL: never held
 );
 insert into outbox.maintenance_leases (name) values ('retention');
 comment on table outbox.maintenance_leases is

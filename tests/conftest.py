@@ -101,7 +101,7 @@ def database_url(migrated_url: str) -> str:
         )
         # A worker of an earlier test (killed, say) may still hold the retention lease.
         conn.execute(
-            "update outbox.maintenance_leases set holder = null, acquired_at = null, expires_at = '-infinity'"
+            "update outbox.maintenance_leases set holder = null, acquired_at = null, expires_at = null"
         )
         conn.execute(TEST_CONFIG)
     return migrated_url

@@ -79,6 +79,8 @@ def test_dba_reads_logs_but_never_secrets(
             "select id, url, enabled, rate_limit from outbox.webhooks",
             "select count(*) from outbox.deliveries",
             "select * from outbox.idempotency_keys",
+            "select * from outbox.maintenance_runs",
+            "select holder, expires_at from outbox.maintenance_leases",
         ):
             dba.execute(query).fetchall()
         for forbidden in (
