@@ -28,6 +28,8 @@ EXPECTED_RELATIONS = {
     ("api_key_info", "v"),
     ("delivery_info", "v"),
     ("idempotency_keys", "r"),
+    ("maintenance_leases", "r"),
+    ("maintenance_runs", "r"),
 }
 
 EXPECTED_PUBLIC_FUNCTIONS = {
