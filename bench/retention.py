@@ -23,7 +23,9 @@ partition's index.
 ``--throughput`` instead drains events through one real worker with
 retention on and off, in alternating pairs, with old finished history
 seeded for the service to remove all along: the ratio is what retention
-costs the delivery hot path.
+costs the delivery hot path. ``--worker-soak`` runs one real worker with
+retention set to ``--window`` under ``--rate`` events/s from
+``outbox.emit``: the tables' size over time, every delivery counted.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from bench.partitions import soak_partition
-from bench.retention_drain import throughput
+from bench.retention_drain import throughput, worker_soak
 from bench.run import DEFAULT_SERVER, BenchDatabase, postgres_cpu, wait_until
 from bench.soak import (
     TABLES,
@@ -185,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--throughput", action="store_true", help="the drain with retention on vs off instead"
     )
+    parser.add_argument(
+        "--worker-soak",
+        action="store_true",
+        help="a real worker under --rate instead (outbox.emit, receiver)",
+    )
     parser.add_argument("--events", type=int, default=20_000, help="--throughput: events drained per run")
     parser.add_argument("--old", type=int, default=100_000, help="--throughput: old events seeded per run")
     parser.add_argument(
@@ -200,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         args.naptime = 10.0 if row and row[0] == "off" else 0.0
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# bench.retention {started}, {psutil.cpu_count()} cores, args {vars(args)}")
+    if args.worker_soak:
+        worker_soak(args.server, args.rate, args.webhooks, args.window, args.seconds, args.naptime)
+        return 0
     if args.throughput:
         throughput(args.server, args.events, args.webhooks, args.old, args.pairs, args.old_age)
         return 0

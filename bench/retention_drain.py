@@ -1,18 +1,20 @@
-"""``python -m bench.retention --throughput``: one worker draining with
-retention on and off, in alternating pairs, old history seeded for the
-service to remove all along."""
+"""The real worker under retention (``python -m bench.retention
+--throughput`` and ``--worker-soak``): drains with retention on and off, in
+alternating pairs, old history seeded for the service to remove all along;
+and a steady load through one worker, its tables' size over time."""
 
 from __future__ import annotations
 
 import statistics
 import sys
+import time
 from typing import Any
 
 import psycopg
 
 from bench import receiver as receiver_mod
 from bench.run import EVENT, OWNER, BenchDatabase, Workers, postgres_cpu, wait_until
-from bench.soak import BODY, INSERT
+from bench.soak import BODY, INSERT, Vacuumer, total_size
 
 
 def seed_old_history(db: BenchDatabase, events: int, webhooks: list[str], age: str) -> None:
@@ -88,3 +90,57 @@ def throughput(server: str, events: int, webhooks: int, old: int, pairs: int, ag
         print(f"retention {mode}: deliveries/s {', '.join(f'{r:,.0f}' for r in rates)}")
     each = ", ".join(f"{r:.3f}" for r in ratios)
     print(f"on/off ratio per pair: {each}; median {statistics.median(ratios):.3f}")
+
+
+def worker_soak(server: str, rate: int, webhooks: int, window: float, seconds: float, naptime: float) -> None:
+    """One real worker with ``OUTBOX_RETENTION`` set to the window, fed by
+    ``outbox.emit`` at ``rate`` events/s (in tenths of a second) to
+    ``webhooks`` webhooks on the bench receiver: the outbox tables' size
+    over time, and whether every delivery arrived at the emitted rate."""
+    db = BenchDatabase(server, "retsoak")
+    sizes: list[tuple[float, int]] = []
+    try:
+        with receiver_mod.start() as recv, psycopg.connect(db.url, autocommit=True) as conn:
+            for i in range(webhooks):
+                conn.execute(
+                    "select outbox.create_webhook(%s, %s, array[%s])", (OWNER, f"{recv.url}/hook/{i}", EVENT)
+                )
+            vacuumer = Vacuumer(db.url, "outbox", naptime) if naptime else None
+            pool = Workers(db.url, 1, RETENTION=f"{window:g}s")
+            emitted = 0
+            try:
+                started = time.monotonic()
+                next_sample = 0.0
+                while (elapsed := time.monotonic() - started) < seconds:
+                    conn.execute(
+                        "select outbox.emit(%s, %s, jsonb_build_object('n', g)) "
+                        "from generate_series(1, cast(%s as integer)) g",
+                        (OWNER, EVENT, rate // 10),
+                    )
+                    emitted += rate // 10
+                    if vacuumer:
+                        vacuumer.tick()
+                    if elapsed >= next_sample:
+                        next_sample += 10.0
+                        sizes.append((elapsed, total_size(conn, "outbox")))
+                    time.sleep(max(0.0, started + emitted / rate - time.monotonic()))
+                span = time.monotonic() - started
+                wait_until(lambda: recv.count >= emitted * webhooks, 120, "every delivery", 0.05)
+                arrived = recv.count
+                if not pool.alive():
+                    raise RuntimeError("the worker died")
+            finally:
+                pool.stop()
+            runs = conn.execute(
+                "select count(*), coalesce(sum(events), 0), coalesce(sum(deliveries), 0), "
+                "coalesce(sum(attempts), 0), count(distinct holder) from outbox.maintenance_runs"
+            ).fetchone()
+    finally:
+        db.drop()
+    print(
+        f"\n## a real worker, {rate:,} events/s x {webhooks} webhooks, retention {window:g} s, {seconds:g} s"
+    )
+    print("outbox tables MB: " + ", ".join(f"{at:.0f}s {size / 2**20:.1f}" for at, size in sizes))
+    print(f"emitted {emitted:,} events in {span:.1f} s ({emitted / span:,.0f}/s); "
+          f"{arrived:,} of {emitted * webhooks:,} deliveries arrived")  # fmt: skip
+    print(f"retention passes, events, deliveries, attempts removed, holders: {runs}")
