@@ -270,6 +270,17 @@ class Workers:
                 total += times.user + times.system
         return total
 
+    def main_thread_cpu(self) -> float:
+        """CPU seconds of the workers' main threads (Python, asyncio) so far;
+        the rest of :meth:`cpu` is the HTTP client's runtime thread."""
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for proc in self.processes:
+            with contextlib.suppress(OSError), open(f"/proc/{proc.pid}/task/{proc.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
+
     def peak_rss(self) -> int:
         """Largest peak RSS (VmHWM) among the workers, in bytes."""
         peak = 0
@@ -443,10 +454,11 @@ def drain(
     pool = Workers(db.url, workers, repo, **settings)
     try:
         wait_until(lambda: recv.count > 0 or not pool.alive(), 60, "the first delivery")
-        cpu_start = pool.cpu()
+        cpu_start, main_start = pool.cpu(), pool.main_thread_cpu()
         wait_until(lambda: recv.count >= expected or not pool.alive(), timeout, "all deliveries", 0.005)
         wait_until(lambda: db.outstanding() == 0, timeout, "outcomes written", 0.02)
         cpu = pool.cpu() - cpu_start
+        main = pool.main_thread_cpu() - main_start
         rss = pool.peak_rss()
         if not pool.alive():
             raise RuntimeError("a worker died")
@@ -456,6 +468,7 @@ def drain(
     return {
         "rate": expected / max(recv.last - recv.first, 1e-9),
         "cpu_ms": cpu / expected * 1000,
+        "main_cpu_ms": main / expected * 1000,
         "pg_cpu_ms": (pg_end - pg_start) / expected * 1000 if pg_start and pg_end else float("nan"),
         "rss_mb": rss / 2**20,
     }
@@ -502,6 +515,7 @@ def scenario_throughput(opts: Options, table: Table) -> float:
                     results.setdefault(f"ratio{workers}", []).append(out["rate"] / base_rate)
                     results.setdefault(f"rust_ratio{workers}", []).append(out["rate"] / rust_rate)
                     results.setdefault(f"cpu{workers}", []).append(out["cpu_ms"])
+                    results.setdefault(f"main{workers}", []).append(out["main_cpu_ms"])
                     peak_rss = max(peak_rss, out["rss_mb"])
             name = f"throughput {events:,} ev x {webhooks} wh"
             r = {k: median(v) for k, v in results.items()}
@@ -519,8 +533,11 @@ def scenario_throughput(opts: Options, table: Table) -> float:
                     f"({r[f'ratio{workers}']:.0%}; {r[f'rust_ratio{workers}']:.0%})",
                     target,
                 )
-                table.add(name, f"{workers} worker{'s' if workers > 1 else ''}: worker CPU ms/delivery",
-                          f"{r[f'cpu{workers}']:.3f}", "<= 0.08")  # fmt: skip
+                main = r[f"main{workers}"]
+                table.add(name, f"{workers} worker{'s' if workers > 1 else ''}: worker CPU ms/delivery "
+                          "(main thread + HTTP client thread)",
+                          f"{r[f'cpu{workers}']:.3f} ({main:.3f} + {r[f'cpu{workers}'] - main:.3f})",
+                          "<= 0.08")  # fmt: skip
     return peak_rss
 
 
