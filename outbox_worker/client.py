@@ -100,6 +100,13 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def _content_length(value: str | None) -> int | None:
+    """A response's declared body length, or None when absent or unreadable."""
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
 class HttpClient:
     def __init__(self, settings: Settings, policy: UrlPolicy, resolver: Resolver = system_resolver) -> None:
         self._settings = settings
@@ -144,11 +151,18 @@ class HttpClient:
         async with request.streamed_read_buffer_limit(0).build_streamed() as response:
             status = response.status
             retry_after = response.get_header("retry-after")
-            return Answer(status, await self._read(response.body_reader, timed_out), retry_after)
+            length = _content_length(response.get_header("content-length"))
+            if length == 0:  # each read is a hop to the client's thread and back
+                return Answer(status, b"", retry_after)
+            return Answer(status, await self._read(response.body_reader, timed_out, length), retry_after)
 
-    async def _read(self, reader: ResponseBodyReader, timed_out: Callable[[], bool]) -> bytes:
+    async def _read(
+        self, reader: ResponseBodyReader, timed_out: Callable[[], bool], length: int | None
+    ) -> bytes:
+        """Up to the response limit of the body; with a known ``length``, no
+        read past it only to learn that the body has ended."""
         chunks: list[bytes] = []
-        remaining = self._limit
+        remaining = self._limit if length is None else min(self._limit, length)
         try:
             while remaining > 0:
                 chunk = await reader.read_chunk()  # what has arrived; read(n) waits for all n
