@@ -52,6 +52,7 @@ async def delivery_page(
     status: Status | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    event_type: str | None = None,
 ) -> DeliveryPage:
     """A keyset page of the owner's deliveries, newest first (404 for another owner's webhook)."""
     params = {
@@ -62,6 +63,7 @@ async def delivery_page(
         "status": status,
         "created_since": since and utc(since),
         "created_until": until and utc(until),
+        "event_type": event_type,
     }
     async with database(request).transaction() as conn:
         rows = await db.fetch_async(conn, "list_deliveries", params)
@@ -93,6 +95,9 @@ async def list_deliveries(
         Query(description="Created at or after this time (ISO 8601; UTC without an offset)."),
     ] = None,
     until: Annotated[IsoDatetime | None, Query(description="Created before this time.")] = None,
+    event_type: Annotated[
+        str | None, Query(max_length=100, description="Only deliveries of this event type.")
+    ] = None,
     limit: PageSize = 20,
     cursor: Cursor = None,
 ) -> DeliveryPage:
@@ -106,6 +111,7 @@ async def list_deliveries(
         status=status,
         since=since,
         until=until,
+        event_type=event_type,
     )
 
 
