@@ -71,6 +71,19 @@ async def delivery_page(
     return DeliveryPage(data=page, next=page[-1].id if len(rows) > limit else None)
 
 
+def request_body(stored: db.Row) -> str | None:
+    """The exact body a delivery POSTs, from a ``delivery_body`` row (None if the payload cannot be read)."""
+    # Not stored until the first attempt is logged: encoded as the worker
+    # encodes it (deterministic, so the same bytes).
+    body = stored["body"]
+    if body is None:
+        data = load_payload(stored["data"])
+        body = event_body(stored["event_type"], data, stored["created_at"], _log)
+    if isinstance(body, bytes | memoryview):
+        return bytes(body).decode("utf-8", "replace")
+    return None
+
+
 async def redeliver_owned(
     request: Request, owner: str, delivery_id: int, webhook_id: uuid.UUID | None = None
 ) -> DeliveryOut:
@@ -131,14 +144,7 @@ async def get_delivery(
         stored = (await db.fetch_async(conn, "delivery_body", ids))[0] if include == "body" else None
     detail = DeliveryDetail(**DeliveryOut.from_row(row).model_dump())
     if stored is not None:
-        # Not stored until the first attempt is logged: encoded as the worker
-        # encodes it (deterministic, so the same bytes).
-        body = stored["body"]
-        if body is None:
-            data = load_payload(stored["data"])
-            body = event_body(stored["event_type"], data, stored["created_at"], _log)
-        if isinstance(body, bytes | memoryview):
-            detail.request_body = bytes(body).decode("utf-8", "replace")
+        detail.request_body = request_body(stored)
     return detail
 
 
