@@ -49,13 +49,12 @@ def latency_lines(buckets: list[Bucket], label: str) -> Markup:
     step = WIDTH / max(len(buckets) - 1, 1)
     parts: list[str] = []
     for name, values in (("p99", [b.p99_ms for b in buckets]), ("p50", [b.p50_ms for b in buckets])):
-        points = " ".join(
-            f"{i * step:.1f},{HEIGHT - 2 - (HEIGHT - 4) * v / top:.1f}"
-            for i, v in enumerate(values)
-            if v is not None
-        )
-        if points:
+        xy = [(i * step, HEIGHT - 2 - (HEIGHT - 4) * v / top) for i, v in enumerate(values) if v is not None]
+        if xy:
+            points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
             parts.append(f'<polyline class="{name}" points="{points}"/>')
+            # A dot per bucket: a lone bucket draws no line.
+            parts.extend(f'<circle class="{name}" cx="{x:.1f}" cy="{y:.1f}" r="1.5"/>' for x, y in xy)
     parts.append(f'<text x="{WIDTH - 2}" y="10" text-anchor="end">{top:.0f} ms</text>')
     return _svg(parts, label)
 

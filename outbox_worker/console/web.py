@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlencode
 import jinja2
 import psycopg
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
@@ -156,6 +157,11 @@ async def _answer(request: Request, exc: Exception) -> Response:
         return _error_page(request, 401, "Signed out", "Your session has ended: sign in again.")
     if isinstance(exc, NeedOwner):
         return Page(request, None).redirect("/health", notice="choose-owner")
+    if isinstance(exc, RequestValidationError):
+        # A malformed id in the path names nothing; a malformed query value is refused.
+        if any(issue.get("loc", ("",))[0] == "path" for issue in exc.errors()):
+            return _error_page(request, 404, "Not found", _NOT_FOUND)
+        return _error_page(request, 422, "Refused", "A value in the address is not valid here.")
     if isinstance(exc, session.Forbidden):
         return _error_page(request, 403, "Refused", str(exc))
     if isinstance(exc, session.OwnerNotFound | errors.NotFound):
