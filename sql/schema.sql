@@ -1524,6 +1524,11 @@ create function outbox.list_deliveries(owner_id text, webhook_id uuid default nu
 returns setof outbox.delivery_info
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
+-- Planned for each call's filters: a cached generic plan walks the log
+-- newest first whatever they are, and read all 100,000 deliveries (140 ms)
+-- for an event type with none; planned per call it reads that type's
+-- events first (13 ms). Planning costs well under a millisecond.
+set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform outbox.check_owner_id(list_deliveries.owner_id);
