@@ -15,7 +15,7 @@ import re
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import httpx
 import psycopg
@@ -24,15 +24,20 @@ from outbox_worker import api_keys
 from outbox_worker.api import create_app
 from outbox_worker.settings import Settings
 
-if TYPE_CHECKING:
-    from bench.run import BenchDatabase, Options, Table
-
 OWNER = "console-bench"
 OTHER = "someone-else"
 TARGET_MS = 50.0
 
 
-def fill(db: BenchDatabase, owner: str, deliveries: int) -> list[str]:
+class Database(Protocol):
+    """A migrated database of the bench's own (bench.run.BenchDatabase)."""
+
+    url: str
+
+    def execute(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]: ...
+
+
+def fill(db: Database, owner: str, deliveries: int) -> list[str]:
     """``deliveries`` events of ``owner`` fanned out to its two webhooks
     (alternately), each delivery with one attempt; returns the webhook ids."""
     hooks = [
@@ -100,37 +105,27 @@ async def _ids(client: httpx.AsyncClient) -> dict[str, str]:
     return {"middle": str(ids[0] // 2), "delivery": str(ids[0]), "webhook": hooks[0], "hour_ago": hour_ago}
 
 
-def scenario_console(opts: Options, table: Table) -> None:
-    from bench.run import bench_database
-
-    deliveries = opts.size(100_000, 10_000)
-    runs = opts.size(30, 5)
-    with bench_database(opts.server, "console") as db:
-        fill(db, OWNER, deliveries)
-        fill(db, OTHER, deliveries // 5)
-        db.execute("analyze")
-        with psycopg.connect(db.url, autocommit=True) as conn:
-            key = api_keys.create_api_key(conn, OWNER).key
-        pages = {
-            "delivery log, first page": "/console/deliveries",
-            "delivery log, a page in the middle": "/console/deliveries?before={middle}",
-            "delivery log, one webhook": "/console/deliveries?webhook={webhook}",
-            "delivery log, failed only (2%)": "/console/deliveries?status=failed",
-            "delivery log, one event type (1%)": "/console/deliveries?event_type=customer.created",
-            "delivery log, an event type with no deliveries": "/console/deliveries?event_type=inquiry.received",
-            "delivery log, created in the last hour": "/console/deliveries?since={hour_ago}",
-            "attempt detail": "/console/deliveries/{delivery}",
-            "health (1 h and 1 d charts)": "/console/health",
-            "webhooks": "/console/webhooks",
-        }
-        timings = asyncio.run(_time_pages(db.url, key, pages, runs))
-    for name, values in timings.items():
-        p50 = statistics.median(values)
-        p95 = sorted(values)[max(0, round(len(values) * 0.95) - 1)]
-        target = f"< {TARGET_MS:.0f} ms" if name.startswith("delivery log") else ""
-        table.add(
-            f"console: {name}, {deliveries:,} deliveries",
-            "server time per request, p50 / p95 (ms)",
-            f"{p50:.1f} / {p95:.1f}",
-            target,
-        )
+def measure(db: Database, deliveries: int, runs: int) -> dict[str, tuple[float, float]]:
+    """Fill ``db`` and time each page: name -> (p50, p95) in ms."""
+    fill(db, OWNER, deliveries)
+    fill(db, OTHER, deliveries // 5)
+    db.execute("analyze")
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        key = api_keys.create_api_key(conn, OWNER).key
+    pages = {
+        "delivery log, first page": "/console/deliveries",
+        "delivery log, a page in the middle": "/console/deliveries?before={middle}",
+        "delivery log, one webhook": "/console/deliveries?webhook={webhook}",
+        "delivery log, failed only (2%)": "/console/deliveries?status=failed",
+        "delivery log, one event type (1%)": "/console/deliveries?event_type=customer.created",
+        "delivery log, an event type with none": "/console/deliveries?event_type=inquiry.received",
+        "delivery log, created in the last hour": "/console/deliveries?since={hour_ago}",
+        "attempt detail": "/console/deliveries/{delivery}",
+        "health (1 h and 1 d charts)": "/console/health",
+        "webhooks": "/console/webhooks",
+    }
+    timings = asyncio.run(_time_pages(db.url, key, pages, runs))
+    return {
+        name: (statistics.median(values), sorted(values)[max(0, round(len(values) * 0.95) - 1)])
+        for name, values in timings.items()
+    }

@@ -136,10 +136,12 @@ def test_replayed_and_cross_session_requests_are_refused(database_url: str, cons
     mine = made["hook_vendor-a"]
     with (
         http_session(console_url, made["key_vendor-a"]) as (mine_client, my_csrf),
-        http_session(console_url, made["key_vendor-a"]) as (their_client, their_csrf),  # another session
+        http_session(console_url, made["key_vendor-a"]) as (their_client, their_csrf),  # a second tab
+        http_session(console_url, made["key_vendor-b"]) as (_, vendor_b_csrf),
     ):
         delete = f"/console/webhooks/{mine}/delete"
-        # Another session's token, no token, another site's origin.
+        # Another session's token (another owner's, or the same key's), no token, another site's origin.
+        assert mine_client.post(delete, data={"csrf": vendor_b_csrf}).status_code == 403
         assert mine_client.post(delete, data={"csrf": their_csrf}).status_code == 403
         assert mine_client.post(delete, data={}).status_code == 403
         evil = {"Origin": "http://evil.example"}
