@@ -191,3 +191,57 @@ async def test_pages_fit_a_390_px_screen(database_url: str, console_url: str, re
         await page.goto(console_url + "/console/deliveries")
         await shot(page, "log-phone")
     assert DESKTOP["width"] == 1280
+
+
+async def test_edit_rotate_replay_and_a_failing_webhooks_health(
+    database_url: str, console_url: str, receiver: Receiver
+) -> None:
+    key = issue_key(database_url, "vendor-1")
+    failing = receiver.script("/flaky", 500, 500, 500, 500)  # every attempt of the first round
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        hook = webhooks.create_webhook(conn, "vendor-1", receiver.url("/old"), ["order.created"])
+    async with chromium() as browser, running_worker(database_url):
+        page = (await new_page(browser)).page
+        await sign_in(page, console_url, key)
+        await page.goto(f"{console_url}/console/webhooks/{hook.id}")
+
+        # Edit: URL, events, rate limit; then a secret rotation shows the new one once.
+        await page.get_by_label("Receiver URL").fill(failing)
+        await page.get_by_label("webhook.test").check()
+        await page.get_by_label("Rate limit").fill("7.5")
+        await page.get_by_role("button", name="Save").click()
+        await expect(page.get_by_role("status")).to_have_text("Saved.")
+        await expect(page.get_by_label("Receiver URL")).to_have_value(failing)
+        await expect(page.get_by_label("Rate limit")).to_have_value("7.5")
+        with psycopg.connect(database_url) as conn:
+            saved = webhooks.get_webhook(conn, "vendor-1", hook.id)
+        assert (saved.url, saved.events, float(saved.rate_limit or 0)) == (
+            failing, ["order.created", "webhook.test"], 7.5,
+        )  # fmt: skip
+        await page.get_by_role("button", name="Rotate secret").click()
+        rotated = await page.get_by_label("Signing secret").input_value()
+        assert rotated.startswith("whsec_") and rotated != hook.secret
+
+        # A test event that fails every attempt: the webhook is failing, with an auto-disable time.
+        await page.get_by_role("link", name="Continue to the webhook").click()
+        await page.get_by_role("button", name="Send test event").click()
+        await reload_until(page, "#status", "failed")
+        await expect(page.locator(".status-code").first).to_have_text("500")
+        await expect(page.locator("#attempt-1")).to_contain_text("answer 500")
+        await expect(page.locator("#attempt-1")).to_contain_text("http")  # the error class
+        await page.get_by_role("link", name="Health").first.click()
+        health = page.locator("section.health")
+        await expect(health).to_contain_text("failing since")
+        await expect(health).to_contain_text("auto-disable at")
+        await expect(health.locator(".window").first).to_contain_text("0.0% of 4 attempts answered 2xx")
+
+        # Replay the failures since an hour ago: queued again, and delivered this time.
+        await page.goto(f"{console_url}/console/webhooks/{hook.id}")
+        await page.get_by_label("Replay failures since (UTC)").fill("2000-01-01T00:00:00")
+        await page.get_by_role("button", name="Replay").click()
+        await expect(page.get_by_role("status")).to_have_text("Failed deliveries queued again: 1.")
+        await eventually(lambda: len(receiver.on("/flaky")) == 5, what="the replayed delivery")
+        await page.get_by_role("link", name=re.compile(r"^#\d+$")).click()
+        await reload_until(page, "#status", "delivered")
+        await page.get_by_role("link", name="Webhooks").first.click()
+        await expect(page.locator("td[data-label=State]")).to_have_text("active")
