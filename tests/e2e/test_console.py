@@ -163,6 +163,13 @@ async def test_keyboard_alone_reaches_the_main_actions(database_url: str, consol
         # A visible focus ring on the focused control.
         outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
         assert outline == "solid"
+        # From the delivery a test event opens, on to Redeliver.
+        await page.get_by_role("button", name="Send test event").focus()
+        await page.keyboard.press("Enter")
+        await page.wait_for_url(re.compile(r".*/console/deliveries/\d+"))
+        await tab_to("Redeliver")
+        await page.keyboard.press("Enter")
+        await expect(page.get_by_role("status")).to_contain_text("Queued again")
 
 
 async def test_pages_fit_a_390_px_screen(database_url: str, console_url: str, receiver: Receiver) -> None:
