@@ -8,7 +8,8 @@ settings, timed over the same window as the workers (the receiver's first
 to last arrival). Ratios to it are what to compare across machines; the
 slow-endpoint scenario has one too, at its 1,000 in flight.
 
-Scenarios (``--only``): throughput, payload, keyed, latency, emit, slow, memory, growth.
+Scenarios (``--only``): throughput, payload, keyed, latency, emit, slow, memory, growth,
+console (the web console's server time, bench/console.py).
 ``--compare REF`` instead measures throughput, the slow endpoint and latency
 of this checkout against a git ref, in pairs that alternate within the same run (the
 machine's speed drifts more between runs than most changes move it).
@@ -49,7 +50,7 @@ from outbox_worker.db import as_url
 from outbox_worker.signing import encode_body, sign_headers
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth")
+SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth", "console")
 OWNER = "bench"
 EVENT = "order.created"
 
@@ -1090,6 +1091,23 @@ def scenario_growth(opts: Options, table: Table) -> None:
     )
 
 
+def scenario_console(opts: Options, table: Table) -> None:
+    """The web console's server time per page at 100,000 deliveries (bench/console.py)."""
+    from bench import console
+
+    deliveries = opts.size(100_000, 10_000)
+    with bench_database(opts.server, "console") as db:
+        figures = console.measure(db, deliveries, runs=opts.size(30, 5))
+    for name, (p50, p95) in figures.items():
+        target = f"< {console.TARGET_MS:.0f} ms" if name.startswith("delivery log") else ""
+        table.add(
+            f"console: {name}, {deliveries:,} deliveries",
+            "server time per request, p50 / p95 (ms)",
+            f"{p50:.1f} / {p95:.1f}",
+            target,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 run, small sizes (smoke test)")
@@ -1132,6 +1150,8 @@ def main(argv: list[str] | None = None) -> int:
         scenario_memory(opts, table, throughput_rss, slow_rss)
     if "growth" in chosen:
         scenario_growth(opts, table)
+    if "console" in chosen:
+        scenario_console(opts, table)
     cpus = os.cpu_count()
     print(
         f"\noutbox_worker bench: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpus} cores, "

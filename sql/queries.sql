@@ -621,8 +621,8 @@ select d.webhook_id,
   from outbox.deliveries d
  group by d.webhook_id;
 
--- create_api_key: issue an API key; the only time the key is returned
-select id, key from outbox.create_api_key(%(owner_id)s, %(prefix)s);
+-- create_api_key: issue an API key (an operator key when operator); the only time the key is returned
+select id, key from outbox.create_api_key(%(owner_id)s, %(prefix)s, %(operator)s);
 
 -- api_key_owner: owner of the live key with this SHA-256 (NULL when unknown or revoked)
 select outbox.api_key_owner(%(key_hash)s) as owner_id;
@@ -636,11 +636,11 @@ select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
 -- revoke_api_key_any_owner: operators: revoke a key of any owner
 select * from outbox.revoke_api_key_any_owner(%(key_id)s);
 
--- list_deliveries: a page of an owner's deliveries (of one webhook, or all; by status, created in a time range) with attempts, newest first
+-- list_deliveries: a page of an owner's deliveries (of one webhook, or all; by status, created in a time range, event type) with attempts, newest first
 select *
   from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s,
                               cast(%(status)s as outbox.delivery_status),
-                              %(created_since)s, %(created_until)s);
+                              %(created_since)s, %(created_until)s, %(event_type)s);
 
 -- get_delivery: one delivery of an owner's webhook (NULL: any of the owner's), with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
@@ -651,6 +651,26 @@ select e.body, e.event_type, e.data::text as data, e.created_at
   join outbox.webhooks w on w.id = d.webhook_id
   join outbox.events e on e.id = d.event_id
  where d.id = %(delivery_id)s and w.owner_id = %(owner_id)s;
+
+-- ============================================================ the web console (outbox_worker.console)
+
+-- start_console_session: sign in with an API key's SHA-256 (no row for an unknown or revoked key)
+select * from outbox.start_console_session(%(key_hash)s, %(token_hash)s, make_interval(secs => %(lifetime)s));
+
+-- console_session: the key behind a live console session (no row once expired, signed out or revoked)
+select * from outbox.console_session(%(token_hash)s);
+
+-- end_console_session: sign a console session out
+select outbox.end_console_session(%(token_hash)s);
+
+-- webhook_health: per webhook of an owner, attempts, 2xx answers, p50 and p99 duration since a time, by bucket and in all (bucket_start NULL)
+select * from outbox.webhook_health(%(owner_id)s, %(since)s, make_interval(secs => %(bucket_seconds)s));
+
+-- webhook_log_counts: the deliveries and attempts deleting one of an owner's webhooks would delete
+select * from outbox.webhook_log_counts(%(owner_id)s, %(webhook_id)s);
+
+-- alive_workers: workers connected to the database now
+select * from outbox.alive_workers();
 
 -- ============================================================ quiet NOTIFY (sql/schema.sql, the emit trigger)
 

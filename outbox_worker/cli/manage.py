@@ -307,14 +307,22 @@ def _api_key_row(key: api_keys.ApiKey) -> dict[str, Any]:
 
 
 @api_keys_group.command("create")
-@click.option("--owner", required=True, help="Owner (vendor, brand, tenant) the key acts for.")
+@click.option("--owner", help="Owner (vendor, brand, tenant) the key acts for.")
+@click.option(
+    "--operator",
+    is_flag=True,
+    help="An operator key: the web console (/console) shows it every owner. --owner defaults to 'operator'.",
+)
 @pass_ctx
 @handle_errors
-def api_keys_create(ctx: Context, owner: str) -> None:
+def api_keys_create(ctx: Context, owner: str | None, operator: bool) -> None:
     """Issue a key and print it (shown this once; only its hash is stored)."""
+    if owner is None and not operator:
+        raise click.UsageError("give --owner OWNER (or --operator for an operator key)")
+    owner = owner or "operator"
     with ctx.connection() as conn:
-        created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix)
-    row = {"id": str(created.id), "owner": owner, "key": created.key}
+        created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix, operator=operator)
+    row = {"id": str(created.id), "owner": owner, "key": created.key, "operator": operator}
     output_record(ctx, row, "API key created: store it now")
 
 

@@ -47,6 +47,15 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
         assert re.search(r"\d", value), row
 
 
+def test_bench_quick_times_the_console_pages(server_url: str, repo_root: Path) -> None:
+    result = run_bench(repo_root, "--only", "console", "--server", server_url)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| console:")]
+    assert len(rows) == 10, result.stdout
+    assert sum("< 50 ms" in row for row in rows) == 7  # the delivery log's pages
+    for row in rows:
+        assert re.fullmatch(r" [0-9.]+ / [0-9.]+ *", row.split("|")[3]), row
+
+
 def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root: Path) -> None:
     result = run_bench(repo_root, "--compare", "HEAD", "--server", server_url)
     prefixes = ("| throughput", "| slow", "| latency")
