@@ -8,7 +8,7 @@ import datetime
 import gzip
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -204,7 +204,7 @@ async def test_answers_of_a_declared_length_are_read_whole_and_reuse_the_connect
 ) -> None:
     peers: set[object] = set()
 
-    def answering(body: bytes, status: int = 200) -> object:
+    def answering(body: bytes, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def answer(request: web.Request) -> web.Response:
             peers.add(request.transport.get_extra_info("peername") if request.transport else None)
             return web.Response(body=body, status=status)
