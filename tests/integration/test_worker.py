@@ -515,7 +515,9 @@ async def test_a_pinned_vacuum_horizon_slows_nothing_to_a_stop(
                 await until_settled(database_url, 100 * (round_ + 1))
         held = reader.execute("select count(*) from outbox.deliveries").fetchone()
         assert held == (0,)  # the snapshot really was pinned the whole time
-    assert len(receiver.requests) == 300
+    # Every event arrived (at least once: on a loaded machine an attempt past
+    # the tests' 2 s timeout is retried after the receiver has it).
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 300
 
 
 async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url: str) -> None:
