@@ -21,7 +21,7 @@ declare
 begin
     for r in select a.grantee::regrole as role
                from pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
-              where t.attrelid = 'outbox.events'::regclass and t.attname = 'idempotency_key'
+              where t.attrelid = 'outbox.events'::regclass and t.attname = 'owner_id'
                 and a.privilege_type = 'INSERT' and a.grantee <> 0
     loop
         execute format('grant insert (traceparent) on outbox.events to %s', r.role);
