@@ -81,7 +81,7 @@ def test_an_events_own_trace_id_is_stable_per_event_and_differs_between_events()
 )
 def test_tracing_is_on_only_when_the_otel_variables_ask(
     environ: dict[str, str], exporters: list[str]
-) -> None:  # noqa: E501
+) -> None:
     assert tracing.wanted(environ) == exporters
     if not exporters:
         assert tracing.from_environment(environ) is None
