@@ -111,12 +111,10 @@ class Tracing:
         traces = traces_of(rows)
         for job in jobs:
             job.trace = traces.get(job.event_id)
-        links = [trace.Link(_span_context(t)) for t in set(traces.values()) if t.span_id]
         span = self._tracer.start_span(
             name,
             context=_ROOT,
             kind=trace.SpanKind.CONSUMER,
-            links=links,
             start_time=started_ns,
             attributes={
                 "messaging.system": "outbox_worker",
@@ -126,6 +124,13 @@ class Tracing:
                 "outbox.deliveries": sum(1 for r in rows if r["id"] is not None),
             },
         )
+        # Added once sampled, not passed at the start: the samplers the SDK
+        # reads from OTEL_TRACES_SAMPLER do not look at links, and building
+        # them was most of an unsampled batch span's cost (~5 of 7 us per event).
+        if span.is_recording():
+            for t in set(traces.values()):
+                if t.span_id:
+                    span.add_link(_span_context(t))
         span.end()
 
     def traced(self, send: SendAttempt) -> Attempt:

@@ -111,3 +111,16 @@ def test_the_service_is_named_unless_the_environment_names_it() -> None:
         assert ours.provider.resource.attributes["service.name"] == "outbox-worker"
     finally:
         ours.shutdown()
+
+
+def test_an_attempt_span_names_the_origin_only() -> None:
+    from outbox_worker.spans import target
+
+    attributes = target("https://user:pw@hooks.example.com:8443/in/tok3n?key=secret")
+    assert attributes == {
+        "http.request.method": "POST",
+        "server.address": "hooks.example.com",
+        "server.port": 8443,
+        "url.scheme": "https",
+        "url.full": "https://hooks.example.com:8443",
+    }
