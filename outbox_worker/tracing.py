@@ -1,9 +1,9 @@
 """Whether the worker traces, and its tracer, as the standard ``OTEL_*``
 variables say (docs/tracing.md).
 
-Off unless ``OTEL_TRACES_EXPORTER`` or an OTLP endpoint is set: then no
-OpenTelemetry module is imported, the worker's queries return no trace
-context, and the hot path checks one boolean per batch. On, it needs the
+Off unless ``OTEL_TRACES_EXPORTER`` or an OTLP endpoint is set: then the
+SDK is not imported and no tracer is built, the worker's queries return no
+trace context, and the hot path checks one boolean per batch. On, it needs the
 ``otel`` extra (the SDK and the OTLP/HTTP exporter); the spans themselves
 are :mod:`~outbox_worker.spans`.
 """
