@@ -742,7 +742,7 @@ def compare(opts: Options, ref: str, table: Table) -> None:
                     for workers in (1, 2):
                         each = SLOW_IN_FLIGHT // workers
                         out = drain(db, recv, slow_events, 1, workers, repo=repo, concurrency=each,
-                                    per_host_concurrency=each)  # fmt: skip
+                                    per_host_concurrency=each, owner_share=1.0)  # fmt: skip
                         figures |= {f"{key}/{workers}": value for key, value in out.items()}
                     return figures
 
@@ -1001,7 +1001,9 @@ def scenario_slow(opts: Options, table: Table) -> float:
             # The same 1,000 in flight from one process, then split over two.
             for workers in (1, 2):
                 each = concurrency // workers
-                out = drain(db, recv, events, 1, workers, concurrency=each, per_host_concurrency=each)
+                # One tenant whose one receiver may take every slot: no caps.
+                out = drain(db, recv, events, 1, workers, concurrency=each, per_host_concurrency=each,
+                            owner_share=1.0)  # fmt: skip
                 rates[workers].append(out["rate"])
                 peak = max(peak, out["rss_mb"])
     name = f"slow endpoint ({delay * 1000:.0f} ms), {concurrency} in flight"
@@ -1042,7 +1044,7 @@ def scenario_memory(
             db.emit_bulk(opts.size(2_000, 400))
             recv.reset()
             pool = Workers(db.url, 1, concurrency=concurrency, per_host_concurrency=concurrency,
-                           shutdown_grace=0.5)  # fmt: skip
+                           owner_share=1.0, shutdown_grace=0.5)  # fmt: skip
             try:
                 wait_until(lambda p=pool: recv.count >= concurrency or not p.alive(), 60, "hung requests")  # type: ignore[misc]
                 time.sleep(2)  # steady state with every slot hung

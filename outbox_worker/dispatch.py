@@ -33,7 +33,7 @@ from outbox_worker.jobs import (
     Job,
     bodies_params,
     lease_limit_per_webhook,
-    owner_limit,
+    owner_lease_limit,
     readable_bodies,
 )
 from outbox_worker.secretbox import SecretBox
@@ -82,7 +82,7 @@ class Dispatcher:
                         "busy_webhooks": self._sender.busy_webhooks(),
                         "busy_owners": self._sender.busy_owners(),
                         "per_webhook": lease_limit_per_webhook(settings),
-                        "per_owner": owner_limit(settings),
+                        "per_owner": owner_lease_limit(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
                         "traced": tracing is not None,

@@ -182,11 +182,17 @@ def lease_limit_per_webhook(settings: Settings) -> int:
 
 
 def owner_limit(settings: Settings) -> int:
-    """Requests one owner may have running in this process, and most of its
-    deliveries one claim or fan-out leases: its share of ``concurrency``.
-    Five webhooks of one owner on slow hosts held every slot for a whole
-    request timeout while every other owner waited."""
+    """Requests one owner may have running in this process: its share of
+    ``concurrency``. Five webhooks of one owner on slow hosts held every
+    slot for a whole request timeout while every other owner waited."""
     return max(1, int(settings.concurrency * settings.owner_share))
+
+
+def owner_lease_limit(settings: Settings) -> int:
+    """Most of one owner's deliveries a claim or fan-out leases: twice its
+    share, as a webhook gets twice its cap. At once its share, one owner's
+    backlog took three times the claims of the same rows with no share."""
+    return 2 * owner_limit(settings)
 
 
 def pace_horizon(settings: Settings) -> float:
