@@ -117,10 +117,12 @@ async def test_attempts_join_the_emitters_trace_and_the_receiver_continues_it(
 
     # The dispatch is a span of its own, linked to the app's span.
     dispatches = [s for s in collector.named("outbox dispatch") if s.kind == CONSUMER]
-    linked = [
-        d for d in dispatches if any(k.trace_id == APP_TRACE and k.span_id == APP_SPAN for k in d.links)
-    ]
+    app_link = (APP_TRACE, APP_SPAN)
+    linked = [d for d in dispatches if any((k.trace_id, k.span_id) == app_link for k in d.links)]
     assert len(linked) == 1 and linked[0].trace_id != APP_TRACE  # a link, not a parent
+    # So is the claim that took the retry.
+    claims = [s for s in collector.named("outbox claim") if s.kind == CONSUMER]
+    assert any(any((k.trace_id, k.span_id) == app_link for k in c.links) for c in claims)
 
     # Without a context: each event its own fresh trace, the one its id
     # derives; a delivery's retries stay in it; the receiver continues it.

@@ -4,6 +4,7 @@ is dropped, never refused."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from opentelemetry import trace
 from psycopg import sql
 
 from outbox_worker import emit, emit_async, migrate
+from tests.cli import run
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 VALID = f"00-{TRACE}-00f067aa0ba902b7-01"
@@ -84,6 +86,16 @@ async def test_emit_async_takes_the_current_spans_context(
         event_id = await emit_async(aconn, "v", "order.created", {})
     await aconn.commit()
     assert stored(conn, event_id) == f"00-{TRACE}-0000000000001234-00"
+
+
+def test_the_cli_emits_with_a_trace_context(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    result = run(
+        database_url, "--json", "emit", "--owner", "v", "--type", "order.created", "--data", "{}",
+        "--traceparent", VALID,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [emitted] = json.loads(result.stdout)
+    assert stored(conn, emitted["event_id"]) == VALID
 
 
 @pytest.fixture
