@@ -162,8 +162,8 @@ async def test_a_ratio_sampler_keeps_or_drops_each_trace_whole(
     assert header is not None and f"{header.trace_id:032x}" == APP_TRACE and not header.sampled
 
 
-async def test_without_otel_variables_nothing_is_traced_or_sent(
-    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver, collector: Collector
+async def test_without_otel_variables_no_header_is_sent(
+    database_url: str, conn: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
     webhooks.create_webhook(conn, "v", receiver.url("/h"), ["order.created"])
     emit(conn, "v", "order.created", {}, traceparent=f"00-{APP_TRACE}-{APP_SPAN}-01")
@@ -174,8 +174,7 @@ async def test_without_otel_variables_nothing_is_traced_or_sent(
         kill(worker, signal.SIGTERM)
         await asyncio.to_thread(worker.wait, 30)
     assert settled(database_url, 1)
-    assert "traceparent" not in receiver.on("/h")[0].headers  # off means off
-    assert collector.requests == 0
+    assert "traceparent" not in receiver.on("/h")[0].headers  # off means off, even for a stored context
 
 
 async def test_otel_variables_the_worker_cannot_honour_stop_it_with_one_line(database_url: str) -> None:
