@@ -134,21 +134,25 @@ class BenchDatabase:
         for url in webhook_urls:
             self.execute("select outbox.create_webhook(%s, %s, array[%s])", (OWNER, url, EVENT))
 
-    def emit_bulk(self, count: int, payload: dict[str, Any] | None = None, keys: int = 0) -> None:
+    def emit_bulk(
+        self, count: int, payload: dict[str, Any] | None = None, keys: int = 0, traced: bool = False
+    ) -> None:
         """Pre-emit ``count`` events (in chunks, so the validate trigger runs
         as for an app): small numbered orders, or ``payload`` each time;
-        with ``keys``, spread round-robin over that many ordering keys."""
+        with ``keys``, spread round-robin over that many ordering keys; with
+        ``traced``, each with a sampled trace context of its own."""
         done = 0
         while done < count:
             chunk = min(10_000, count - done)
             if payload is None:
                 self.execute(
-                    "insert into outbox.events (owner_id, event_type, data, ordering_key) "
+                    "insert into outbox.events (owner_id, event_type, data, ordering_key, traceparent) "
                     "select %s, %s, "
                     "jsonb_build_object('id', 'ord_' || g, 'total', g %% 1000, 'currency', 'EUR'), "
-                    "case when %s > 0 then 'key_' || (g %% greatest(%s, 1)) end "
+                    "case when %s > 0 then 'key_' || (g %% greatest(%s, 1)) end, "
+                    "case when %s then '00-' || md5('t' || g) || '-' || left(md5('s' || g), 16) || '-01' end "
                     "from generate_series(1, %s) g",
-                    (OWNER, EVENT, keys, keys, chunk),
+                    (OWNER, EVENT, keys, keys, traced, chunk),
                 )
             else:
                 self.execute(
@@ -245,10 +249,18 @@ def run_from(repo: Path, args: list[str], env: Mapping[str, str], **popen: Any) 
 class Workers:
     """``outbox-worker run`` processes (of the code in ``repo``), with their CPU time and peak RSS."""
 
-    def __init__(self, url: str, count: int, repo: Path = REPO, **settings: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        count: int,
+        repo: Path = REPO,
+        extra_env: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
         for i in range(count):
-            env = {**os.environ, **WORKER_ENV, "OUTBOX_DATABASE_URL": url, "OUTBOX_WORKER_ID": f"bench-{i}"}
+            env = {**os.environ, **WORKER_ENV, **(extra_env or {})}
+            env.update(OUTBOX_DATABASE_URL=url, OUTBOX_WORKER_ID=f"bench-{i}")
             for key, value in settings.items():
                 env[f"OUTBOX_{key.upper()}"] = str(value)
             self.processes.append(
@@ -443,16 +455,18 @@ def drain(
     repo: Path = REPO,
     payload: dict[str, Any] | None = None,
     keys: int = 0,
+    extra_env: Mapping[str, str] | None = None,
+    traced: bool = False,
     **settings: Any,
 ) -> dict[str, float]:
     """Pre-emit, then let ``workers`` processes drain: rate, CPU ms/delivery
     of the workers and (when the server is local) of PostgreSQL, peak RSS."""
     db.reset([f"{recv.url}/hook/{i}" for i in range(webhooks)])
-    db.emit_bulk(events, payload, keys)
+    db.emit_bulk(events, payload, keys, traced)
     expected = events * webhooks
     recv.reset()
     pg_start = postgres_cpu()
-    pool = Workers(db.url, workers, repo, **settings)
+    pool = Workers(db.url, workers, repo, extra_env, **settings)
     try:
         wait_until(lambda: recv.count > 0 or not pool.alive(), 60, "the first delivery")
         cpu_start, main_start = pool.cpu(), pool.main_thread_cpu()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -40,6 +40,9 @@ from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
 
+if TYPE_CHECKING:
+    from outbox_worker.spans import Tracing
+
 
 class Dispatcher:
     def __init__(
@@ -49,8 +52,10 @@ class Dispatcher:
         box: SecretBox | None,
         sender: Handoff,
         log: Any,
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
+        self._tracing = tracing
         self._settings = settings
         self._box = box
         self._sender = sender
@@ -63,6 +68,8 @@ class Dispatcher:
         settings = self._settings
         handed = False
         self.unleased = 0
+        tracing = self._tracing
+        started = time.time_ns() if tracing else 0
         try:
             async with self._pool.connection() as conn:
                 lease_ends = time.monotonic() + settings.lease_seconds
@@ -78,6 +85,7 @@ class Dispatcher:
                         "per_owner": owner_lease_limit(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
+                        "traced": tracing is not None,
                     },
                 )
                 if not rows:
@@ -103,6 +111,8 @@ class Dispatcher:
                             )
                         )
                 self.unleased = len(unleased)
+                if tracing:
+                    tracing.adopt(jobs, rows, "outbox dispatch", started)
                 # The statement has committed: the leased rows may be sent now.
                 self._sender.hand_over(jobs, reserved)
                 handed = True

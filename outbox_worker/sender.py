@@ -43,7 +43,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from yarl import URL
@@ -66,6 +66,9 @@ from outbox_worker.settings import Settings
 from outbox_worker.signals import SenderSignals
 from outbox_worker.signing import event_body
 
+if TYPE_CHECKING:
+    from outbox_worker.spans import Tracing
+
 # A paced job more than this late for its slot is given back, not sent: a
 # process that stalled would otherwise send a burst over its webhook's limit.
 LATE_SLOT = 0.05
@@ -82,9 +85,13 @@ class Sender:
         settings: Settings,
         record: Callable[[Outcome], None],
         log: Any,
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
         self._attempter = attempter
+        # Chosen once: without tracing the lanes call the attempt itself.
+        self._tracing = tracing
+        self._attempt = tracing.traced(attempter.attempt) if tracing else attempter.attempt
         self._settings = settings
         self.box = SecretBox.from_keys(settings.secret_keys)
         self._record = record
@@ -166,6 +173,8 @@ class Sender:
         try:
             busy = self._skipped = self.busy_webhooks()
             busy_owners = self._skipped_owners = self.busy_owners()
+            tracing = self._tracing
+            started = time.time_ns() if tracing else 0
             async with self._pool.connection() as conn:
                 lease_ends = time.monotonic() + self._settings.lease_seconds
                 rows = await db.fetch_async(
@@ -180,6 +189,7 @@ class Sender:
                         "pace_horizon": self._pace_horizon,
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
+                        "traced": tracing is not None,
                     },
                 )
                 # Events whose dispatcher died before storing their bytes.
@@ -191,6 +201,8 @@ class Sender:
                 jobs = [
                     Job.from_row(r, self.box, bodies.get(r["event_id"]), lease_ends=lease_ends) for r in rows
                 ]
+                if tracing and rows:
+                    tracing.adopt(jobs, rows, "outbox claim", started)
                 # A claim short of its room took every due row it could: claiming
                 # again at once would only come back empty.
                 self._claim_was_full = len(jobs) >= reserved
@@ -354,7 +366,7 @@ class Sender:
                     self._give_back(job.id)
                     return
             try:
-                outcome = await self._attempter.attempt(job)
+                outcome = await self._attempt(job)
             except Exception as exc:  # a bug must cost one attempt, never the delivery
                 self._log.exception("attempt crashed", delivery_id=job.id)
                 outcome = self._attempter.internal_error(job, exc)

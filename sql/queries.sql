@@ -4,7 +4,8 @@
 
 -- emit: queue one event in the caller's transaction (the first event's id again for a repeated idempotency key)
 select outbox.emit(%(owner_id)s, %(event_type)s, cast(%(data)s as jsonb),
-                   ordering_key => %(ordering_key)s, idempotency_key => %(idempotency_key)s) as id;
+                   ordering_key => %(ordering_key)s, idempotency_key => %(idempotency_key)s,
+                   traceparent => %(traceparent)s) as id;
 
 -- add_event_type: add (or re-describe) an event type in the catalogue
 select outbox.add_event_type(%(name)s, %(description)s);
@@ -74,6 +75,8 @@ with claimed as materialized (
      where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
     returning e.id, e.owner_id, e.event_type, e.data, e.created_at, e.ordering_key,
+              -- Only for a worker that traces: one that does not reads nothing for it.
+              case when %(traced)s then e.traceparent end as traceparent,
               outbox.event_patterns(e.event_type) as patterns
 ), hooks as materialized (
     -- The lock a foreign key's check would take per delivery (there is none:
@@ -137,7 +140,8 @@ select m.id as event_id, m.event_type, m.created_at,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
        w.owner_id,
        -- As text: the worker parses each webhook's headers once, not per row.
-       w.headers::text as headers
+       w.headers::text as headers,
+       m.traceparent
   from marked m
   left join inserted i on i.event_id = m.id
   left join outbox.webhooks w on w.id = i.webhook_id
@@ -261,7 +265,8 @@ select l.id, l.event_id, l.webhook_id, l.attempts, l.ordered, l.delay, w.url, w.
        e.created_at,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
        w.owner_id,
-       w.headers::text as headers  -- text, as in dispatch
+       w.headers::text as headers,  -- text, as in dispatch
+       case when %(traced)s then e.traceparent end as traceparent  -- as in dispatch
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
   join outbox.events e on e.id = l.event_id and e.id = any (array(select event_id from leased));

@@ -148,7 +148,9 @@ create table outbox.events (
     -- Deliveries of one (webhook, ordering key) reach the receiver one at a
     -- time, in id order; NULL: no order.
     ordering_key text,
-    idempotency_key text
+    idempotency_key text,
+    -- The emitting code's W3C trace context (docs/tracing.md); NULL: none.
+    traceparent text
 );
 -- The dispatcher's claim: oldest undispatched first. Tiny, because
 -- dispatched rows leave it.
@@ -162,6 +164,8 @@ comment on column outbox.events.ordering_key is
     'Events of one owner sharing an ordering key reach each webhook one at a time, in id order; NULL: unordered';
 comment on column outbox.events.idempotency_key is
     'The key this event was emitted with (outbox.idempotency_keys decides duplicates); NULL: none';
+comment on column outbox.events.traceparent is
+    'W3C traceparent of the code that emitted this event: its deliveries join that trace; NULL: none, or malformed (dropped by the emit trigger)';
 
 -- Idempotency keys: one row per (owner, key) for outbox.config.
 -- idempotency_window, pointing at the event the first emit created. The emit
@@ -906,6 +910,20 @@ begin
        and (pg_catalog.length(new.ordering_key) not between 1 and 255 or new.ordering_key ~ '[[:cntrl:]]') then
         raise exception 'invalid ordering key: must be 1-255 characters, no control characters' using errcode = 'OW030';
     end if;
+    -- A malformed trace context is dropped, never refused: tracing must not
+    -- fail the business transaction, and the event then gets a trace of its
+    -- own (W3C: a traceparent that does not parse starts a new trace). Loose:
+    -- any version but ff, hex in either case, fields past the fourth cut off.
+    if new.traceparent is not null then
+        if new.traceparent ~ '^[0-9A-Fa-f]{2}-[0-9A-Fa-f]{32}-[0-9A-Fa-f]{16}-[0-9A-Fa-f]{2}(-|$)'
+           and pg_catalog.lower(pg_catalog.left(new.traceparent, 2)) <> 'ff'
+           and pg_catalog.substr(new.traceparent, 4, 32) <> '00000000000000000000000000000000'
+           and pg_catalog.substr(new.traceparent, 37, 16) <> '0000000000000000' then
+            new.traceparent := pg_catalog.lower(pg_catalog.left(new.traceparent, 55));
+        else
+            new.traceparent := null;
+        end if;
+    end if;
     if new.idempotency_key is not null then
         if pg_catalog.length(new.idempotency_key) not between 1 and 255 or new.idempotency_key ~ '[[:cntrl:]]' then
             raise exception 'invalid idempotency key: must be 1-255 characters, no control characters'
@@ -986,14 +1004,15 @@ comment on function outbox.release_busy() is
 -- COMMITTED sees its commit; at REPEATABLE READ or above the trigger's
 -- INSERT fails with a serialization error instead, and a retry sees it).
 create function outbox.emit(owner_id text, event_type text, data jsonb, ordering_key text default null,
-                            idempotency_key text default null) returns bigint
+                            idempotency_key text default null, traceparent text default null) returns bigint
 language plpgsql volatile
 as $$
 declare
     new_id bigint;
 begin
-    insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key)
-    values (emit.owner_id, emit.event_type, emit.data, emit.ordering_key, emit.idempotency_key)
+    insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key, traceparent)
+    values (emit.owner_id, emit.event_type, emit.data, emit.ordering_key, emit.idempotency_key,
+            emit.traceparent)
     returning id into new_id;
     if new_id is null then
         select k.event_id into new_id
@@ -1002,8 +1021,8 @@ begin
     end if;
     return new_id;
 end $$;
-comment on function outbox.emit(text, text, jsonb, text, text) is
-    'Queue an event in the caller''s transaction; returns the event id (the first event''s for a repeated idempotency key)';
+comment on function outbox.emit(text, text, jsonb, text, text, text) is
+    'Queue an event in the caller''s transaction; returns the event id (the first event''s for a repeated idempotency key); traceparent: the caller''s W3C trace context';
 
 create function outbox.add_event_type(name text, description text default '') returns void
 language plpgsql volatile

@@ -240,6 +240,7 @@ def redeliver_cmd(
 @click.option("--data", required=True, help="JSON object payload.")
 @click.option("--ordering-key", help="Events with the same key reach each webhook in order.")
 @click.option("--idempotency-key", help="A second emit with this key returns the first event's id.")
+@click.option("--traceparent", help="W3C trace context the deliveries join (docs/tracing.md).")
 @pass_ctx
 @handle_errors
 def emit_cmd(
@@ -249,6 +250,7 @@ def emit_cmd(
     data: str,
     ordering_key: str | None,
     idempotency_key: str | None,
+    traceparent: str | None,
 ) -> None:
     """Emit one event (in its own transaction)."""
     try:
@@ -257,8 +259,9 @@ def emit_cmd(
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
     with ctx.connection() as conn:
         event_id = emit_event(
-            conn, owner, event_type, payload, ordering_key=ordering_key, idempotency_key=idempotency_key
-        )
+            conn, owner, event_type, payload, ordering_key=ordering_key, idempotency_key=idempotency_key,
+            traceparent=traceparent,
+        )  # fmt: skip
     output_record(ctx, {"event_id": event_id})
 
 

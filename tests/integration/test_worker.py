@@ -368,6 +368,7 @@ def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any])
         "per_webhook": 64,
         "lease_seconds": 30,
         "worker_id": "w",
+        "traced": False,
     }
     first = conn.execute(query("dispatch"), params).fetchall()
     conn.execute("update outbox.events set dispatched_at = null where id = %s", (event_id,))
@@ -536,7 +537,7 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
 
 FAN_OUT = {
     "busy_webhooks": [], "busy_owners": [], "per_owner": 10_000, "per_webhook": 10_000,
-    "pace_horizon": 2.0, "lease_seconds": 300, "worker_id": "w",
+    "pace_horizon": 2.0, "lease_seconds": 300, "worker_id": "w", "traced": False,
 }  # fmt: skip
 
 
@@ -597,6 +598,7 @@ async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_inde
         "worker_id": "'w'", "ids": "'{}'",
         "limit": "200", "busy_webhooks": "'{}'", "busy_owners": "'{}'",
         "per_owner": "64", "per_webhook": "64", "lease_seconds": "300", "pace_horizon": "2",
+        "traced": "false",
     }  # fmt: skip
 
     def execute(name: str) -> str:
