@@ -11,8 +11,9 @@ methods below change these counts, so each invariant is kept in one place:
 
 - running + queued + waiting + reserved <= concurrency + one refill;
 - at most ``per_host_concurrency`` running per origin;
-- at most the owner's share (``jobs.owner_limit``) running per owner, and
-  an owner's queued jobs start as soon as its requests end;
+- at most the owner's share (``jobs.owner_limit``) running per owner, at
+  most 3 x share + a quarter held, and an owner's queued jobs start as soon
+  as its requests end;
 - the webhooks queued at one origin take turns at its slots;
 - a job whose lease would end before a whole request could is never handed
   out (it is forgotten here; its row is due again when the lease ends).
@@ -61,6 +62,10 @@ class CapacityLedger:
         self.per_owner = owner_limit(settings)
         # Like a webhook's: an owner holding its share plus a quarter is skipped by claims.
         self.owner_saturated_at = self.per_owner + self.per_owner // 4
+        # Held beyond this (a claim and a fan-out leased one owner at once),
+        # a job is given back unsent: the other owners' room stays free.
+        self.owner_held_cap = 3 * self.per_owner + self.per_owner // 4
+        self._owner_capped = self.owner_held_cap < self.concurrency + self.refill_at
         self._per_owner: Counter[str] = Counter()  # leased jobs held, in any place
         self._owner_running: Counter[str] = Counter()
         self._owner_queued: dict[str, deque[Job]] = {}  # counted in _queued_count
@@ -111,6 +116,10 @@ class CapacityLedger:
         """Owners holding their share and a quarter ahead: claims skip them."""
         full = self.owner_saturated_at
         return [o for o, n in self._per_owner.items() if n >= full]
+
+    def owner_full(self, job: Job) -> bool:
+        """Whether ``job``'s owner already holds all it may: it is given back."""
+        return self._owner_capped and self._per_owner.get(job.owner_id, 0) >= self.owner_held_cap
 
     def saturated(self, job: Job) -> bool:
         """Whether a claim would skip ``job``'s webhook or its owner."""

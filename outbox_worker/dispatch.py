@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -33,12 +33,15 @@ from outbox_worker.jobs import (
     Job,
     bodies_params,
     lease_limit_per_webhook,
-    owner_limit,
+    owner_lease_limit,
     readable_bodies,
 )
 from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
+
+if TYPE_CHECKING:
+    from outbox_worker.spans import Tracing
 
 
 class Dispatcher:
@@ -49,8 +52,10 @@ class Dispatcher:
         box: SecretBox | None,
         sender: Handoff,
         log: Any,
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
+        self._tracing = tracing
         self._settings = settings
         self._box = box
         self._sender = sender
@@ -63,6 +68,8 @@ class Dispatcher:
         settings = self._settings
         handed = False
         self.unleased = 0
+        tracing = self._tracing
+        started = time.time_ns() if tracing else 0
         try:
             async with self._pool.connection() as conn:
                 lease_ends = time.monotonic() + settings.lease_seconds
@@ -75,9 +82,10 @@ class Dispatcher:
                         "busy_webhooks": self._sender.busy_webhooks(),
                         "busy_owners": self._sender.busy_owners(),
                         "per_webhook": lease_limit_per_webhook(settings),
-                        "per_owner": owner_limit(settings),
+                        "per_owner": owner_lease_limit(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
+                        "traced": tracing is not None,
                     },
                 )
                 if not rows:
@@ -103,6 +111,8 @@ class Dispatcher:
                             )
                         )
                 self.unleased = len(unleased)
+                if tracing:
+                    tracing.adopt(jobs, rows, "outbox dispatch", started)
                 # The statement has committed: the leased rows may be sent now.
                 self._sender.hand_over(jobs, reserved)
                 handed = True

@@ -22,6 +22,7 @@ from outbox_worker.errors import SecretUnavailable
 from outbox_worker.secretbox import SecretBox, open_secret
 from outbox_worker.settings import Settings
 from outbox_worker.signing import UnreadablePayload
+from outbox_worker.traceparent import TraceParent
 
 Status = Literal["delivered", "pending", "failed"]
 Headers = tuple[tuple[str, str], ...]
@@ -78,6 +79,8 @@ class Job:
     # timed_out tells that cancellation from shutdown's.
     deadline: float = math.inf
     timed_out: bool = False
+    # The trace its attempts join; set only by a worker that traces (tracing.py).
+    trace: TraceParent | None = None
 
     @classmethod
     def from_row(
@@ -133,6 +136,7 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     disable_reason: str | None = None
+    trace_id: str | None = None  # the attempt's trace (hex), when the worker traces: its log line says it
 
 
 class Handoff(Protocol):
@@ -178,11 +182,17 @@ def lease_limit_per_webhook(settings: Settings) -> int:
 
 
 def owner_limit(settings: Settings) -> int:
-    """Requests one owner may have running in this process, and most of its
-    deliveries one claim or fan-out leases: its share of ``concurrency``.
-    Five webhooks of one owner on slow hosts held every slot for a whole
-    request timeout while every other owner waited."""
+    """Requests one owner may have running in this process: its share of
+    ``concurrency``. Five webhooks of one owner on slow hosts held every
+    slot for a whole request timeout while every other owner waited."""
     return max(1, int(settings.concurrency * settings.owner_share))
+
+
+def owner_lease_limit(settings: Settings) -> int:
+    """Most of one owner's deliveries a claim or fan-out leases: twice its
+    share, as a webhook gets twice its cap. At once its share, one owner's
+    backlog took three times the claims of the same rows with no share."""
+    return 2 * owner_limit(settings)
 
 
 def pace_horizon(settings: Settings) -> float:

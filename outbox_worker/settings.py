@@ -66,12 +66,10 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests in flight per receiver origin and process; webhooks sharing one take turns.",
     )
-    # 1 (off) by default: at 0.25, one owner's five webhooks on one host
-    # drained at 73 deliveries/s instead of 5,667 (bench --only throughput
-    # --quick, 500 x 5), and claims capped at 64 rows cost PostgreSQL ~75%
-    # more per delivery; docs/performance.md.
+    # A quarter: five webhooks of one owner on slow hosts otherwise held
+    # every slot for a request timeout (docs/performance.md, owner share).
     owner_share: float = Field(
-        1.0,
+        0.25,
         gt=0,
         le=1,
         description="Share of `OUTBOX_CONCURRENCY` one owner's requests may hold (1 = no cap).",

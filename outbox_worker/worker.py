@@ -2,8 +2,9 @@
 
 Reads as its data flows: listener (wake-up) -> dispatcher (events ->
 deliveries) -> sender (claim -> HTTP) -> completer (attempt log), with the
-maintenance services beside it (failing-webhook disabler, retention). Replicas coordinate only through
-Postgres: SKIP LOCKED claims and leases on the database clock.
+maintenance services beside it (failing-webhook disabler, retention).
+Replicas coordinate only through Postgres: SKIP LOCKED claims and leases on
+the database clock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import db, metrics, pooling
+from outbox_worker import db, metrics, pooling, tracing
 from outbox_worker.attempt import Attempter
 from outbox_worker.client import HttpClient
 from outbox_worker.completer import Completer
@@ -162,6 +163,8 @@ class Worker:
 
     async def run(self) -> int:
         settings = self.settings
+        # First: OTEL_* variables the worker cannot honour stop it before it starts.
+        traces = tracing.from_environment()
         pool = self._pool()
         probes = metrics.Probes(
             in_flight=lambda: self.sender.in_flight if self.sender else 0,
@@ -183,8 +186,8 @@ class Worker:
         http = HttpClient(settings, self.url_policy)
         self.completer = completer = Completer(pool, settings, self.log, lambda: self._key_freed())
         attempter = Attempter(http, settings, self.url_policy)
-        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log)
-        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log)
+        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log, traces)
+        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, traces)
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
@@ -233,6 +236,7 @@ class Worker:
             concurrency=settings.concurrency,
             batch_size=settings.batch_size,
             listen=settings.listen,
+            tracing=traces is not None,
         )
         await self.stopping.wait()
 
@@ -256,6 +260,8 @@ class Worker:
         if self.ops:
             await self.ops.stop()
         await pool.close()
+        if traces is not None:
+            await asyncio.to_thread(traces.shutdown)  # the spans still buffered go out
         self.log.info("stopped", handed_back=len(unfinished), completed=completer.written)
         return 0
 

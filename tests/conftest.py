@@ -97,7 +97,8 @@ def database_url(migrated_url: str) -> str:
     with psycopg.connect(migrated_url, autocommit=True) as conn:
         conn.execute(
             "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks, "
-            "outbox.api_keys, outbox.idempotency_keys, outbox.maintenance_runs restart identity cascade"
+            "outbox.api_keys, outbox.console_sessions, outbox.idempotency_keys, outbox.maintenance_runs "
+            "restart identity cascade"
         )
         # A worker of an earlier test (killed, say) may still hold the retention lease.
         conn.execute(

@@ -60,9 +60,18 @@ async def running_worker(database_url: str, **overrides: Any) -> AsyncIterator[W
         assert await asyncio.wait_for(task, 30) == 0
 
 
-def spawn_worker(database_url: str, worker_id: str, **overrides: Any) -> subprocess.Popen[bytes]:
-    """``outbox-worker run`` as a real process, configured through the environment."""
-    env = {**os.environ, "OUTBOX_DATABASE_URL": database_url, "OUTBOX_WORKER_ID": worker_id}
+def spawn_worker(
+    database_url: str, worker_id: str, env_extra: dict[str, str] | None = None, **overrides: Any
+) -> subprocess.Popen[bytes]:
+    """``outbox-worker run`` as a real process, configured through the
+    environment: ``overrides`` as OUTBOX_* settings, ``env_extra`` as is
+    (OTEL_* variables, say)."""
+    env = {
+        **os.environ,
+        **(env_extra or {}),
+        "OUTBOX_DATABASE_URL": database_url,
+        "OUTBOX_WORKER_ID": worker_id,
+    }
     for key, value in {**FAST, **overrides}.items():
         env[f"OUTBOX_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return subprocess.Popen(

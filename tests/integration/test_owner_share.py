@@ -12,7 +12,7 @@ import psycopg
 from outbox_worker import emit, webhooks
 from tests.helpers import eventually
 from tests.receiver import Held, Receiver
-from tests.workers import running_worker
+from tests.workers import running_worker, until_settled
 
 
 async def test_an_owner_with_five_hanging_receivers_leaves_room_for_the_others(
@@ -57,3 +57,27 @@ async def test_an_owner_with_five_hanging_receivers_leaves_room_for_the_others(
         release.set()
         for receiver in (*hosts, other):
             await receiver.stop()
+
+
+async def test_one_owner_backlog_drains_on_wake_ups_not_the_poll_interval(
+    database_url: str, conn: psycopg.Connection[Any]
+) -> None:
+    """Each claim takes at most an owner's share; the rest of that owner's
+    backlog must be claimed as its requests end, not at the next poll. A claim
+    capped by the share left the sender thinking nothing was due, and one
+    owner's five webhooks drained at a claim of 8 per poll interval."""
+    receiver = await Receiver().start()
+    try:
+        for i in range(5):
+            webhooks.create_webhook(conn, "busy", receiver.url(f"/h{i}"), ["order.created"])
+        for i in range(100):
+            emit(conn, "busy", "order.created", {"i": i})
+        # A poll interval longer than the deadline: only wake-ups can drain it.
+        async with running_worker(
+            database_url, concurrency=32, per_host_concurrency=8, owner_share=0.25, poll_interval=600.0
+        ) as worker:
+            assert worker.sender is not None and worker.sender.ledger.per_owner == 8
+            await until_settled(database_url, 500, timeout=30)
+        assert len({(r.path, r.headers["webhook-id"]) for r in receiver.requests}) == 500
+    finally:
+        await receiver.stop()

@@ -162,3 +162,21 @@ def test_owner_bookkeeping_is_constant_time_per_job() -> None:
             book.finish(j)
     assert time.perf_counter() - started < 1.0
     assert (book.in_flight, book.busy_owners(), book.busy_webhooks()) == (0, [], [])
+
+
+def test_an_owner_holding_three_shares_and_a_quarter_is_full(lane: Lane) -> None:
+    # 64 slots, a quarter each: 16 running, 16 + 16 x 2 + 4 = 52 held at most.
+    book = ledger(concurrency=64, per_host_concurrency=64, owner_share=0.25)
+    assert (book.per_owner, book.owner_held_cap) == (16, 52)
+    hook = uuid.uuid4()
+    jobs = [job(i, hook, A, owner="greedy") for i in range(60)]
+    started = []
+    for j in jobs:  # as the sender hands jobs over
+        if book.owner_full(j):
+            break
+        started += admit_all(book, [j], lane)
+    assert len(started) == 16  # its share runs, the rest queue
+    assert book.queued == 52 - 16 and book.owner_full(jobs[52])
+    assert not book.owner_full(job(99, uuid.uuid4(), B, owner="patient"))
+    # With the share off, the cap is never reached.
+    assert not ledger(concurrency=64).owner_full(jobs[0])
