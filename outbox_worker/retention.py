@@ -152,7 +152,11 @@ class Retention:
         self.interval = pass_interval(window) if interval is None else interval
         # As the worker's own commits (OUTBOX_SYNCHRONOUS_COMMIT): a batch's
         # commit need not wait for its WAL (page images after a checkpoint)
-        # to reach the disk; a crash can only undo deletes the next pass redoes.
+        # to reach the disk; a crash can only undo deletes the next pass
+        # redoes. A batch is several round trips in one transaction: a worker
+        # frozen between two (SIGSTOP, a blocked event loop) would hold its
+        # locks, and a migration's DDL waits for them, so the server ends such
+        # a session after 10 s (purge_settings).
         self.flush_commits = flush_commits
 
     def _lease(self) -> dict[str, Any]:
@@ -169,10 +173,9 @@ class Retention:
         """One batch in one transaction, the lease renewed (and its row
         locked) first; None when another worker holds the lease now."""
         async with conn.transaction():
+            await db.fetch_async(conn, "purge_settings", {"flush": self.flush_commits})
             if not await db.fetch_async(conn, "lease_renew", self._lease()):
                 return None
-            if not self.flush_commits:
-                await db.fetch_async(conn, "purge_no_flush", {})
             [before] = await db.fetch_async(conn, "purge_removed", {})
             [done] = await db.fetch_async(
                 conn, "purge", {"older_than": cutoff, "after_id": after_id, "limit": self.batch_events}

@@ -535,8 +535,10 @@ update outbox.maintenance_leases
    and holder = %(holder)s
 returning clock_timestamp() as at;
 
--- purge_no_flush: this batch's commit does not wait for its WAL flush (OUTBOX_SYNCHRONOUS_COMMIT=false): a crash can only undo deletes the next pass redoes
-select set_config('synchronous_commit', 'off', true);
+-- purge_settings: for this batch's transaction: end the session if the worker stalls in it (a frozen process must not hold its locks, which a migration would wait for), and unless flush, commit without waiting for the WAL flush (a crash can only undo deletes the next pass redoes)
+select set_config('idle_in_transaction_session_timeout', '10s', true),
+       set_config('synchronous_commit',
+                  case when %(flush)s then current_setting('synchronous_commit') else 'off' end, true);
 
 -- lease_release: end a pass: record it in outbox.maintenance_runs (trimmed to a week), and let the lease go if still this holder's
 with released as (
