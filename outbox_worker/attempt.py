@@ -83,6 +83,7 @@ class Attempter:
         self._http = http
         self._settings = settings
         self._policy = policy
+        self.message_prefix = ""  # the database's (outbox.config.message_id_prefix), read at start
         self._urls: dict[str, URL] = {}
         policy.on_change(self._urls.clear)  # checked under the old policy
         # The database refuses these names for a webhook's own headers, but
@@ -188,6 +189,7 @@ class Attempter:
             secrets=job.secrets,
             timestamp=int(time.time()),
             signature_header=settings.signature_header,
+            message_prefix=self.message_prefix,
         )
         headers["Content-Type"] = "application/json"
         if job.headers:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Literal
+from typing import Any, Literal
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
+from outbox_worker.databases import Database, check_url, default_name, parse_databases
 
 
 def _default_worker_id() -> str:
@@ -29,6 +27,11 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "postgresql://postgres@localhost:5432/postgres",
         description="libpq URL of the database holding the `outbox` schema.",
+    )
+    database_urls: list[Any] = Field(
+        [],
+        description="Several outbox databases for one worker (JSON list of URLs or of "
+        '`{"name", "url", "weight"}`; docs/databases.md); instead of `OUTBOX_DATABASE_URL`.',
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`auto`: console on a TTY, JSON otherwise (containers)."
@@ -160,16 +163,13 @@ class Settings(BaseSettings):
     def _postgresql_url(cls, value: str) -> str:
         # Refused here, naming the variable, rather than as a libpq parse
         # error at the first connection. Never echoed: it may hold a password.
-        expected = "expected postgresql://user[:password]@host[:port]/dbname or libpq key=value pairs"
-        scheme, sep, _ = value.partition("://")
-        if sep and scheme.lower() not in _POSTGRES_SCHEMES:
-            raise ValueError(f"{scheme}:// is not a PostgreSQL URL: {expected}")
-        try:
-            from outbox_worker.db import libpq_url  # db imports settings' neighbours, not settings
+        check_url(value)
+        return value
 
-            conninfo_to_dict(libpq_url(value))
-        except psycopg.ProgrammingError:
-            raise ValueError(f"not a PostgreSQL URL: {expected}") from None
+    @field_validator("database_urls")
+    @classmethod
+    def _database_list(cls, value: list[Any]) -> list[Any]:
+        parse_databases(value)  # names unique, every URL a PostgreSQL one
         return value
 
     @field_validator("retry_schedule")
@@ -190,9 +190,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_way_to_name_databases(self) -> Settings:
+        if self.database_urls and "database_url" in self.model_fields_set:
+            raise ValueError("set OUTBOX_DATABASE_URLS or OUTBOX_DATABASE_URL, not both")
+        return self
+
     @property
     def max_attempts(self) -> int:
         return len(self.retry_schedule) + 1
+
+    @property
+    def databases(self) -> list[Database]:
+        """Every database this worker serves (one without OUTBOX_DATABASE_URLS)."""
+        if self.database_urls:
+            return parse_databases(self.database_urls)
+        return [Database(default_name(self.database_url), self.database_url)]
+
+    def for_database(self, database: Database) -> Settings:
+        """These settings for ``database`` alone (what a single-database part reads)."""
+        if not self.database_urls and database.url == self.database_url:
+            return self
+        return self.model_copy(update={"database_url": database.url, "database_urls": []})
 
 
 def settings_table() -> str:
