@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     )
     database_urls: list[Any] = Field(
         [],
-        description="Several outbox databases for one worker (JSON list of URLs or of "
-        '`{"name", "url", "weight"}`; docs/databases.md); instead of `OUTBOX_DATABASE_URL`.',
+        description='Several databases instead: JSON list of URLs or `{"name","url","weight"}` '
+        "([docs/databases.md](docs/databases.md)).",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`auto`: console on a TTY, JSON otherwise (containers)."
