@@ -197,7 +197,7 @@ class Attempter:
         job.deadline = time.monotonic() + settings.request_timeout
         try:
             url = self._checked_url(job.url)
-            answer = await self._http.post(url, job.body, headers, lambda: timed_out(job))
+            answer = await self._http.post(url, job.body, headers, lambda: timed_out(job), self._policy)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not timed_out(job):
                 raise

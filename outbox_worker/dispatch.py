@@ -49,8 +49,10 @@ class Dispatcher:
         box: SecretBox | None,
         sender: Handoff,
         log: Any,
+        stats: metrics.HotPathStats | None = None,
     ) -> None:
         self._pool = pool
+        self._stats = stats  # its database's metrics
         self._settings = settings
         self._box = box
         self._sender = sender
@@ -111,7 +113,7 @@ class Dispatcher:
                         await asyncio.sleep(0)  # let the requests reach the wire first
                     batch = bodies_params(readable_bodies({i: bodies[i] for i in for_others}))
                     await db.fetch_async(conn, "store_bodies", batch)
-            metrics.observe_dispatch(e["created_at"] for e in events)
+            metrics.observe_dispatch((e["created_at"] for e in events), self._stats)
             deliveries = sum(1 for r in rows if r["id"] is not None)
             self._log.debug("dispatched", events=len(events), deliveries=deliveries, leased=len(jobs))
             return len(events)

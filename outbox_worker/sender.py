@@ -50,6 +50,7 @@ from yarl import URL
 
 from outbox_worker import db
 from outbox_worker.attempt import Attempter
+from outbox_worker.budget import Share
 from outbox_worker.capacity import CapacityLedger, Lane
 from outbox_worker.jobs import (
     Job,
@@ -82,6 +83,7 @@ class Sender:
         settings: Settings,
         record: Callable[[Outcome], None],
         log: Any,
+        share: Share | None = None,
     ) -> None:
         self._pool = pool
         self._attempter = attempter
@@ -89,7 +91,7 @@ class Sender:
         self.box = SecretBox.from_keys(settings.secret_keys)
         self._record = record
         self._log = log.bind(component="sender")
-        self.ledger = CapacityLedger(settings)
+        self.ledger = CapacityLedger(settings, share)
         self.signals = SenderSignals()
         self._sweep: asyncio.TimerHandle | None = None
         self._tick = timeout_tick(settings)
@@ -194,6 +196,8 @@ class Sender:
                 # A claim short of its room took every due row it could: claiming
                 # again at once would only come back empty.
                 self._claim_was_full = len(jobs) >= reserved
+                if not self._claim_was_full and self.ledger.share is not None:
+                    self.ledger.share.sated()  # the other databases may have their slots back
                 self.hand_over(jobs, reserved)
                 # Rows may remain for webhooks or owners skipped as saturated,
                 # or capped at their limit by this claim: a webhook so capped

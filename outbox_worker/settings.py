@@ -192,7 +192,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_way_to_name_databases(self) -> Settings:
-        if self.database_urls and "database_url" in self.model_fields_set:
+        # Compared with the default, not "was it set": copies re-validated
+        # from a dump (run's overrides) set every field.
+        default = type(self).model_fields["database_url"].default
+        if self.database_urls and self.database_url != default:
             raise ValueError("set OUTBOX_DATABASE_URLS or OUTBOX_DATABASE_URL, not both")
         return self
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -21,8 +21,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics, pooling
 from outbox_worker.attempt import Attempter
+from outbox_worker.budget import Share
 from outbox_worker.client import HttpClient
 from outbox_worker.completer import Completer
+from outbox_worker.databases import Database
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.errors import SchemaNotMigrated
 from outbox_worker.listener import BusyFlag, Listener
@@ -52,9 +54,30 @@ GC_YOUNG_PER_SLOT = 40
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings = pooling.restrict(settings)
-        self.log = get_logger(worker_id=settings.worker_id)
+    """The delivery engine over one database. Alone, it owns its process (HTTP
+    client, ops server); in a :class:`~outbox_worker.fleet.Fleet` it shares the
+    fleet's ``http`` client and a ``share`` of its request slots."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database | None = None,
+        *,
+        http: HttpClient | None = None,
+        share: Share | None = None,
+    ) -> None:
+        self.database = database = database or settings.databases[0]
+        self.settings = settings = pooling.restrict(settings.for_database(database))
+        self._shared_http = http
+        self._share = share
+        self.stats = metrics.stats_for(database.name)
+        self.message_prefix = ""  # outbox.config.message_id_prefix, once prefix_known
+        self.prefix_known = False
+        self.pool: AsyncConnectionPool[Any] | None = None
+        if http is None:
+            self.log = get_logger(worker_id=settings.worker_id)
+        else:
+            self.log = get_logger(worker_id=settings.worker_id, database=database.name)
         sets = pooling.session_settings(settings)
         self.policy = pooling.Policy(settings.pooler, self.log, "worker", sets=sets)
         self.stopping = asyncio.Event()
@@ -79,8 +102,39 @@ class Worker:
         if self.sender is not None:
             self.sender.note_backlog()  # the next delivery of a key is due: claim it
 
-    def _listen_connected(self) -> bool:
+    def listen_connected(self) -> bool:
         return self.listener is not None and self.listener.connected
+
+    async def _read_prefix(self, pool: AsyncConnectionPool[Any], attempter: Attempter) -> None:
+        """The database's webhook-id prefix, before anything is sent: ids must
+        never change between attempts. Retried with backoff while the database
+        is away; a missing schema ends the worker."""
+        delay = 0.1
+        while True:
+            try:
+                async with pool.connection(timeout=self.settings.connect_timeout) as conn:
+                    [row] = await db.fetch_async(conn, "message_id_prefix", {})
+                self.message_prefix = attempter.message_prefix = row["message_id_prefix"]
+                self.prefix_known = True
+                return
+            except SchemaNotMigrated:
+                raise
+            except Exception as exc:
+                self.log.warning(
+                    "reading the webhook-id prefix failed", error=str(exc).strip(), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _produce(
+        self,
+        pool: AsyncConnectionPool[Any],
+        attempter: Attempter,
+        loops: list[Callable[[], Coroutine[Any, Any, None]]],
+    ) -> None:
+        """Claim and dispatch once the webhook-id prefix is known."""
+        await self._read_prefix(pool, attempter)
+        await asyncio.gather(*(loop() for loop in loops))
 
     def _pool(self) -> AsyncConnectionPool[Any]:
         settings = self.settings
@@ -161,14 +215,18 @@ class Worker:
 
     async def run(self) -> int:
         settings = self.settings
-        pool = self._pool()
+        self.pool = pool = self._pool()
+        name = self.database.name
         probes = metrics.Probes(
             in_flight=lambda: self.sender.in_flight if self.sender else 0,
             ready=lambda: self.ready,
             listening=self._listening,
-            listen_connected=self._listen_connected,
+            listen_connected=lambda: {name: self.listen_connected()},
+            pools=lambda: {name: pool},
+            problems=lambda: {name: ""},
         )
-        self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
+        if self._shared_http is None:  # in a fleet, the fleet serves them
+            self.ops = await metrics.start_server(settings, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
         watcher = PolicyWatcher(pool, self.url_policy, self.log)
         try:
@@ -179,11 +237,13 @@ class Worker:
                 await self.ops.stop()
             await pool.close()
             raise
-        http = HttpClient(settings, self.url_policy)
-        self.completer = completer = Completer(pool, settings, self.log, lambda: self._key_freed())
+        http = self._shared_http or HttpClient(settings, self.url_policy)
+        self.completer = completer = Completer(
+            pool, settings, self.log, lambda: self._key_freed(), stats=self.stats
+        )
         attempter = Attempter(http, settings, self.url_policy)
-        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log)
-        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log)
+        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log, self._share)
+        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, stats=self.stats)
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
@@ -191,7 +251,7 @@ class Worker:
             asyncio.create_task(HeadUnparker(pool, self.log, self._key_freed).run(), name="ordering"),
             asyncio.create_task(watcher.run(), name="url-policy"),
         ]
-        if settings.summary_interval:
+        if settings.summary_interval and self._shared_http is None:  # a fleet logs one for all
             summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
             background.append(asyncio.create_task(summary.run(), name="summary"))
         if sender.box is not None:
@@ -202,8 +262,12 @@ class Worker:
         quiet = settings.quiet_notify and settings.listen
         busy = BusyFlag(db.libpq_url(settings.database_url), self.log, self.policy.check) if quiet else None
         producers = [
-            asyncio.create_task(self._dispatch_loop(dispatcher, sender, busy), name="dispatcher"),
-            asyncio.create_task(sender.run(), name="sender"),
+            asyncio.create_task(
+                self._produce(
+                    pool, attempter, [lambda: self._dispatch_loop(dispatcher, sender, busy), sender.run]
+                ),
+                name="producers",
+            )
         ]
         if settings.listen:
 
@@ -242,7 +306,8 @@ class Worker:
         except Exception as exc:  # the leases expire on their own; nothing is lost
             self.log.error("could not hand back leases", error=str(exc).strip(), deliveries=len(unfinished))
         await db.stop_tasks(background)
-        await http.close()
+        if self._shared_http is None:
+            await http.close()
         if self.ops:
             await self.ops.stop()
         await pool.close()
@@ -289,11 +354,14 @@ def tune_gc(concurrency: int) -> None:
     gc.set_threshold(max(GC_YOUNG_MIN, GC_YOUNG_PER_SLOT * concurrency))
 
 
-def run_forever(settings: Settings) -> int:
-    """``outbox-worker run``: serve on the fastest available event loop."""
+def run_forever(
+    settings: Settings, serving: Callable[[Settings], Coroutine[Any, Any, int]] | None = None
+) -> int:
+    """``outbox-worker run``: serve on the fastest available event loop
+    (``serving``: another way to serve, such as the fleet's)."""
     tune_gc(settings.concurrency)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(serve(settings))
+        return runner.run((serving or serve)(settings))
 
 
 async def serve(settings: Settings) -> int:

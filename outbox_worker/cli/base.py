@@ -206,9 +206,9 @@ def _settings_error(exc: pydantic.ValidationError) -> str:
     """One line per refused setting, naming its environment variable."""
     problems = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "settings"
         message = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"OUTBOX_{field.upper()}: {message}")
+        # A rule over several settings names them itself.
+        problems.append(f"OUTBOX_{str(error['loc'][0]).upper()}: {message}" if error["loc"] else message)
     return "; ".join(problems)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import psycopg
 
-from outbox_worker import db, grants, pooling, webhooks
+from outbox_worker import db, fleet, grants, pooling, webhooks
 from outbox_worker.cli.base import (
     Context,
     handle_errors,
@@ -87,7 +87,10 @@ def run_cmd(
     # Until the event loop installs its handlers, nothing is claimed: a
     # SIGTERM during start-up is a clean exit, not a crash.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sys.exit(run_forever(settings))
+    several = len(ctx.targets()) > 1
+    if not several and ctx.database is not None:
+        settings = settings.for_database(ctx.target())  # --database: that one alone
+    sys.exit(run_forever(settings, fleet.serve if several else None))
 
 
 def _webhook_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,121 @@
+"""One worker over several databases: real PostgreSQL databases, a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from outbox_worker import emit, migrate, webhooks
+from tests.conftest import TEST_CONFIG
+from tests.helpers import eventually
+from tests.receiver import Receiver
+from tests.workers import running_fleet, until_settled
+
+
+def migrated(make_database: Any, prefix: str | None = None) -> str:
+    url: str = make_database()
+    migrate.upgrade(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(TEST_CONFIG)
+    if prefix is not None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("update outbox.config set message_id_prefix = %s", (prefix,))
+    return url
+
+
+def hook_and_events(url: str, receiver_url: str, count: int, owner: str = "v") -> None:
+    with psycopg.connect(url) as conn:
+        webhooks.create_webhook(conn, owner, receiver_url, ["order.created"])
+        for i in range(count):
+            emit(conn, owner, "order.created", {"i": i})
+
+
+async def test_one_worker_delivers_every_database_with_its_own_webhook_ids(
+    make_database: Any, receiver: Receiver
+) -> None:
+    a, b = migrated(make_database, "aaa"), migrated(make_database, "bbb")
+    hook_and_events(a, receiver.url("/a"), 20)
+    hook_and_events(b, receiver.url("/b"), 20)
+    async with running_fleet([{"name": "a", "url": a}, {"name": "b", "url": b}]) as fleet:
+        await until_settled(a, 20)
+        await until_settled(b, 20)
+        await eventually(lambda: fleet.problems() == {"a": "", "b": ""}, what="both databases healthy")
+    ids_a = {r.headers["webhook-id"] for r in receiver.on("/a")}
+    ids_b = {r.headers["webhook-id"] for r in receiver.on("/b")}
+    assert ids_a == {f"evt_aaa_{n}" for n in range(1, 21)}
+    assert ids_b == {f"evt_bbb_{n}" for n in range(1, 21)}
+
+
+async def test_a_busy_database_does_not_starve_a_quiet_one(make_database: Any, receiver: Receiver) -> None:
+    """Database "busy" has 400 deliveries to a receiver taking 100 ms each, and
+    alone would hold all 8 slots for 5 s; "quiet" gets 5 events once busy's
+    backlog holds every slot. Its deliveries arrive within a few of busy's
+    request times, not after busy's backlog."""
+    busy, quiet = migrated(make_database, "busy"), migrated(make_database, "quiet")
+    slow, _ = receiver.slow(0.1)
+    receiver.script("/busy", *[slow] * 1000)
+    hook_and_events(busy, receiver.url("/busy"), 400)
+    hook_and_events(quiet, receiver.url("/quiet"), 0)
+    settings = {"concurrency": 8, "per_host_concurrency": 8, "owner_share": 1.0, "batch_size": 50}
+    async with running_fleet([{"name": "busy", "url": busy}, {"name": "quiet", "url": quiet}], **settings):
+        await eventually(lambda: len(receiver.on("/busy")) >= 24, timeout=20, what="busy's backlog flowing")
+        with psycopg.connect(quiet) as conn:
+            for i in range(5):
+                emit(conn, "v", "order.created", {"i": i})
+        emitted = time.perf_counter()
+        await eventually(lambda: len(receiver.on("/quiet")) == 5, timeout=10, what="quiet's 5 deliveries")
+        took = max(r.at for r in receiver.on("/quiet")) - emitted
+        behind = 400 - len(receiver.on("/busy"))
+    assert behind > 100, "busy's backlog was not still waiting: the test proves nothing"
+    # Alone, busy's 8 slots free one every ~12 ms: quiet's first claim finds
+    # room at once; its 5 need at most a few rounds of 100 ms requests.
+    assert took < 1.0, f"the quiet database's deliveries took {took:.2f} s behind the busy one's backlog"
+
+
+async def test_an_unmigrated_database_is_reported_and_served_once_migrated(
+    make_database: Any, receiver: Receiver
+) -> None:
+    good = migrated(make_database, "good")
+    late: str = make_database()  # no outbox schema yet
+    hook_and_events(good, receiver.url("/good"), 10)
+    async with running_fleet([{"name": "good", "url": good}, {"name": "late", "url": late}]) as fleet:
+        await until_settled(good, 10)
+        await eventually(lambda: fleet.problems()["late"].startswith("unmigrated"), what="late reported")
+        await eventually(lambda: fleet.problems()["good"] == "", what="good reported healthy")
+        migrate.upgrade(late)
+        with psycopg.connect(late, autocommit=True) as conn:
+            conn.execute(TEST_CONFIG)
+            conn.execute("update outbox.config set message_id_prefix = 'late'")
+        hook_and_events(late, receiver.url("/late"), 10)
+        await until_settled(late, 10, timeout=60)  # its worker restarts after its backoff
+        await eventually(lambda: fleet.problems()["late"] == "", timeout=10, what="late reported healthy")
+    assert len(receiver.on("/late")) == 10
+
+
+@pytest.mark.parametrize("count", [3])
+async def test_the_fleet_counts_metrics_per_database(
+    make_database: Any, receiver: Receiver, count: int
+) -> None:
+    from prometheus_client import REGISTRY
+
+    a, b = migrated(make_database, "ma"), migrated(make_database, "mb")
+    names = [f"ma{id(a) % 10000}", f"mb{id(b) % 10000}"]
+
+    def delivered(name: str) -> float:
+        return (
+            REGISTRY.get_sample_value("outbox_deliveries_total", {"database": name, "outcome": "delivered"})
+            or 0
+        )
+
+    hook_and_events(a, receiver.url("/ma"), count)
+    hook_and_events(b, receiver.url("/mb"), 2 * count)
+    async with running_fleet([{"name": names[0], "url": a}, {"name": names[1], "url": b}]):
+        await until_settled(a, count)
+        await until_settled(b, 2 * count)
+        await eventually(lambda: delivered(names[1]) == 2 * count, what="metrics counted")
+    assert delivered(names[0]) == count
+    await asyncio.sleep(0)
