@@ -108,6 +108,8 @@ class Share:
         return granted
 
     def want(self) -> None:
+        """Asked for slots and got fewer: wake it when they free up."""
+        self.woken = False
         if not self.wanting:
             self.wanting = True
             self._budget._wanting += 1

@@ -108,6 +108,20 @@ class CapacityLedger:
         free = self.concurrency + self.refill_at - held
         return free if self.share is None else min(free, self.share.allowance())
 
+    def has_room(self) -> bool:
+        """Whether a reservation would get a slot now. With a share, asking
+        for room that other databases hold makes it want some (a claim
+        checks before it waits for a connection, and reserves after)."""
+        if self.share is None:
+            return self.free_slots() > 0
+        held = len(self._running) + self._queued_count + len(self._waiting) + self._reserved
+        if self.concurrency + self.refill_at - held <= 0:
+            return False
+        if self.share.allowance() <= 0:
+            self.share.want()
+            return False
+        return True
+
     def busy_webhooks(self) -> list[uuid.UUID]:
         """Webhooks holding their cap and their share ahead: claims skip them."""
         full = self.saturated_at

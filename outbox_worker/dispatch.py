@@ -61,12 +61,15 @@ class Dispatcher:
 
     async def dispatch_batch(self) -> int:
         """Dispatch one batch; returns how many events it took."""
-        reserved = self._sender.reserve(self._settings.batch_size)
         settings = self._settings
         handed = False
         self.unleased = 0
+        reserved = 0
         try:
             async with self._pool.connection() as conn:
+                # Reserved once the connection is ours: a database slow to
+                # hand one out holds no slots of the budget it may share.
+                reserved = self._sender.reserve(settings.batch_size)
                 lease_ends = time.monotonic() + settings.lease_seconds
                 rows = await db.fetch_async(
                     conn,

@@ -160,15 +160,21 @@ class Sender:
             self.signals.claimed.fire()
 
     async def _claim(self) -> int:
-        reserved = self.reserve(self._settings.batch_size)
-        if not reserved:
+        if not (self.claiming and self.ledger.has_room()):
             self._claim_was_full = False
             return 0
         jobs: list[Job] = []
+        reserved = 0
         try:
-            busy = self._skipped = self.busy_webhooks()
-            busy_owners = self._skipped_owners = self.busy_owners()
             async with self._pool.connection() as conn:
+                # Reserved once the connection is ours: a database slow to
+                # hand one out holds no slots of the budget it may share.
+                reserved = self.reserve(self._settings.batch_size)
+                if not reserved:
+                    self._claim_was_full = False
+                    return 0
+                busy = self._skipped = self.busy_webhooks()
+                busy_owners = self._skipped_owners = self.busy_owners()
                 lease_ends = time.monotonic() + self._settings.lease_seconds
                 rows = await db.fetch_async(
                     conn,

@@ -157,7 +157,7 @@ class Worker:
             },
             configure=configure,
             open=False,
-            name="outbox-worker",
+            name="outbox-worker" if self._shared_http is None else f"outbox-worker {self.database.name}",
         )
 
     async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender, busy: BusyFlag | None) -> None:

@@ -22,11 +22,11 @@ from pathlib import Path
 def bindir() -> str | None:
     """Where initdb and pg_ctl are: ``OUTBOX_TEST_PG_BINDIR``, PATH, or Debian's
     /usr/lib/postgresql/<version>/bin (newest first)."""
-    places = [os.environ.get("OUTBOX_TEST_PG_BINDIR")]
+    places = [os.environ.get("OUTBOX_TEST_PG_BINDIR") or ""]
     if found := shutil.which("initdb"):
         places.append(str(Path(found).parent))
     places += sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name), reverse=True
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: float(Path(p).parent.name), reverse=True
     )
     for place in places:
         if (
