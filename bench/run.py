@@ -8,7 +8,8 @@ settings, timed over the same window as the workers (the receiver's first
 to last arrival). Ratios to it are what to compare across machines; the
 slow-endpoint scenario has one too, at its 1,000 in flight.
 
-Scenarios (``--only``): throughput, payload, keyed, latency, emit, slow, memory, growth.
+Scenarios (``--only``): throughput, payload, keyed, latency, emit, slow, memory, growth,
+multidb (bench/multidb.py).
 ``--compare REF`` instead measures throughput, the slow endpoint and latency
 of this checkout against a git ref, in pairs that alternate within the same run (the
 machine's speed drifts more between runs than most changes move it).
@@ -49,7 +50,7 @@ from outbox_worker.db import as_url
 from outbox_worker.signing import encode_body, sign_headers
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth")
+SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth", "multidb")
 OWNER = "bench"
 EVENT = "order.created"
 
@@ -1115,6 +1116,10 @@ def main(argv: list[str] | None = None) -> int:
         scenario_memory(opts, table, throughput_rss, slow_rss)
     if "growth" in chosen:
         scenario_growth(opts, table)
+    if "multidb" in chosen:
+        from bench.multidb import scenario_multidb
+
+        scenario_multidb(opts, table)
     cpus = os.cpu_count()
     print(
         f"\noutbox_worker bench: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpus} cores, "
