@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -10,7 +14,7 @@ import psycopg
 import pytest
 
 from outbox_worker import emit, migrate, webhooks
-from tests.conftest import TEST_CONFIG
+from tests.conftest import TEST_CONFIG, with_database
 from tests.helpers import eventually
 from tests.receiver import Receiver
 from tests.workers import running_fleet, until_settled
@@ -119,3 +123,72 @@ async def test_the_fleet_counts_metrics_per_database(
         await eventually(lambda: delivered(names[1]) == 2 * count, what="metrics counted")
     assert delivered(names[0]) == count
     await asyncio.sleep(0)
+
+
+def cli(urls: list[Any], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "OUTBOX_DATABASE_URL"}
+    env |= {"OUTBOX_DATABASE_URLS": json.dumps(urls), "OUTBOX_LOG_FORMAT": "json"}
+    return subprocess.run(
+        [sys.executable, "-m", "outbox_worker.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_cli_over_several_databases(make_database: Any) -> None:
+    a, b = make_database(), make_database()
+    urls = [{"name": "a", "url": a}, {"name": "b", "url": b}]
+    migrated = cli(urls, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.splitlines()[0].startswith("a: outbox schema at revision ")
+    prefixes = set()
+    for url in (a, b):
+        with psycopg.connect(url) as conn:
+            [(prefix,)] = conn.execute("select message_id_prefix from outbox.config").fetchall()
+        prefixes.add(prefix)
+    assert len(prefixes) == 2 and "" not in prefixes
+
+    refused = cli(urls, "webhooks", "list")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: 2 databases are configured: choose one with --database (a, b)"
+    )
+    unknown = cli(urls, "--database", "c", "webhooks", "list")
+    assert "no database named 'c': configured are a, b" in unknown.stderr
+
+    created = cli(urls, "--json", "webhooks", "create", "--database", "b", "--owner", "v",
+                  "--url", "https://example.com/h", "--event", "*")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    emitted = cli(urls, "emit", "--database", "b", "--owner", "v", "--type", "order.created", "--data", "{}")
+    assert emitted.returncode == 0, emitted.stderr
+
+    stats = cli(urls, "--json", "stats")
+    assert stats.returncode == 0, stats.stderr
+    rows = {r["database"]: r for r in json.loads(stats.stdout)}
+    assert (rows["a"]["webhooks"], rows["b"]["webhooks"], rows["total"]["webhooks"]) == (0, 1, 1)
+    assert rows["total"]["undispatched"] == 1
+
+    with psycopg.connect(a, autocommit=True) as conn:
+        conn.execute("update outbox.config set message_id_prefix = %s", (sorted(prefixes)[0],))
+    with psycopg.connect(b, autocommit=True) as conn:
+        conn.execute("update outbox.config set message_id_prefix = %s", (sorted(prefixes)[0],))
+    shared = cli(urls, "migrate")
+    assert shared.returncode == 1 and "databases a and b share the webhook-id prefix" in shared.stderr
+
+
+def test_a_database_that_does_not_answer_is_a_row_of_stats_not_a_traceback(
+    make_database: Any, server_url: str
+) -> None:
+    a = make_database()
+    migrate.upgrade(a)
+    gone = with_database(server_url, "outbox_no_such_database")
+    done = cli([{"name": "a", "url": a}, {"name": "gone", "url": gone}], "stats")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[0].split("\t")[0] == "database" and [line.split("\t")[0] for line in lines[1:]] == [
+        "a", "gone", "total",
+    ]  # fmt: skip
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("Error: cannot connect to the database gone:")
