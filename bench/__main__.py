@@ -1,5 +1,6 @@
 import sys
 
+from bench.multidb import scenario_multidb
 from bench.run import main
 
-sys.exit(main())
+sys.exit(main(more={"multidb": scenario_multidb}))

@@ -15,22 +15,17 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import psutil
 
 from bench import receiver as receiver_mod
-
-if TYPE_CHECKING:
-    from bench.run import BenchDatabase, Options, Table
+from bench.run import REPO, WORKER_ENV, BenchDatabase, Options, Table, median, run_from, wait_until
 
 COUNTS = (1, 2, 4)
 
 
 @contextlib.contextmanager
 def databases(server: str, count: int) -> Iterator[list[BenchDatabase]]:
-    from bench.run import BenchDatabase
-
     made: list[BenchDatabase] = []
     try:
         for _ in range(count):
@@ -43,8 +38,6 @@ def databases(server: str, count: int) -> Iterator[list[BenchDatabase]]:
 
 def drain_many(dbs: list[BenchDatabase], recv: receiver_mod.Receiver, total: int) -> dict[str, float]:
     """Emit ``total`` events spread evenly over ``dbs``; one worker drains them all."""
-    from bench.run import REPO, WORKER_ENV, run_from, wait_until
-
     for i, database in enumerate(dbs):
         database.reset([f"{recv.url}/hook/{i}"])
         database.emit_bulk(total // len(dbs))
@@ -73,8 +66,6 @@ def drain_many(dbs: list[BenchDatabase], recv: receiver_mod.Receiver, total: int
 
 
 def scenario_multidb(opts: Options, table: Table) -> None:
-    from bench.run import median
-
     total = opts.size(20_000, 4_000)
     rates: dict[int, list[float]] = {}
     cpus: dict[int, list[float]] = {}

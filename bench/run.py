@@ -50,7 +50,7 @@ from outbox_worker.db import as_url
 from outbox_worker.signing import encode_body, sign_headers
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
-SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth", "multidb")
+SCENARIOS = ("throughput", "payload", "keyed", "latency", "emit", "slow", "memory", "growth")
 OWNER = "bench"
 EVENT = "order.created"
 
@@ -1074,11 +1074,16 @@ def scenario_growth(opts: Options, table: Table) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, more: Mapping[str, Callable[[Options, Table], None]] | None = None
+) -> int:
+    """The bench; ``more``: scenarios of other modules, by name (see bench/__main__.py)."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 run, small sizes (smoke test)")
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3, 1 with --quick")
-    parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    parser.add_argument(
+        "--only", nargs="+", choices=[*SCENARIOS, *(more or {})], help="run only these scenarios"
+    )
     parser.add_argument("--server", default=os.environ.get("OUTBOX_BENCH_SERVER", DEFAULT_SERVER))
     parser.add_argument(
         "--compare", metavar="REF", help="paired throughput, slow-endpoint and latency runs against a git ref"
@@ -1096,7 +1101,7 @@ def main(argv: list[str] | None = None) -> int:
               f"median of {opts.runs} pair(s), {time.monotonic() - started:.0f} s\n")  # fmt: skip
         print(table.render())
         return 0
-    chosen = args.only or list(SCENARIOS)
+    chosen = args.only or [*SCENARIOS, *(more or {})]
     table = Table()
     throughput_rss = slow_rss = None
     started = time.monotonic()
@@ -1116,10 +1121,9 @@ def main(argv: list[str] | None = None) -> int:
         scenario_memory(opts, table, throughput_rss, slow_rss)
     if "growth" in chosen:
         scenario_growth(opts, table)
-    if "multidb" in chosen:
-        from bench.multidb import scenario_multidb
-
-        scenario_multidb(opts, table)
+    for name, scenario in (more or {}).items():
+        if name in chosen:
+            scenario(opts, table)
     cpus = os.cpu_count()
     print(
         f"\noutbox_worker bench: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpus} cores, "
