@@ -20,7 +20,8 @@ import contextlib
 import signal
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from outbox_worker import db, metrics
 from outbox_worker.budget import Budget
@@ -138,7 +139,7 @@ class Fleet:
             except SchemaNotMigrated as exc:
                 member.problem = f"unmigrated: {exc}"
             except Exception as exc:
-                member.problem = f"{type(exc).__name__}: {str(exc).strip()}"
+                member.problem = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             finally:
                 share.close()
             self.log.error(
@@ -169,11 +170,7 @@ class Fleet:
                 except SchemaNotMigrated as exc:
                     problem = f"unmigrated: {exc}"
                 except Exception as exc:
-                    problem = (
-                        f"{type(exc).__name__}: {str(exc).strip()}"
-                        if str(exc).strip()
-                        else type(exc).__name__
-                    )
+                    problem = await self._cause(member, exc)
             if problem != member.problem:
                 if problem:
                     self.log.warning(
@@ -185,6 +182,22 @@ class Fleet:
             metrics.DATABASE_UP.labels(name).set(0 if member.problem else 1)
             # Until its worker has started, look again soon: "starting" is no state to report for long.
             await asyncio.sleep(0.1 if member.problem == "starting" else HEALTH_INTERVAL)
+
+    async def _cause(self, member: Member, exc: Exception) -> str:
+        """Why ``member``'s database does not answer, in one line. A pool only
+        says it had no connection to give: one connection of our own, made
+        only while the database is away, says why (refused, no such database,
+        authentication)."""
+        if isinstance(exc, PoolTimeout):
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    db.libpq_url(member.database.url), connect_timeout=max(1, int(HEALTH_INTERVAL))
+                )
+                await conn.close()
+            except Exception as direct:
+                exc = direct
+        text = " ".join(str(exc).split())
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
     async def _check_prefixes(self) -> None:
         """Once every database has been read: two sharing a webhook-id prefix

@@ -392,7 +392,12 @@ class OpsServer:
         pools, problems = self._probes.pools(), self._probes.problems()
         names = list(pools)
         answers = await asyncio.gather(*(self._ping(pools[n], problems.get(n, "")) for n in names))
-        errors = {name: error for name, error in zip(names, answers, strict=True) if error is not None}
+        # A fleet's own account of a database says more than a pool's timeout.
+        errors = {
+            name: problems.get(name) or error
+            for name, error in zip(names, answers, strict=True)
+            if error is not None
+        }
         for name, error in errors.items():
             self._log.info("readiness: database not usable", database=name, error=error)
         checks: dict[str, bool] = {

@@ -192,3 +192,29 @@ def test_a_database_that_does_not_answer_is_a_row_of_stats_not_a_traceback(
     ]  # fmt: skip
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("Error: cannot connect to the database gone:")
+
+
+async def test_readyz_and_metrics_name_the_database_that_is_away(make_database: Any, server_url: str) -> None:
+    import aiohttp
+
+    from tests.e2e.test_ops import free_port
+
+    good = migrated(make_database, "rg")
+    gone = with_database(server_url, "outbox_no_such_database")
+    port = free_port()
+    ops = {"metrics_port": port, "metrics_host": "127.0.0.1", "metrics_interval": 0.1}
+    async with running_fleet([{"name": "good", "url": good}, {"name": "gone", "url": gone}], **ops) as fleet:
+        await eventually(
+            lambda: fleet.problems()["gone"] not in ("", "starting"), timeout=20, what="gone reported"
+        )
+        await eventually(lambda: fleet.problems()["good"] == "", what="good healthy")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                status, ready = resp.status, await resp.json()
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                scraped = await resp.text()
+    assert status == 200, ready  # the other database delivers: the process stays ready
+    assert ready["databases"]["good"] == "ok"
+    assert "outbox_no_such_database" in ready["databases"]["gone"]
+    assert 'outbox_database_up{database="good"} 1.0' in scraped
+    assert 'outbox_database_up{database="gone"} 0.0' in scraped
