@@ -6,8 +6,9 @@ COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY outbox_worker ./outbox_worker
 COPY sql ./sql
 COPY migrations ./migrations
-# Exactly the versions CI tested: the lock file (refresh with .ci/lock).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt '.[api]'
+# Exactly the versions CI tested: the lock file (refresh with .ci/lock). The
+# otel extra: tracing when OTEL_* variables ask for it (docs/tracing.md).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt '.[api,otel]'
 
 # 3.11, not 3.12 or 3.13: the worker spent 10-15% more CPU per delivery on
 # those here (docs/performance.md, "Tried and dropped", 2026-12-06).
@@ -15,7 +16,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OUTBOX_LOG_FORMAT=json
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin outbox
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels 'outbox-worker[api]' && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'outbox-worker[api,otel]' && rm -rf /wheels
 USER 10001
 # Prometheus /metrics and the /healthz, /readyz probes (OUTBOX_METRICS_PORT).
 EXPOSE 9464

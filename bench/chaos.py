@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -96,13 +97,15 @@ class Workers:
         self.url = url
         self.env = env
         self.generation = 0
+        self.ids: list[str] = [""] * count
         self.procs: list[subprocess.Popen[bytes]] = [self._spawn(i) for i in range(count)]
         self.kills = 0
 
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
         self.generation += 1
+        self.ids[slot] = f"chaos-{slot}-{self.generation}"
         env = {**os.environ, **self.env, "OUTBOX_DATABASE_URL": self.url,
-               "OUTBOX_WORKER_ID": f"chaos-{slot}-{self.generation}"}  # fmt: skip
+               "OUTBOX_WORKER_ID": self.ids[slot]}  # fmt: skip
         return subprocess.Popen(
             [sys.executable, "-m", "outbox_worker.cli", "run"],
             env=env,
@@ -116,6 +119,23 @@ class Workers:
         self.procs[slot].wait()
         self.kills += 1
         self.procs[slot] = self._spawn(slot)
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        """Until every worker is connected, so its SIGTERM handler is set: a
+        worker still importing when SIGTERM came died of it (exit -15), and
+        on a loaded machine the import alone took 2.5 s."""
+        names = [f"outbox-worker {worker_id}"[:63] for worker_id in self.ids]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(psycopg.OperationalError), psycopg.connect(self.url) as conn:
+                rows = conn.execute(
+                    "select count(distinct application_name) from pg_stat_activity"
+                    " where application_name = any(%s)",
+                    (names,),
+                ).fetchone()
+                if rows is not None and rows[0] == len(names):
+                    return
+            time.sleep(0.1)
 
     def stop(self) -> list[int | None]:
         for proc in self.procs:
@@ -302,7 +322,7 @@ async def main(args: argparse.Namespace) -> int:
                 if now - started > args.timeout:
                     console.print("[red]timed out waiting for the queue to drain[/red]")
                     break
-        await asyncio.sleep(2)  # let the last respawned worker finish starting
+        await asyncio.to_thread(workers.wait_started)
         codes = workers.stop()
         elapsed = time.monotonic() - started
         table, lost = reconcile(url, faults, workers.kills)

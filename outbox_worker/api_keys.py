@@ -79,8 +79,16 @@ def _new_key(rows: list[db.Row]) -> NewApiKey:
 # -- sync ---------------------------------------------------------------------
 
 
-def create_api_key(conn: db.SyncConnection, owner_id: str, prefix: str = DEFAULT_PREFIX) -> NewApiKey:
-    return _new_key(db.fetch(conn, "create_api_key", {"owner_id": owner_id, "prefix": prefix}))
+def _create_params(owner_id: str, prefix: str, operator: bool) -> dict[str, Any]:
+    return {"owner_id": owner_id, "prefix": prefix, "operator": operator}
+
+
+def create_api_key(
+    conn: db.SyncConnection, owner_id: str, prefix: str = DEFAULT_PREFIX, *, operator: bool = False
+) -> NewApiKey:
+    """Issue a key for ``owner_id``; an ``operator`` key also shows the
+    console every owner (the HTTP API still acts for ``owner_id``)."""
+    return _new_key(db.fetch(conn, "create_api_key", _create_params(owner_id, prefix, operator)))
 
 
 def api_key_owner(conn: db.SyncConnection, key: str) -> str | None:
@@ -110,9 +118,10 @@ def revoke_api_key_any_owner(conn: db.SyncConnection, key_id: uuid.UUID | str) -
 
 
 async def create_api_key_async(
-    conn: db.AsyncConnection, owner_id: str, prefix: str = DEFAULT_PREFIX
+    conn: db.AsyncConnection, owner_id: str, prefix: str = DEFAULT_PREFIX, *, operator: bool = False
 ) -> NewApiKey:
-    return _new_key(await db.fetch_async(conn, "create_api_key", {"owner_id": owner_id, "prefix": prefix}))
+    rows = await db.fetch_async(conn, "create_api_key", _create_params(owner_id, prefix, operator))
+    return _new_key(rows)
 
 
 async def api_key_owner_async(conn: db.AsyncConnection, key: str) -> str | None:

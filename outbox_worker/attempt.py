@@ -167,8 +167,9 @@ class Attempter:
             self._urls[raw] = url
         return url
 
-    async def attempt(self, job: Job) -> Outcome:
-        """One HTTP attempt; never raises for anything the receiver does."""
+    async def attempt(self, job: Job, traceparent: str | None = None) -> Outcome:
+        """One HTTP attempt; never raises for anything the receiver does.
+        ``traceparent``: the header to send (a worker that traces passes it)."""
         settings = self._settings
         attempted_at = datetime.now(UTC)
         started = time.perf_counter()
@@ -194,6 +195,8 @@ class Attempter:
         headers["Content-Type"] = "application/json"
         if job.headers:
             headers = self._with_webhook_headers(job.headers, headers)
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         job.deadline = time.monotonic() + settings.request_timeout
         try:
             url = self._checked_url(job.url)

@@ -114,6 +114,7 @@ class Completer:
             error=outcome.error,
             duration_ms=outcome.duration_ms,
             retry_in=round(outcome.retry_in, 3) if outcome.status == "pending" else None,
+            **({"trace_id": outcome.trace_id} if outcome.trace_id else {}),
         )
 
     @property

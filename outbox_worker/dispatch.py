@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -40,6 +40,9 @@ from outbox_worker.secretbox import SecretBox
 from outbox_worker.settings import Settings
 from outbox_worker.signing import event_body
 
+if TYPE_CHECKING:
+    from outbox_worker.spans import Tracing
+
 
 class Dispatcher:
     def __init__(
@@ -49,9 +52,11 @@ class Dispatcher:
         box: SecretBox | None,
         sender: Handoff,
         log: Any,
+        tracing: Tracing | None = None,
         stats: metrics.HotPathStats | None = None,
     ) -> None:
         self._pool = pool
+        self._tracing = tracing
         self._stats = stats  # its database's metrics
         self._settings = settings
         self._box = box
@@ -65,6 +70,8 @@ class Dispatcher:
         handed = False
         self.unleased = 0
         reserved = 0
+        tracing = self._tracing
+        started = time.time_ns() if tracing else 0
         try:
             async with self._pool.connection() as conn:
                 # Reserved once the connection is ours: a database slow to
@@ -83,6 +90,7 @@ class Dispatcher:
                         "per_owner": owner_lease_limit(settings),
                         "lease_seconds": settings.lease_seconds,
                         "worker_id": settings.worker_id,
+                        "traced": tracing is not None,
                     },
                 )
                 if not rows:
@@ -108,6 +116,8 @@ class Dispatcher:
                             )
                         )
                 self.unleased = len(unleased)
+                if tracing:
+                    tracing.adopt(jobs, rows, "outbox dispatch", started)
                 # The statement has committed: the leased rows may be sent now.
                 self._sender.hand_over(jobs, reserved)
                 handed = True

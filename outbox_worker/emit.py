@@ -3,6 +3,11 @@
 ``emit`` runs ``outbox.emit(...)`` on the connection you pass, so the event
 commits or rolls back with your business data: rolled back = never sent,
 committed = delivered at least once to every matching enabled webhook.
+
+With ``opentelemetry-api`` installed, the event carries the current span's
+trace context (``traceparent``), and the worker's attempts join that trace
+(docs/tracing.md). Without it, nothing is looked up: the import is tried
+once, here.
 """
 
 from __future__ import annotations
@@ -13,6 +18,23 @@ from typing import Any
 
 from outbox_worker import db
 from outbox_worker.errors import InvalidPayload
+from outbox_worker.traceparent import format_traceparent
+
+try:
+    from opentelemetry.trace import get_current_span
+except ImportError:  # no OpenTelemetry in this app: no trace context to carry
+    get_current_span = None  # type: ignore[assignment]
+
+
+def current_traceparent() -> str | None:
+    """The current OpenTelemetry span's context as a ``traceparent`` value;
+    None without ``opentelemetry-api`` or outside a span."""
+    if get_current_span is None:
+        return None
+    context = get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format_traceparent(context.trace_id, context.span_id, context.trace_flags)
 
 
 def _params(
@@ -21,6 +43,7 @@ def _params(
     data: Mapping[str, Any],
     ordering_key: str | None,
     idempotency_key: str | None,
+    traceparent: str | None,
 ) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidPayload(f"invalid payload: data must be a JSON object, got {type(data).__name__}")
@@ -34,6 +57,7 @@ def _params(
         "data": encoded,
         "ordering_key": ordering_key,
         "idempotency_key": idempotency_key,
+        "traceparent": traceparent if traceparent is not None else current_traceparent(),
     }
 
 
@@ -45,6 +69,7 @@ def emit(
     *,
     ordering_key: str | None = None,
     idempotency_key: str | None = None,
+    traceparent: str | None = None,
 ) -> int:
     """Queue an event in ``conn``'s current transaction and return its id.
 
@@ -56,8 +81,12 @@ def emit(
     ``outbox.config.idempotency_window`` (24 h) another emit with the same
     owner and key creates nothing and returns the first event's id; while
     the first is uncommitted, the second waits for it.
+
+    ``traceparent``: the W3C trace context the deliveries join; by default
+    the current OpenTelemetry span's, when ``opentelemetry-api`` is
+    installed. A malformed value is dropped (stored NULL), never refused.
     """
-    params = _params(owner_id, event_type, data, ordering_key, idempotency_key)
+    params = _params(owner_id, event_type, data, ordering_key, idempotency_key, traceparent)
     return int(db.fetch(conn, "emit", params)[0]["id"])
 
 
@@ -69,7 +98,8 @@ async def emit_async(
     *,
     ordering_key: str | None = None,
     idempotency_key: str | None = None,
+    traceparent: str | None = None,
 ) -> int:
     """:func:`emit` for psycopg ``AsyncConnection`` and SQLAlchemy async connections and sessions."""
-    params = _params(owner_id, event_type, data, ordering_key, idempotency_key)
+    params = _params(owner_id, event_type, data, ordering_key, idempotency_key, traceparent)
     return int((await db.fetch_async(conn, "emit", params))[0]["id"])

@@ -101,6 +101,11 @@ class UnknownSetting(ValidationError):
     sqlstate = "OW014"
 
 
+class TracingUnavailable(OutboxError):
+    """The ``OTEL_*`` variables ask for traces the worker cannot produce (the
+    ``otel`` extra missing, an exporter or protocol it does not have)."""
+
+
 class SchemaNotMigrated(OutboxError):
     """The database has no ``outbox`` schema, or an older one than this code needs."""
 

@@ -22,6 +22,7 @@ from outbox_worker.errors import SecretUnavailable
 from outbox_worker.secretbox import SecretBox, open_secret
 from outbox_worker.settings import Settings
 from outbox_worker.signing import UnreadablePayload
+from outbox_worker.traceparent import TraceParent
 
 Status = Literal["delivered", "pending", "failed"]
 Headers = tuple[tuple[str, str], ...]
@@ -78,6 +79,8 @@ class Job:
     # timed_out tells that cancellation from shutdown's.
     deadline: float = math.inf
     timed_out: bool = False
+    # The trace its attempts join; set only by a worker that traces (tracing.py).
+    trace: TraceParent | None = None
 
     @classmethod
     def from_row(
@@ -133,6 +136,7 @@ class Outcome:
     error: str | None = None
     response_body: str | None = None
     disable_reason: str | None = None
+    trace_id: str | None = None  # the attempt's trace (hex), when the worker traces: its log line says it
 
 
 class Handoff(Protocol):

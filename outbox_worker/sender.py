@@ -43,7 +43,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from yarl import URL
@@ -67,6 +67,9 @@ from outbox_worker.settings import Settings
 from outbox_worker.signals import SenderSignals
 from outbox_worker.signing import event_body
 
+if TYPE_CHECKING:
+    from outbox_worker.spans import Tracing
+
 # A paced job more than this late for its slot is given back, not sent: a
 # process that stalled would otherwise send a burst over its webhook's limit.
 LATE_SLOT = 0.05
@@ -83,10 +86,14 @@ class Sender:
         settings: Settings,
         record: Callable[[Outcome], None],
         log: Any,
+        tracing: Tracing | None = None,
         share: Share | None = None,
     ) -> None:
         self._pool = pool
         self._attempter = attempter
+        # Chosen once: without tracing the lanes call the attempt itself.
+        self._tracing = tracing
+        self._attempt = tracing.traced(attempter.attempt) if tracing else attempter.attempt
         self._settings = settings
         self.box = SecretBox.from_keys(settings.secret_keys)
         self._record = record
@@ -166,6 +173,8 @@ class Sender:
         jobs: list[Job] = []
         reserved = 0
         try:
+            tracing = self._tracing
+            started = time.time_ns() if tracing else 0
             async with self._pool.connection() as conn:
                 # Reserved once the connection is ours: a database slow to
                 # hand one out holds no slots of the budget it may share.
@@ -188,6 +197,7 @@ class Sender:
                         "pace_horizon": self._pace_horizon,
                         "lease_seconds": self._settings.lease_seconds,
                         "worker_id": self._settings.worker_id,
+                        "traced": tracing is not None,
                     },
                 )
                 # Events whose dispatcher died before storing their bytes.
@@ -199,6 +209,8 @@ class Sender:
                 jobs = [
                     Job.from_row(r, self.box, bodies.get(r["event_id"]), lease_ends=lease_ends) for r in rows
                 ]
+                if tracing and rows:
+                    tracing.adopt(jobs, rows, "outbox claim", started)
                 # A claim short of its room took every due row it could: claiming
                 # again at once would only come back empty.
                 self._claim_was_full = len(jobs) >= reserved
@@ -364,7 +376,7 @@ class Sender:
                     self._give_back(job.id)
                     return
             try:
-                outcome = await self._attempter.attempt(job)
+                outcome = await self._attempt(job)
             except Exception as exc:  # a bug must cost one attempt, never the delivery
                 self._log.exception("attempt crashed", delivery_id=job.id)
                 outcome = self._attempter.internal_error(job, exc)

@@ -312,6 +312,11 @@ async def list_webhooks_async(
     return [Webhook.from_row(r) for r in rows]
 
 
+async def list_all_webhooks_async(conn: db.AsyncConnection, event_type: str | None = None) -> list[Webhook]:
+    rows = await db.fetch_async(conn, "list_all_webhooks", {"event_type": event_type})
+    return [Webhook.from_row(r) for r in rows]
+
+
 async def get_webhook_async(conn: db.AsyncConnection, owner_id: str, webhook_id: uuid.UUID | str) -> Webhook:
     return Webhook.from_row((await db.fetch_async(conn, "get_webhook", _ids(owner_id, webhook_id)))[0])
 

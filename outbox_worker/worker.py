@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-from outbox_worker import db, metrics, pooling
+from outbox_worker import db, metrics, pooling, tracing
 from outbox_worker.attempt import Attempter
 from outbox_worker.budget import Share
 from outbox_worker.client import HttpClient
@@ -215,6 +215,8 @@ class Worker:
 
     async def run(self) -> int:
         settings = self.settings
+        # First: OTEL_* variables the worker cannot honour stop it before it starts.
+        traces = tracing.from_environment()
         self.pool = pool = self._pool()
         name = self.database.name
         probes = metrics.Probes(
@@ -242,8 +244,10 @@ class Worker:
             pool, settings, self.log, lambda: self._key_freed(), stats=self.stats
         )
         attempter = Attempter(http, settings, self.url_policy)
-        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log, self._share)
-        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, stats=self.stats)
+        self.sender = sender = Sender(
+            pool, attempter, settings, completer.record, self.log, traces, share=self._share
+        )
+        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, traces, stats=self.stats)
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
@@ -287,6 +291,7 @@ class Worker:
             concurrency=settings.concurrency,
             batch_size=settings.batch_size,
             listen=settings.listen,
+            tracing=traces is not None,
         )
         await self.stopping.wait()
 
@@ -311,6 +316,8 @@ class Worker:
         if self.ops:
             await self.ops.stop()
         await pool.close()
+        if traces is not None:
+            await asyncio.to_thread(traces.shutdown)  # the spans still buffered go out
         self.log.info("stopped", handed_back=len(unfinished), completed=completer.written)
         return 0
 

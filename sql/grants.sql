@@ -3,12 +3,12 @@
 -- after a migration that adds objects.
 
 -- app: emit only. emit() or a plain INSERT of (owner_id, event_type, data,
--- ordering_key, idempotency_key); it can read nothing back but the new id.
+-- ordering_key, idempotency_key, traceparent); it can read nothing back but the new id.
 -- The emit trigger runs as the app: it records idempotency keys (an INSERT
 -- ... ON CONFLICT DO UPDATE) and emit() reads the first event's id back.
 grant usage on schema outbox to {role};
-grant execute on function outbox.emit(text, text, jsonb, text, text) to {role};
-grant insert (owner_id, event_type, data, ordering_key, idempotency_key) on outbox.events to {role};
+grant execute on function outbox.emit(text, text, jsonb, text, text, text) to {role};
+grant insert (owner_id, event_type, data, ordering_key, idempotency_key, traceparent) on outbox.events to {role};
 grant select (id) on outbox.events to {role};
 grant select on outbox.event_types, outbox.config to {role};
 grant select, insert, update on outbox.idempotency_keys to {role};

@@ -4,7 +4,8 @@
 
 -- emit: queue one event in the caller's transaction (the first event's id again for a repeated idempotency key)
 select outbox.emit(%(owner_id)s, %(event_type)s, cast(%(data)s as jsonb),
-                   ordering_key => %(ordering_key)s, idempotency_key => %(idempotency_key)s) as id;
+                   ordering_key => %(ordering_key)s, idempotency_key => %(idempotency_key)s,
+                   traceparent => %(traceparent)s) as id;
 
 -- add_event_type: add (or re-describe) an event type in the catalogue
 select outbox.add_event_type(%(name)s, %(description)s);
@@ -74,6 +75,8 @@ with claimed as materialized (
      where e.id = any (array(select id from claimed))
     -- Patterns once per event here, not once per (event, webhook) pair in the join.
     returning e.id, e.owner_id, e.event_type, e.data, e.created_at, e.ordering_key,
+              -- Only for a worker that traces: one that does not reads nothing for it.
+              case when %(traced)s then e.traceparent end as traceparent,
               outbox.event_patterns(e.event_type) as patterns
 ), hooks as materialized (
     -- The lock a foreign key's check would take per delivery (there is none:
@@ -137,7 +140,8 @@ select m.id as event_id, m.event_type, m.created_at,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
        w.owner_id,
        -- As text: the worker parses each webhook's headers once, not per row.
-       w.headers::text as headers
+       w.headers::text as headers,
+       m.traceparent
   from marked m
   left join inserted i on i.event_id = m.id
   left join outbox.webhooks w on w.id = i.webhook_id
@@ -261,7 +265,8 @@ select l.id, l.event_id, l.webhook_id, l.attempts, l.ordered, l.delay, w.url, w.
        e.created_at,
        case when w.previous_secret_expires_at > now() then w.previous_secret end as previous_secret,
        w.owner_id,
-       w.headers::text as headers  -- text, as in dispatch
+       w.headers::text as headers,  -- text, as in dispatch
+       case when %(traced)s then e.traceparent end as traceparent  -- as in dispatch
   from leased l
   join outbox.webhooks w on w.id = l.webhook_id
   join outbox.events e on e.id = l.event_id and e.id = any (array(select event_id from leased));
@@ -640,8 +645,8 @@ select d.webhook_id,
   from outbox.deliveries d
  group by d.webhook_id;
 
--- create_api_key: issue an API key; the only time the key is returned
-select id, key from outbox.create_api_key(%(owner_id)s, %(prefix)s);
+-- create_api_key: issue an API key (an operator key when operator); the only time the key is returned
+select id, key from outbox.create_api_key(%(owner_id)s, %(prefix)s, %(operator)s);
 
 -- api_key_owner: owner of the live key with this SHA-256 (NULL when unknown or revoked)
 select outbox.api_key_owner(%(key_hash)s) as owner_id;
@@ -655,11 +660,11 @@ select * from outbox.revoke_api_key(%(key_id)s, %(owner_id)s);
 -- revoke_api_key_any_owner: operators: revoke a key of any owner
 select * from outbox.revoke_api_key_any_owner(%(key_id)s);
 
--- list_deliveries: a page of an owner's deliveries (of one webhook, or all; by status, created in a time range) with attempts, newest first
+-- list_deliveries: a page of an owner's deliveries (of one webhook, or all; by status, created in a time range, event type) with attempts, newest first
 select *
   from outbox.list_deliveries(%(owner_id)s, %(webhook_id)s, %(before_id)s, %(max_rows)s,
                               cast(%(status)s as outbox.delivery_status),
-                              %(created_since)s, %(created_until)s);
+                              %(created_since)s, %(created_until)s, %(event_type)s);
 
 -- get_delivery: one delivery of an owner's webhook (NULL: any of the owner's), with attempts
 select * from outbox.get_delivery(%(owner_id)s, %(webhook_id)s, %(delivery_id)s);
@@ -670,6 +675,26 @@ select e.body, e.event_type, e.data::text as data, e.created_at
   join outbox.webhooks w on w.id = d.webhook_id
   join outbox.events e on e.id = d.event_id
  where d.id = %(delivery_id)s and w.owner_id = %(owner_id)s;
+
+-- ============================================================ the web console (outbox_worker.console)
+
+-- start_console_session: sign in with an API key's SHA-256 (no row for an unknown or revoked key)
+select * from outbox.start_console_session(%(key_hash)s, %(token_hash)s, make_interval(secs => %(lifetime)s));
+
+-- console_session: the key behind a live console session (no row once expired, signed out or revoked)
+select * from outbox.console_session(%(token_hash)s);
+
+-- end_console_session: sign a console session out
+select outbox.end_console_session(%(token_hash)s);
+
+-- webhook_health: per webhook of an owner, attempts, 2xx answers, p50 and p99 duration since a time, by bucket and in all (bucket_start NULL)
+select * from outbox.webhook_health(%(owner_id)s, %(since)s, make_interval(secs => %(bucket_seconds)s));
+
+-- webhook_log_counts: the deliveries and attempts deleting one of an owner's webhooks would delete
+select * from outbox.webhook_log_counts(%(owner_id)s, %(webhook_id)s);
+
+-- alive_workers: workers connected to the database now
+select * from outbox.alive_workers();
 
 -- ============================================================ quiet NOTIFY (sql/schema.sql, the emit trigger)
 

@@ -152,7 +152,9 @@ create table outbox.events (
     -- Deliveries of one (webhook, ordering key) reach the receiver one at a
     -- time, in id order; NULL: no order.
     ordering_key text,
-    idempotency_key text
+    idempotency_key text,
+    -- The emitting code's W3C trace context (docs/tracing.md); NULL: none.
+    traceparent text
 );
 -- The dispatcher's claim: oldest undispatched first. Tiny, because
 -- dispatched rows leave it.
@@ -166,6 +168,8 @@ comment on column outbox.events.ordering_key is
     'Events of one owner sharing an ordering key reach each webhook one at a time, in id order; NULL: unordered';
 comment on column outbox.events.idempotency_key is
     'The key this event was emitted with (outbox.idempotency_keys decides duplicates); NULL: none';
+comment on column outbox.events.traceparent is
+    'W3C traceparent of the code that emitted this event: its deliveries join that trace; NULL: none, or malformed (dropped by the emit trigger)';
 
 -- Idempotency keys: one row per (owner, key) for outbox.config.
 -- idempotency_window, pointing at the event the first emit created. The emit
@@ -386,9 +390,12 @@ create table outbox.api_keys (
     key_hash bytea not null unique check (octet_length(key_hash) = 32),
     display_prefix text not null,
     created_at timestamptz not null default now(),
-    revoked_at timestamptz
+    revoked_at timestamptz,
+    operator boolean not null default false
 );
 create index api_keys_owner_idx on outbox.api_keys (owner_id);
+comment on column outbox.api_keys.operator is
+    'An operator key: the console shows and manages every owner''s webhooks (the HTTP API still acts for owner_id)';
 comment on table outbox.api_keys is 'X-Api-Key credentials of the management API: SHA-256 of each key, never the key';
 comment on column outbox.api_keys.display_prefix is 'First characters of the key, to tell keys apart; not enough to use it';
 
@@ -907,6 +914,20 @@ begin
        and (pg_catalog.length(new.ordering_key) not between 1 and 255 or new.ordering_key ~ '[[:cntrl:]]') then
         raise exception 'invalid ordering key: must be 1-255 characters, no control characters' using errcode = 'OW030';
     end if;
+    -- A malformed trace context is dropped, never refused: tracing must not
+    -- fail the business transaction, and the event then gets a trace of its
+    -- own (W3C: a traceparent that does not parse starts a new trace). Loose:
+    -- any version but ff, hex in either case, fields past the fourth cut off.
+    if new.traceparent is not null then
+        if new.traceparent ~ '^[0-9A-Fa-f]{2}-[0-9A-Fa-f]{32}-[0-9A-Fa-f]{16}-[0-9A-Fa-f]{2}(-|$)'
+           and pg_catalog.lower(pg_catalog.left(new.traceparent, 2)) <> 'ff'
+           and pg_catalog.substr(new.traceparent, 4, 32) <> '00000000000000000000000000000000'
+           and pg_catalog.substr(new.traceparent, 37, 16) <> '0000000000000000' then
+            new.traceparent := pg_catalog.lower(pg_catalog.left(new.traceparent, 55));
+        else
+            new.traceparent := null;
+        end if;
+    end if;
     if new.idempotency_key is not null then
         if pg_catalog.length(new.idempotency_key) not between 1 and 255 or new.idempotency_key ~ '[[:cntrl:]]' then
             raise exception 'invalid idempotency key: must be 1-255 characters, no control characters'
@@ -987,14 +1008,15 @@ comment on function outbox.release_busy() is
 -- COMMITTED sees its commit; at REPEATABLE READ or above the trigger's
 -- INSERT fails with a serialization error instead, and a retry sees it).
 create function outbox.emit(owner_id text, event_type text, data jsonb, ordering_key text default null,
-                            idempotency_key text default null) returns bigint
+                            idempotency_key text default null, traceparent text default null) returns bigint
 language plpgsql volatile
 as $$
 declare
     new_id bigint;
 begin
-    insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key)
-    values (emit.owner_id, emit.event_type, emit.data, emit.ordering_key, emit.idempotency_key)
+    insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key, traceparent)
+    values (emit.owner_id, emit.event_type, emit.data, emit.ordering_key, emit.idempotency_key,
+            emit.traceparent)
     returning id into new_id;
     if new_id is null then
         select k.event_id into new_id
@@ -1003,8 +1025,8 @@ begin
     end if;
     return new_id;
 end $$;
-comment on function outbox.emit(text, text, jsonb, text, text) is
-    'Queue an event in the caller''s transaction; returns the event id (the first event''s for a repeated idempotency key)';
+comment on function outbox.emit(text, text, jsonb, text, text, text) is
+    'Queue an event in the caller''s transaction; returns the event id (the first event''s for a repeated idempotency key); traceparent: the caller''s W3C trace context';
 
 create function outbox.add_event_type(name text, description text default '') returns void
 language plpgsql volatile
@@ -1422,7 +1444,7 @@ end $$;
 comment on function outbox.replay_failed(text, uuid, timestamptz) is 'Re-queue every failed delivery of a webhook that failed since a time; returns how many';
 
 -- ---------------------------------------------------------------- SQL API: API keys
-create function outbox.create_api_key(owner_id text, prefix text default 'brut_')
+create function outbox.create_api_key(owner_id text, prefix text default 'brut_', operator boolean default false)
 returns table (id uuid, key text)
 language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -1438,12 +1460,13 @@ begin
     end if;
     v_key := create_api_key.prefix || encode(outbox.random_bytes_32(), 'hex');
     return query
-        insert into outbox.api_keys as k (owner_id, key_hash, display_prefix)
+        insert into outbox.api_keys as k (owner_id, key_hash, display_prefix, operator)
         values (create_api_key.owner_id, sha256(convert_to(v_key, 'UTF8')),
-                left(v_key, length(create_api_key.prefix) + 8))
+                left(v_key, length(create_api_key.prefix) + 8), coalesce(create_api_key.operator, false))
         returning k.id, v_key;
 end $$;
-comment on function outbox.create_api_key(text, text) is 'Issue an API key for an owner; the only time the key is returned';
+comment on function outbox.create_api_key(text, text, boolean) is
+    'Issue an API key for an owner (an operator key with operator => true); the only time the key is returned';
 
 -- Takes the hash, not the key, so the key never reaches the server's
 -- statement log. From psql: outbox.api_key_owner(sha256(convert_to(key, 'UTF8'))).
@@ -1519,10 +1542,16 @@ revoke execute on function outbox.end_api_key(uuid, text) from public;
 create function outbox.list_deliveries(owner_id text, webhook_id uuid default null, before_id bigint default null,
                                        max_rows integer default 50, status outbox.delivery_status default null,
                                        created_since timestamptz default null,
-                                       created_until timestamptz default null)
+                                       created_until timestamptz default null,
+                                       event_type text default null)
 returns setof outbox.delivery_info
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
+-- Planned for each call's filters: a cached generic plan walks the log
+-- newest first whatever they are, and read all 100,000 deliveries (140 ms)
+-- for an event type with none; planned per call it reads that type's
+-- events first (13 ms). Planning costs well under a millisecond.
+set plan_cache_mode = force_custom_plan
 as $$
 begin
     perform outbox.check_owner_id(list_deliveries.owner_id);
@@ -1540,12 +1569,13 @@ begin
            and (list_deliveries.status is null or d.status = list_deliveries.status)
            and (list_deliveries.created_since is null or d.created_at >= list_deliveries.created_since)
            and (list_deliveries.created_until is null or d.created_at < list_deliveries.created_until)
+           and (list_deliveries.event_type is null or d.event_type = list_deliveries.event_type)
            and (list_deliveries.before_id is null or d.id < list_deliveries.before_id)
          order by d.id desc
          limit greatest(coalesce(list_deliveries.max_rows, 50), 0);
 end $$;
-comment on function outbox.list_deliveries(text, uuid, bigint, integer, outbox.delivery_status, timestamptz, timestamptz) is
-    'A page of an owner''s deliveries (of one webhook, or all), newest first, with their attempts';
+comment on function outbox.list_deliveries(text, uuid, bigint, integer, outbox.delivery_status, timestamptz, timestamptz, text) is
+    'A page of an owner''s deliveries (of one webhook, or all; by status, creation time, event type), newest first, with their attempts';
 
 -- webhook_id NULL: whichever of the owner's webhooks the delivery is for.
 create function outbox.get_delivery(owner_id text, webhook_id uuid, delivery_id bigint)
@@ -1565,3 +1595,133 @@ begin
     end if;
 end $$;
 
+-- ---------------------------------------------------------------- console sessions
+-- A signed-in browser: the SHA-256 of the random token in its cookie, and
+-- the key it signed in with. A session lives while its key does: revoking
+-- the key ends it (outbox.console_session joins the key's revoked_at).
+create table outbox.console_sessions (
+    token_hash bytea primary key check (octet_length(token_hash) = 32),
+    api_key_id uuid not null,
+    created_at timestamptz not null default now(),
+    expires_at timestamptz not null
+);
+create index console_sessions_expires_idx on outbox.console_sessions (expires_at);
+comment on table outbox.console_sessions is
+    'Web console sign-ins: SHA-256 of the cookie''s token, never the token; ended by sign-out, expiry or key revocation';
+
+-- Signs in with a key's hash; no row for an unknown or revoked key. Expired
+-- sessions are removed on the way (a handful: sign-ins are rare).
+create function outbox.start_console_session(key_hash bytea, token_hash bytea, lifetime interval)
+returns table (owner_id text, operator boolean)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key outbox.api_keys;
+begin
+    delete from outbox.console_sessions s where s.expires_at <= now();
+    select * into v_key from outbox.api_keys k
+     where k.key_hash = start_console_session.key_hash and k.revoked_at is null;
+    if not found then
+        return;
+    end if;
+    insert into outbox.console_sessions (token_hash, api_key_id, expires_at)
+    values (start_console_session.token_hash, v_key.id, now() + start_console_session.lifetime);
+    return query select v_key.owner_id, v_key.operator;
+end $$;
+comment on function outbox.start_console_session(bytea, bytea, interval) is
+    'Start a console session for the live API key with this SHA-256; no row when the key is unknown or revoked';
+
+create function outbox.console_session(token_hash bytea)
+returns table (api_key_id uuid, owner_id text, operator boolean)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select k.id, k.owner_id, k.operator
+      from outbox.console_sessions s
+      join outbox.api_keys k on k.id = s.api_key_id
+     where s.token_hash = console_session.token_hash
+       and s.expires_at > now()
+       and k.revoked_at is null
+$$;
+comment on function outbox.console_session(bytea) is
+    'The key behind a live console session (none once it expired, ended or its key was revoked)';
+
+create function outbox.end_console_session(token_hash bytea) returns void
+language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+    delete from outbox.console_sessions s where s.token_hash = end_console_session.token_hash
+$$;
+comment on function outbox.end_console_session(bytea) is 'Sign a console session out';
+
+-- ---------------------------------------------------------------- SQL API: console reads
+-- Attempts of each of an owner's webhooks since a time, in buckets of a
+-- given width: how many, how many answered 2xx, and the median and 99th
+-- percentile of their duration. One more row per webhook with bucket_start
+-- NULL holds the whole span. Only deliveries that can hold such an attempt
+-- are read: those not finished, or finished since then.
+create function outbox.webhook_health(owner_id text, since timestamptz, bucket interval)
+returns table (webhook_id uuid, bucket_start timestamptz, attempts bigint, successes bigint,
+               p50_ms double precision, p99_ms double precision)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(webhook_health.owner_id);
+    return query
+        select d.webhook_id,
+               date_bin(webhook_health.bucket, a.attempted_at, webhook_health.since) as bucket_start,
+               count(*) as attempts,
+               count(*) filter (where a.status_code between 200 and 299) as successes,
+               percentile_cont(0.5) within group (order by a.duration_ms) as p50_ms,
+               percentile_cont(0.99) within group (order by a.duration_ms) as p99_ms
+          from outbox.webhooks w
+          join outbox.deliveries d on d.webhook_id = w.id
+          join outbox.delivery_attempts a on a.delivery_id = d.id
+         where w.owner_id = webhook_health.owner_id
+           and (d.completed_at is null or d.completed_at >= webhook_health.since)
+           and a.attempted_at >= webhook_health.since
+         group by grouping sets ((d.webhook_id, date_bin(webhook_health.bucket, a.attempted_at, webhook_health.since)),
+                                 (d.webhook_id))
+         order by 1, 2 nulls first;
+end $$;
+comment on function outbox.webhook_health(text, timestamptz, interval) is
+    'Per webhook of an owner: attempts, 2xx answers, p50 and p99 duration since a time, per bucket and in all (bucket_start NULL)';
+
+-- What deleting a webhook takes with it, for the confirmation.
+create function outbox.webhook_log_counts(owner_id text, webhook_id uuid)
+returns table (deliveries bigint, attempts bigint)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform outbox.check_owner_id(webhook_log_counts.owner_id);
+    perform 1 from outbox.webhooks w
+     where w.id = webhook_log_counts.webhook_id and w.owner_id = webhook_log_counts.owner_id;
+    if not found then
+        raise exception 'webhook % not found', webhook_log_counts.webhook_id using errcode = 'OW005';
+    end if;
+    return query
+        select count(distinct d.id), count(a.id)
+          from outbox.deliveries d
+          left join outbox.delivery_attempts a on a.delivery_id = d.id
+         where d.webhook_id = webhook_log_counts.webhook_id;
+end $$;
+comment on function outbox.webhook_log_counts(text, uuid) is
+    'The deliveries and attempts deleting one of an owner''s webhooks would delete';
+
+-- Workers connected now: their sessions carry application_name
+-- 'outbox-worker <worker id>' (outbox_worker.worker).
+create function outbox.alive_workers()
+returns table (worker_id text, connections bigint, connected_since timestamptz)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select substr(a.application_name, length('outbox-worker ') + 1), count(*), min(a.backend_start)
+      from pg_stat_activity a
+     where a.datname = current_database() and a.application_name like 'outbox-worker %'
+     group by a.application_name
+     order by 1
+$$;
+comment on function outbox.alive_workers() is 'Workers with a connection to this database now, by worker id';

@@ -97,7 +97,7 @@ def database_url(migrated_url: str) -> str:
     with psycopg.connect(migrated_url, autocommit=True) as conn:
         conn.execute(
             "truncate outbox.delivery_attempts, outbox.deliveries, outbox.events, outbox.webhooks, "
-            "outbox.api_keys restart identity cascade"
+            "outbox.api_keys, outbox.console_sessions restart identity cascade"
         )
         conn.execute(TEST_CONFIG)
     return migrated_url

@@ -78,10 +78,13 @@ async def running_fleet(database_urls: list[Any], **overrides: Any) -> AsyncIter
         assert await asyncio.wait_for(task, 30) == 0
 
 
-def spawn_worker(database_url: str | list[Any], worker_id: str, **overrides: Any) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    database_url: str | list[Any], worker_id: str, env_extra: dict[str, str] | None = None, **overrides: Any
+) -> subprocess.Popen[bytes]:
     """``outbox-worker run`` as a real process, configured through the
-    environment; a list of databases goes to ``OUTBOX_DATABASE_URLS``."""
-    env = {**os.environ, "OUTBOX_WORKER_ID": worker_id}
+    environment: ``overrides`` as OUTBOX_* settings, ``env_extra`` as is
+    (OTEL_* variables, say); a list of databases goes to ``OUTBOX_DATABASE_URLS``."""
+    env = {**os.environ, **(env_extra or {}), "OUTBOX_WORKER_ID": worker_id}
     if isinstance(database_url, list):
         env.pop("OUTBOX_DATABASE_URL", None)
         env["OUTBOX_DATABASE_URLS"] = json.dumps(database_url)

@@ -116,11 +116,13 @@ def create_app(
     pool_timeout: float = 5.0,
     openapi_url: str | None = "/openapi.json",
     docs_url: str | None = "/docs",
+    console: bool = True,
 ) -> FastAPI:
     """The management API as an ASGI app: serve it (``outbox-worker api``) or mount it.
 
     ``pool_timeout`` is how long a request waits for a database connection
-    before it gets a 503.
+    before it gets a 503. ``console``: also serve the web console under
+    ``/console`` (:mod:`outbox_worker.console`).
     """
     if isinstance(settings_or_database_url, Settings):
         settings = settings_or_database_url
@@ -145,6 +147,7 @@ def create_app(
         prepare=settings.prepare_statements,
         policy=pooling.Policy(settings.pooler, logs.get_logger(component="api"), "api"),
     )
+    app.state.outbox_settings = settings
     app.state.outbox_limits = limits = Limits(settings.api_rate_per_key, settings.api_rate_per_ip)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(_RateLimitPerAddress, limiter=limits.per_ip)  # outermost: first
@@ -152,4 +155,8 @@ def create_app(
     app.include_router(deliveries_router)
     app.include_router(brand_router)
     add_exception_handlers(app)
+    if console:
+        from outbox_worker.console import install
+
+        install(app)
     return app

@@ -52,6 +52,7 @@ async def delivery_page(
     status: Status | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    event_type: str | None = None,
 ) -> DeliveryPage:
     """A keyset page of the owner's deliveries, newest first (404 for another owner's webhook)."""
     params = {
@@ -62,11 +63,25 @@ async def delivery_page(
         "status": status,
         "created_since": since and utc(since),
         "created_until": until and utc(until),
+        "event_type": event_type,
     }
     async with database(request).transaction() as conn:
         rows = await db.fetch_async(conn, "list_deliveries", params)
     page = [DeliveryOut.from_row(r) for r in rows[:limit]]
     return DeliveryPage(data=page, next=page[-1].id if len(rows) > limit else None)
+
+
+def request_body(stored: db.Row) -> str | None:
+    """The exact body a delivery POSTs, from a ``delivery_body`` row (None if the payload cannot be read)."""
+    # Not stored until the first attempt is logged: encoded as the worker
+    # encodes it (deterministic, so the same bytes).
+    body = stored["body"]
+    if body is None:
+        data = load_payload(stored["data"])
+        body = event_body(stored["event_type"], data, stored["created_at"], _log)
+    if isinstance(body, bytes | memoryview):
+        return bytes(body).decode("utf-8", "replace")
+    return None
 
 
 async def redeliver_owned(
@@ -93,6 +108,9 @@ async def list_deliveries(
         Query(description="Created at or after this time (ISO 8601; UTC without an offset)."),
     ] = None,
     until: Annotated[IsoDatetime | None, Query(description="Created before this time.")] = None,
+    event_type: Annotated[
+        str | None, Query(max_length=100, description="Only deliveries of this event type.")
+    ] = None,
     limit: PageSize = 20,
     cursor: Cursor = None,
 ) -> DeliveryPage:
@@ -106,6 +124,7 @@ async def list_deliveries(
         status=status,
         since=since,
         until=until,
+        event_type=event_type,
     )
 
 
@@ -125,14 +144,7 @@ async def get_delivery(
         stored = (await db.fetch_async(conn, "delivery_body", ids))[0] if include == "body" else None
     detail = DeliveryDetail(**DeliveryOut.from_row(row).model_dump())
     if stored is not None:
-        # Not stored until the first attempt is logged: encoded as the worker
-        # encodes it (deterministic, so the same bytes).
-        body = stored["body"]
-        if body is None:
-            data = load_payload(stored["data"])
-            body = event_body(stored["event_type"], data, stored["created_at"], _log)
-        if isinstance(body, bytes | memoryview):
-            detail.request_body = bytes(body).decode("utf-8", "replace")
+        detail.request_body = request_body(stored)
     return detail
 
 

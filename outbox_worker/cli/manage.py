@@ -240,6 +240,7 @@ def redeliver_cmd(
 @click.option("--data", required=True, help="JSON object payload.")
 @click.option("--ordering-key", help="Events with the same key reach each webhook in order.")
 @click.option("--idempotency-key", help="A second emit with this key returns the first event's id.")
+@click.option("--traceparent", help="W3C trace context the deliveries join (docs/tracing.md).")
 @pass_ctx
 @handle_errors
 def emit_cmd(
@@ -249,6 +250,7 @@ def emit_cmd(
     data: str,
     ordering_key: str | None,
     idempotency_key: str | None,
+    traceparent: str | None,
 ) -> None:
     """Emit one event (in its own transaction)."""
     try:
@@ -257,8 +259,9 @@ def emit_cmd(
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
     with ctx.connection() as conn:
         event_id = emit_event(
-            conn, owner, event_type, payload, ordering_key=ordering_key, idempotency_key=idempotency_key
-        )
+            conn, owner, event_type, payload, ordering_key=ordering_key, idempotency_key=idempotency_key,
+            traceparent=traceparent,
+        )  # fmt: skip
     output_record(ctx, {"event_id": event_id})
 
 
@@ -307,14 +310,22 @@ def _api_key_row(key: api_keys.ApiKey) -> dict[str, Any]:
 
 
 @api_keys_group.command("create")
-@click.option("--owner", required=True, help="Owner (vendor, brand, tenant) the key acts for.")
+@click.option("--owner", help="Owner (vendor, brand, tenant) the key acts for.")
+@click.option(
+    "--operator",
+    is_flag=True,
+    help="An operator key: the web console (/console) shows it every owner. --owner defaults to 'operator'.",
+)
 @pass_ctx
 @handle_errors
-def api_keys_create(ctx: Context, owner: str) -> None:
+def api_keys_create(ctx: Context, owner: str | None, operator: bool) -> None:
     """Issue a key and print it (shown this once; only its hash is stored)."""
+    if owner is None and not operator:
+        raise click.UsageError("give --owner OWNER (or --operator for an operator key)")
+    owner = owner or "operator"
     with ctx.connection() as conn:
-        created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix)
-    row = {"id": str(created.id), "owner": owner, "key": created.key}
+        created = api_keys.create_api_key(conn, owner, ctx.settings.api_key_prefix, operator=operator)
+    row = {"id": str(created.id), "owner": owner, "key": created.key, "operator": operator}
     output_record(ctx, row, "API key created: store it now")
 
 

@@ -47,6 +47,15 @@ def test_bench_quick_prints_a_table(server_url: str, repo_root: Path) -> None:
         assert re.search(r"\d", value), row
 
 
+def test_bench_quick_times_the_console_pages(server_url: str, repo_root: Path) -> None:
+    result = run_bench(repo_root, "--only", "console", "--server", server_url)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| console:")]
+    assert len(rows) == 10, result.stdout
+    assert sum("< 50 ms" in row for row in rows) == 7  # the delivery log's pages
+    for row in rows:
+        assert re.fullmatch(r" [0-9.]+ / [0-9.]+ *", row.split("|")[3]), row
+
+
 def test_bench_compare_pairs_this_checkout_with_a_ref(server_url: str, repo_root: Path) -> None:
     result = run_bench(repo_root, "--compare", "HEAD", "--server", server_url)
     prefixes = ("| throughput", "| slow", "| latency")
@@ -136,3 +145,25 @@ def test_bench_emit_scripts_write_what_their_rows_say(server_url: str) -> None:
             )[0]
             emits = "not an emit" not in label and script is not PGBENCH_PLAIN
             assert (orders, events) == expected.get(script, (3, 3 if emits else 0)), label
+
+
+def test_the_tracing_cost_bench_measures_three_ways(server_url: str, repo_root: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_cost", "--quick", "--server", server_url],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    rows = {
+        row.split("|")[2].strip(): row.split("|")[3].strip()
+        for row in result.stdout.splitlines()
+        if row.startswith("| tracing cost")
+    }
+    metrics = ("deliveries/s (ratio to off)", "worker CPU ms/delivery (ratio to off)", "spans exported")
+    ways = ("off", "on, 100%", "on, 1%")
+    assert set(rows) == {f"{way}: {m}" for way in ways for m in metrics}, result.stdout
+    assert rows["off: spans exported"] == "0"
+    # Every attempt of the 2,000 deliveries, and the batch spans, reach the sink at 100%.
+    assert int(rows["on, 100%: spans exported"].replace(",", "")) >= 2_000

@@ -241,3 +241,14 @@ def test_another_owners_deliveries_are_404_like_missing_ones(
     assert [d["webhook_id"] for d in listed] == [own_hook["id"]]  # its own log, nothing of vendor-1's
     after = conn.execute("select id, status::text, attempts from outbox.deliveries order by id").fetchall()
     assert after == before
+
+
+def test_the_log_filters_by_event_type(client: httpx.Client, conn: psycopg.Connection[Any]) -> None:
+    key = issue_key(conn, "vendor-1")
+    hook = create_hook(client, key, events=["*"])
+    created = add_delivery(conn, hook["id"], "vendor-1", event_type="order.created")
+    customer = add_delivery(conn, hook["id"], "vendor-1", event_type="customer.created")
+    for event_type, expected in (("customer.created", [customer]), ("order.created", [created]), ("x.y", [])):
+        page = ok(client.get(DELIVERIES, params={"event_type": event_type}, headers=auth(key)))
+        assert [d["id"] for d in page["data"]] == expected, event_type
+    assert len(ok(client.get(DELIVERIES, headers=auth(key)))["data"]) == 2

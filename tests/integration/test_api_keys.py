@@ -197,6 +197,21 @@ def test_cli_create_list_revoke(database_url: str, conn: psycopg.Connection[Any]
     assert [k["revoked_at"] is not None for k in after] == [True, True, False]
 
 
+def test_cli_issues_operator_keys(database_url: str, conn: psycopg.Connection[Any]) -> None:
+    operator = json.loads(run_cli(database_url, "--json", "api-keys", "create", "--operator").output)[0]
+    assert operator["owner"] == "operator" and operator["operator"] is True
+    named = json.loads(
+        run_cli(database_url, "--json", "api-keys", "create", "--operator", "--owner", "ops").output
+    )[0]
+    vendor = json.loads(run_cli(database_url, "--json", "api-keys", "create", "--owner", "v").output)[0]
+    flags = dict(conn.execute("select id::text, operator from outbox.api_keys").fetchall())
+    assert flags == {operator["id"]: True, named["id"]: True, vendor["id"]: False}
+    # The HTTP API acts for an operator key's own owner, like any key's.
+    assert api_keys.api_key_owner(conn, named["key"]) == "ops"
+    neither = CliRunner().invoke(main, ["--database-url", database_url, "api-keys", "create"])
+    assert neither.exit_code == 2 and "give --owner OWNER (or --operator" in neither.output
+
+
 def test_cli_errors_are_one_line(database_url: str) -> None:
     runner = CliRunner()
     unknown = runner.invoke(

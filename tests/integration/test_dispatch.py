@@ -155,6 +155,7 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
         "busy_owners": [],
         "per_owner": 10_000,
         "per_webhook": 64,
+        "traced": False,
     }
     conn.execute(query("dispatch"), {**params, "lease_seconds": 30, "worker_id": "d"})  # all unleased
     with psycopg.connect(database_url) as claimer:  # a transaction: its locks stay until rollback
@@ -169,6 +170,7 @@ def test_a_claim_locks_no_more_rows_than_it_keeps(database_url: str, conn: psyco
                 "pace_horizon": 2.0,
                 "lease_seconds": 30,
                 "worker_id": "w",
+                "traced": False,
             },
         ).fetchall()
         assert len(claimed) == 2
@@ -209,7 +211,7 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
     dispatch = {"limit": 5000, "lease_limit": 0, "busy_webhooks": [], "busy_owners": [],
                 "per_owner": 10_000, "per_webhook": 64,
-                "lease_seconds": 30, "worker_id": "d"}  # fmt: skip
+                "lease_seconds": 30, "worker_id": "d", "traced": False}  # fmt: skip
 
     def backlog(events: int) -> None:
         conn.execute(
@@ -252,7 +254,7 @@ def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
         emit(conn, "v", "order.created", {"n": n})
     conn.execute(query("dispatch"), {"limit": 10, "lease_limit": 10, "busy_webhooks": [], "busy_owners": [],
                 "per_owner": 10_000, "per_webhook": 10,
-                                     "lease_seconds": 30, "worker_id": "w"})  # fmt: skip
+                                     "lease_seconds": 30, "worker_id": "w", "traced": False})  # fmt: skip
     first, second = [r[0] for r in conn.execute("select id from outbox.deliveries order by id")]
 
     def last_success() -> Any:

@@ -18,6 +18,8 @@ from tests.helpers import eventually
 from tests.receiver import Receiver
 from tests.workers import running_worker, settled
 
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 
 @pytest.fixture
 def roles(database_url: str, conn: psycopg.Connection[Any]) -> Iterator[dict[str, str]]:
@@ -52,6 +54,13 @@ def test_app_can_only_emit(database_url: str, conn: psycopg.Connection[Any], rol
             "insert into outbox.events (owner_id, event_type, data, ordering_key, idempotency_key) "
             "values ('v', 'order.created', '{}', 'o-1', 'k')"
         )
+        # The trace context, by emit and by the fused INSERT.
+        emit(app, "v", "order.created", {}, traceparent=TRACEPARENT)
+        app.execute(
+            "insert into outbox.events (owner_id, event_type, data, traceparent) "
+            "values ('v', 'order.created', '{}', %s)",
+            (TRACEPARENT,),
+        )
         for forbidden in (
             "select data from outbox.events",
             "select * from outbox.webhooks",
@@ -61,7 +70,7 @@ def test_app_can_only_emit(database_url: str, conn: psycopg.Connection[Any], rol
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 app.execute(forbidden)
-    assert conn.execute("select count(*) from outbox.events").fetchone() == (3,)
+    assert conn.execute("select count(*) from outbox.events").fetchone() == (5,)
 
 
 def test_dba_reads_logs_but_never_secrets(

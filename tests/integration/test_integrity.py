@@ -28,7 +28,7 @@ UNRELATED = {
 
 DISPATCH = {"limit": 100, "lease_limit": 100, "busy_webhooks": [], "busy_owners": [],
                 "per_owner": 10_000, "per_webhook": 100,
-            "lease_seconds": 30, "worker_id": "w"}  # fmt: skip
+            "lease_seconds": 30, "worker_id": "w", "traced": False}  # fmt: skip
 
 
 def counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int, int]:

@@ -28,6 +28,7 @@ EXPECTED_RELATIONS = {
     ("api_key_info", "v"),
     ("delivery_info", "v"),
     ("idempotency_keys", "r"),
+    ("console_sessions", "r"),
 }
 
 EXPECTED_PUBLIC_FUNCTIONS = {
@@ -48,6 +49,8 @@ EXPECTED_PUBLIC_FUNCTIONS = {
     "list_deliveries",
     "get_delivery",
     "send_test_event",
+    "webhook_health",
+    "webhook_log_counts",
 }
 
 

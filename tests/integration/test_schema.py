@@ -165,7 +165,7 @@ MUTATIONS = {
         language sql volatile set search_path = pg_catalog, pg_temp
         as $$ select 'whsec_' || encode(outbox.random_bytes_32(), 'hex') $$""",
     "changed default": "alter table outbox.deliveries alter column attempts set default 1",
-    "missing grant": "revoke execute on function outbox.emit(text, text, jsonb, text, text) from public",
+    "missing grant": "revoke execute on function outbox.emit(text, text, jsonb, text, text, text) from public",  # noqa: E501
     "missing revoke": "grant execute on function outbox.compile_emit_trigger() to public",
     "missing check": (
         "alter table outbox.delivery_attempts drop constraint delivery_attempts_error_class_check"

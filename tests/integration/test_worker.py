@@ -368,6 +368,7 @@ def test_fan_out_is_idempotent(database_url: str, conn: psycopg.Connection[Any])
         "per_webhook": 64,
         "lease_seconds": 30,
         "worker_id": "w",
+        "traced": False,
     }
     first = conn.execute(query("dispatch"), params).fetchall()
     conn.execute("update outbox.events set dispatched_at = null where id = %s", (event_id,))
@@ -515,7 +516,9 @@ async def test_a_pinned_vacuum_horizon_slows_nothing_to_a_stop(
                 await until_settled(database_url, 100 * (round_ + 1))
         held = reader.execute("select count(*) from outbox.deliveries").fetchone()
         assert held == (0,)  # the snapshot really was pinned the whole time
-    assert len(receiver.requests) == 300
+    # Every event arrived (at least once: on a loaded machine an attempt past
+    # the tests' 2 s timeout is retried after the receiver has it).
+    assert len({r.headers["webhook-id"] for r in receiver.requests}) == 300
 
 
 async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url: str) -> None:
@@ -534,7 +537,7 @@ async def test_worker_commits_skip_the_wal_flush_wait_unless_asked(database_url:
 
 FAN_OUT = {
     "busy_webhooks": [], "busy_owners": [], "per_owner": 10_000, "per_webhook": 10_000,
-    "pace_horizon": 2.0, "lease_seconds": 300, "worker_id": "w",
+    "pace_horizon": 2.0, "lease_seconds": 300, "worker_id": "w", "traced": False,
 }  # fmt: skip
 
 
@@ -595,6 +598,7 @@ async def test_worker_plans_made_while_the_tables_were_tiny_still_use_their_inde
         "worker_id": "'w'", "ids": "'{}'",
         "limit": "200", "busy_webhooks": "'{}'", "busy_owners": "'{}'",
         "per_owner": "64", "per_webhook": "64", "lease_seconds": "300", "pace_horizon": "2",
+        "traced": "false",
     }  # fmt: skip
 
     def execute(name: str) -> str:

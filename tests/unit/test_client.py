@@ -8,7 +8,7 @@ import datetime
 import gzip
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -197,3 +197,28 @@ async def test_names_arriving_together_share_one_rebuild(receiver: Receiver) -> 
     assert sorted(r.headers["Host"].split(":")[0] for r in receiver.requests) == sorted(
         f"n{i}.example" for i in range(40)
     )
+
+
+async def test_answers_of_a_declared_length_are_read_whole_and_reuse_the_connection(
+    receiver: Receiver,
+) -> None:
+    peers: set[object] = set()
+
+    def answering(body: bytes, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def answer(request: web.Request) -> web.Response:
+            peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+            return web.Response(body=body, status=status)
+
+        return answer
+
+    async with client() as http:
+        empty = await http.post(URL(receiver.script("/empty", answering(b""))), b"{}", {}, never)
+        none = await http.post(URL(receiver.script("/none", answering(b"", 204))), b"{}", {}, never)
+        short = await http.post(URL(receiver.script("/short", answering(b"ok"))), b"{}", {}, never)
+        exact = await http.post(URL(receiver.script("/exact", answering(b"x" * 16))), b"{}", {}, never)
+        longer = await http.post(URL(receiver.script("/long", answering(b"y" * 40))), b"{}", {}, never)
+        again = await http.post(URL(receiver.script("/again", answering(b"ok"))), b"{}", {}, never)
+    assert [(a.status, a.body) for a in (empty, none, short, exact, longer, again)] == [
+        (200, b""), (204, b""), (200, b"ok"), (200, b"x" * 16), (200, b"y" * 16), (200, b"ok"),
+    ]  # fmt: skip
+    assert len(peers) == 1  # every answer ended cleanly: one keep-alive connection served all six

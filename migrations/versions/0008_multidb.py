@@ -1,20 +1,20 @@
 """A per-database prefix of webhook-ids, for one worker fleet over many databases.
 
-Revision ID: 0006_multidb
-Revises: 0005
+Revision ID: 0008
+Revises: 0007
 """
 
 from outbox_worker.migrate import run_sql_file
 
-revision = "0006_multidb"
-down_revision = "0005"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_file("0006_multidb.up.sql")
+    run_sql_file("0008_multidb.up.sql")
 
 
 def downgrade() -> None:
-    run_sql_file("0006_multidb.down.sql")
+    run_sql_file("0008_multidb.down.sql")
