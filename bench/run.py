@@ -9,7 +9,8 @@ to last arrival). Ratios to it are what to compare across machines; the
 slow-endpoint scenario has one too, at its 1,000 in flight.
 
 Scenarios (``--only``): throughput, payload, keyed, latency, emit, slow, memory, growth,
-console (the web console's server time, bench/console.py), multidb (bench/multidb.py).
+console (the web console's server time, bench/console.py), multidb (bench/multidb.py),
+manydb (bench/manydb.py).
 ``--compare REF`` instead measures throughput, the slow endpoint and latency
 of this checkout against a git ref, in pairs that alternate within the same run (the
 machine's speed drifts more between runs than most changes move it).

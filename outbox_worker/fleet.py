@@ -29,6 +29,7 @@ from outbox_worker.client import HttpClient
 from outbox_worker.databases import Database, shared_prefixes
 from outbox_worker.errors import SchemaNotMigrated
 from outbox_worker.jobs import refill_size
+from outbox_worker.lending import ConnectionLender
 from outbox_worker.logs import get_logger
 from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.settings import Settings
@@ -64,6 +65,16 @@ class Fleet:
         self.http_policy.set_database(allow_http=True, allow_private=True)
         self.stopping = asyncio.Event()
         self.started = False
+        # Many databases: one bounded set of connections lent in turn, no
+        # LISTEN (nor the quiet-NOTIFY flag's session), and health checks
+        # spaced out, each one a turn of its own (see lending).
+        self.lender: ConnectionLender | None = None
+        self.worker_settings = settings
+        self.health_interval = HEALTH_INTERVAL
+        if settings.database_connections:
+            self.lender = ConnectionLender(settings.database_connections)
+            self.worker_settings = settings.model_copy(update={"listen": False, "quiet_notify": False})
+            self.health_interval = max(HEALTH_INTERVAL, 10 * settings.poll_interval)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -130,7 +141,9 @@ class Fleet:
             share = self.budget.share(
                 name, member.database.weight, lambda: self._wake(member), refill_size(self.settings)
             )
-            worker = member.worker = Worker(self.settings, member.database, http=http, share=share)
+            worker = member.worker = Worker(
+                self.worker_settings, member.database, http=http, share=share, lender=self.lender
+            )
             try:
                 await worker.run()
                 if self.stopping.is_set():
@@ -164,7 +177,7 @@ class Fleet:
             problem = member.problem
             if worker is not None and worker.pool is not None and worker.ready:
                 try:
-                    async with worker.pool.connection(timeout=HEALTH_INTERVAL) as conn:
+                    async with worker.pool.connection(timeout=self.health_interval) as conn:
                         await db.fetch_async(conn, "ping", {})
                     problem = ""
                 except SchemaNotMigrated as exc:
@@ -181,7 +194,7 @@ class Fleet:
                 member.problem = problem
             metrics.DATABASE_UP.labels(name).set(0 if member.problem else 1)
             # Until its worker has started, look again soon: "starting" is no state to report for long.
-            await asyncio.sleep(0.1 if member.problem == "starting" else HEALTH_INTERVAL)
+            await asyncio.sleep(0.1 if member.problem == "starting" else self.health_interval)
 
     async def _cause(self, member: Member, exc: Exception) -> str:
         """Why ``member``'s database does not answer, in one line. A pool only

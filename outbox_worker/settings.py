@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."
     )
     pool_size: int = Field(4, ge=2, description="Database connections per worker process (plus one LISTEN).")
+    database_connections: int = Field(
+        0,
+        ge=0,
+        description="With `OUTBOX_DATABASE_URLS`: at most this many connections in all, lent to the "
+        "databases in turn (they poll); 0: a pool and a LISTEN each.",
+    )
 
     # Worker: HTTP
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection to a receiver.")

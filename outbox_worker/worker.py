@@ -27,6 +27,7 @@ from outbox_worker.completer import Completer
 from outbox_worker.databases import Database
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.errors import SchemaNotMigrated
+from outbox_worker.lending import ConnectionLender, LentPool
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
 from outbox_worker.maintenance import (
@@ -65,8 +66,10 @@ class Worker:
         *,
         http: HttpClient | None = None,
         share: Share | None = None,
+        lender: ConnectionLender | None = None,
     ) -> None:
         self.database = database = database or settings.databases[0]
+        self._lender = lender
         self.settings = settings = pooling.restrict(settings.for_database(database))
         self._shared_http = http
         self._share = share
@@ -146,18 +149,23 @@ class Worker:
             # its own; behind a transaction-mode pooler none (see pooling).
             await self.policy.configure_session(conn)
 
+        kwargs = {
+            "autocommit": True,
+            "prepare_threshold": 0 if settings.prepare_statements else None,
+            "application_name": f"outbox-worker {settings.worker_id}"[:63],
+        }
+        name = "outbox-worker" if self._shared_http is None else f"outbox-worker {self.database.name}"
+        if self._lender is not None:  # many databases: connections lent in turn (see lending)
+            url = db.libpq_url(settings.database_url)
+            return LentPool(self._lender, url, kwargs=kwargs, configure=configure, name=name)
         return db.LifoConnectionPool(
             db.libpq_url(settings.database_url),
             min_size=settings.pool_size,
             max_size=settings.pool_size,
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": 0 if settings.prepare_statements else None,
-                "application_name": f"outbox-worker {settings.worker_id}"[:63],
-            },
+            kwargs=kwargs,
             configure=configure,
             open=False,
-            name="outbox-worker" if self._shared_http is None else f"outbox-worker {self.database.name}",
+            name=name,
         )
 
     async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender, busy: BusyFlag | None) -> None:

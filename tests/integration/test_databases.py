@@ -218,3 +218,42 @@ async def test_readyz_and_metrics_name_the_database_that_is_away(make_database: 
     assert "outbox_no_such_database" in ready["databases"]["gone"]
     assert 'outbox_database_up{database="good"} 1.0' in scraped
     assert 'outbox_database_up{database="gone"} 0.0' in scraped
+
+
+async def test_many_databases_share_a_bounded_set_of_connections(
+    make_database: Any, receiver: Receiver, server_url: str
+) -> None:
+    """Six databases, two connections lent in turn: everything is delivered,
+    and the server never sees more than two connections of the worker."""
+    urls = [migrated(make_database, f"lent{i}") for i in range(6)]
+    for i, url in enumerate(urls):
+        hook_and_events(url, receiver.url(f"/lent{i}"), 5)
+    worker_id = f"lending-{os.getpid()}"
+    seen: list[int] = []
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as admin:
+            while not stop.is_set():
+                cur = await admin.execute(
+                    "select count(*) from pg_stat_activity where application_name = %s",
+                    (f"outbox-worker {worker_id}",),
+                )
+                seen.append((await cur.fetchone() or (0,))[0])
+                await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    databases = [{"name": f"lent{i}", "url": url} for i, url in enumerate(urls)]
+    async with running_fleet(
+        databases, database_connections=2, worker_id=worker_id, poll_interval=0.2
+    ) as fleet:
+        for url in urls:
+            await until_settled(url, 5, timeout=60)
+        # Emitted now, to a fleet that polls: each arrives within a round of turns.
+        hook_and_events(urls[3], receiver.url("/late3"), 1, owner="late")
+        await eventually(lambda: len(receiver.on("/late3")) == 1, timeout=10, what="a late event")
+        assert fleet.lender is not None and fleet.lender.open <= 2
+    stop.set()
+    await watcher
+    assert all(len(receiver.on(f"/lent{i}")) == 5 for i in range(6))
+    assert max(seen) <= 2 and max(seen) > 0, seen
