@@ -182,6 +182,10 @@ class Fleet:
                     problem = ""
                 except SchemaNotMigrated as exc:
                     problem = f"unmigrated: {exc}"
+                except PoolTimeout as exc:
+                    # Lent connections all busy says nothing of this database:
+                    # no verdict this time (and no connection outside the set).
+                    problem = member.problem if self.lender is not None else await self._cause(member, exc)
                 except Exception as exc:
                     problem = await self._cause(member, exc)
             if problem != member.problem:

@@ -238,7 +238,10 @@ class Worker:
         if self._shared_http is None:  # in a fleet, the fleet serves them
             self.ops = await metrics.start_server(settings, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
-        watcher = PolicyWatcher(pool, self.url_policy, self.log)
+        # Lent connections (many databases): upkeep polls a tenth as often,
+        # each of its statements being a turn that may cost a connection.
+        spaced = 10.0 if self._lender is not None else 1.0
+        watcher = PolicyWatcher(pool, self.url_policy, self.log, interval=5.0 * spaced)
         try:
             await self._first_policy(watcher)
         except SchemaNotMigrated:
@@ -260,7 +263,9 @@ class Worker:
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
             asyncio.create_task(PreviousSecretEraser(pool, self.log).run(), name="secret-eraser"),
-            asyncio.create_task(HeadUnparker(pool, self.log, self._key_freed).run(), name="ordering"),
+            asyncio.create_task(
+                HeadUnparker(pool, self.log, self._key_freed, interval=spaced).run(), name="ordering"
+            ),
             asyncio.create_task(watcher.run(), name="url-policy"),
         ]
         if settings.summary_interval and self._shared_http is None:  # a fleet logs one for all
