@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from bench import receiver as receiver_mod
-from bench.run import REPO, WORKER_ENV, Options, Table, median, run_from, wait_until
+from bench.harness import REPO, WORKER_ENV, Options, Table, median, run_from, wait_until
 from outbox_worker import migrate
 from outbox_worker.db import as_url
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import psutil
 
 from bench import receiver as receiver_mod
-from bench.run import REPO, WORKER_ENV, BenchDatabase, Options, Table, median, run_from, wait_until
+from bench.harness import REPO, WORKER_ENV, BenchDatabase, Options, Table, median, run_from, wait_until
 
 COUNTS = (1, 2, 4)
 
