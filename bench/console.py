@@ -30,7 +30,7 @@ TARGET_MS = 50.0
 
 
 class Database(Protocol):
-    """A migrated database of the bench's own (bench.run.BenchDatabase)."""
+    """A migrated database of the bench's own (bench.harness.BenchDatabase)."""
 
     url: str
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from bench.run import BenchDatabase, postgres_cpu
+from bench.harness import BenchDatabase, postgres_cpu
 from bench.soak import TABLES, AutovacuumCpu, Inserter, Soak, backend_cost, paced, total_size, webhook_ids
 
 PARTITIONED = """

@@ -43,9 +43,9 @@ import psutil
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from bench.harness import DEFAULT_SERVER, BenchDatabase, postgres_cpu, wait_until
 from bench.partitions import soak_partition
 from bench.retention_drain import throughput, worker_soak
-from bench.run import DEFAULT_SERVER, BenchDatabase, postgres_cpu, wait_until
 from bench.soak import (
     TABLES,
     AutovacuumCpu,

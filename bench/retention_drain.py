@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from bench import receiver as receiver_mod
-from bench.run import EVENT, OWNER, BenchDatabase, Workers, postgres_cpu, wait_until
+from bench.harness import EVENT, OWNER, BenchDatabase, Workers, postgres_cpu, wait_until
 from bench.soak import BODY, INSERT, Vacuumer, total_size
 
 

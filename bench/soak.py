@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 import psycopg
 
-from bench.run import EVENT, OWNER
+from bench.harness import EVENT, OWNER
 
 BODY = b'{"event":"order.created","data":{"id":"ord_1","total":1999,"currency":"EUR"},"timestamp":"x"}'
 

@@ -1,6 +1,6 @@
 """What tracing costs the worker: ``python -m bench.tracing_cost [--quick] [--runs N]``.
 
-The throughput drain (``bench.run.drain``: pre-emitted events, one worker
+The throughput drain (``bench.harness.drain``: pre-emitted events, one worker
 process, the bench receiver) three ways in the same run: tracing off, on
 with every trace sampled, and on with 1% (``OTEL_TRACES_SAMPLER=traceidratio``,
 ``0.01``). Every event carries a sampled trace context, as from an app that
@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from bench import receiver as receiver_mod
-from bench.run import DEFAULT_SERVER, Options, Table, bench_database, drain, median
+from bench.harness import DEFAULT_SERVER, Options, Table, bench_database, drain, median
 
 
 class SpanSink:

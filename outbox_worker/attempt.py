@@ -83,6 +83,7 @@ class Attempter:
         self._http = http
         self._settings = settings
         self._policy = policy
+        self.message_prefix = ""  # the database's (outbox.config.message_id_prefix), read at start
         self._urls: dict[str, URL] = {}
         policy.on_change(self._urls.clear)  # checked under the old policy
         # The database refuses these names for a webhook's own headers, but
@@ -189,6 +190,7 @@ class Attempter:
             secrets=job.secrets,
             timestamp=int(time.time()),
             signature_header=settings.signature_header,
+            message_prefix=self.message_prefix,
         )
         headers["Content-Type"] = "application/json"
         if job.headers:
@@ -198,7 +200,7 @@ class Attempter:
         job.deadline = time.monotonic() + settings.request_timeout
         try:
             url = self._checked_url(job.url)
-            answer = await self._http.post(url, job.body, headers, lambda: timed_out(job))
+            answer = await self._http.post(url, job.body, headers, lambda: timed_out(job), self._policy)
         except (TimeoutError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not timed_out(job):
                 raise

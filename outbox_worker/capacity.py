@@ -28,6 +28,7 @@ from collections import Counter, deque
 from collections.abc import Hashable, ValuesView
 from typing import TypeVar
 
+from outbox_worker.budget import Share
 from outbox_worker.jobs import Job, ahead_per_webhook, owner_limit, refill_size, timeout_tick
 from outbox_worker.settings import Settings
 
@@ -48,7 +49,10 @@ def _decrement(counts: Counter[K], key: K) -> None:
 
 
 class CapacityLedger:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, share: Share | None = None) -> None:
+        # With several databases, what this one may hold of the process's
+        # slots (outbox_worker.budget); None: the slots are all its own.
+        self.share = share
         self.concurrency = settings.concurrency
         self.per_host = settings.per_host_concurrency
         self.refill_at = refill_size(settings)
@@ -101,7 +105,22 @@ class CapacityLedger:
         # against a 100 ms receiver averaged ~800 requests running
         # (docs/performance.md, "Fixed on the way").
         held = len(self._running) + self._queued_count + len(self._waiting) + self._reserved
-        return self.concurrency + self.refill_at - held
+        free = self.concurrency + self.refill_at - held
+        return free if self.share is None else min(free, self.share.allowance())
+
+    def has_room(self) -> bool:
+        """Whether a reservation would get a slot now. With a share, asking
+        for room that other databases hold makes it want some (a claim
+        checks before it waits for a connection, and reserves after)."""
+        if self.share is None:
+            return self.free_slots() > 0
+        held = len(self._running) + self._queued_count + len(self._waiting) + self._reserved
+        if self.concurrency + self.refill_at - held <= 0:
+            return False
+        if self.share.allowance() <= 0:
+            self.share.want()
+            return False
+        return True
 
     def busy_webhooks(self) -> list[uuid.UUID]:
         """Webhooks holding their cap and their share ahead: claims skip them."""
@@ -138,17 +157,25 @@ class CapacityLedger:
 
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` slots for a claim or a fan-out."""
-        granted = max(0, min(wanted, self.free_slots()))
+        if self.share is None:
+            granted = max(0, min(wanted, self.free_slots()))
+        else:
+            held = len(self._running) + self._queued_count + len(self._waiting) + self._reserved
+            granted = self.share.take(max(0, min(wanted, self.concurrency + self.refill_at - held)))
         self._reserved += granted
         return granted
 
     def release(self, reserved: int) -> None:
         """Give back a reservation; the jobs it brought are admitted one by one."""
         self._reserved -= reserved
+        if self.share is not None:
+            self.share.give(reserved)
 
     def admit(self, job: Job) -> bool:
         """Count a newly leased job. True: start it now (then :meth:`start`);
         False: it queues behind its origin or waits for any slot."""
+        if self.share is not None:
+            self.share.hold()
         self._per_webhook[job.webhook_id] += 1
         self._per_owner[job.owner_id] += 1
         if self._must_queue(job.origin):
@@ -282,6 +309,8 @@ class CapacityLedger:
 
     def _forget(self, job: Job) -> None:
         """``job`` is no longer held here (sent, or left to a later claim)."""
+        if self.share is not None:
+            self.share.give()
         _decrement(self._per_webhook, job.webhook_id)
         _decrement(self._per_owner, job.owner_id)
 

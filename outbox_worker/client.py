@@ -100,6 +100,12 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def _check(policy: UrlPolicy, host: str, address: str) -> None:
+    """Refuse ``address``, which ``host`` resolved to, if ``policy`` does."""
+    if refused := policy.refuse(ipaddress.ip_address(address)):
+        raise BlockedTarget(f"{host} resolves to a refused address: {refused}", held=refused.held)
+
+
 def _content_length(value: str | None) -> int | None:
     """A response's declared body length, or None when absent or unreadable."""
     if value is None or not (value.isascii() and value.isdigit()):
@@ -137,14 +143,21 @@ class HttpClient:
         )
 
     async def post(
-        self, url: URL, body: bytes, headers: dict[str, str], timed_out: Callable[[], bool]
+        self,
+        url: URL,
+        body: bytes,
+        headers: dict[str, str],
+        timed_out: Callable[[], bool],
+        policy: UrlPolicy | None = None,
     ) -> Answer:
         """POST ``body``; raises BlockedTarget, ResolveError or pyreqwest's
         errors (its timeouts are ``TimeoutError`` subclasses). Once the
         status line has arrived, an attempt's timeout (reqwest's, or the
         sender's sweep, which ``timed_out`` tells from shutdown) only cuts
-        the body short."""
-        client = await self._client_for(url)
+        the body short. ``policy``: the sending database's, when this client
+        serves several (it vets names under the widest; each request's address
+        is then checked under its own database's)."""
+        client = await self._client_for(url, policy)
         request = client.post(str(url)).body_bytes(body).headers(headers)
         # A buffer limit of 0: the response is handed over at its status
         # line; with any other, pyreqwest first waits for that many body bytes.
@@ -178,7 +191,7 @@ class HttpClient:
                 raise
         return b"".join(chunks)
 
-    async def _client_for(self, url: URL) -> Client:
+    async def _client_for(self, url: URL, policy: UrlPolicy | None = None) -> Client:
         host = url.host or ""
         if self._is_literal(host):
             return self._shared  # a literal: check_url vetted it already
@@ -186,8 +199,12 @@ class HttpClient:
         shard = self._shards[hash(key) % SHARDS]
         pin = shard.pins.get(key)
         if pin is not None and pin.expires > time.monotonic() and shard.built.get(key) == pin.address:
+            if policy is not None and policy is not self._policy:
+                _check(policy, host, pin.address)
             return shard.client
         address = await self._vetted(key, pin)
+        if policy is not None and policy is not self._policy:
+            _check(policy, host, address)
         if shard.built.get(key) == address:
             return shard.client
         return await self._rebuilt(shard)

@@ -72,8 +72,10 @@ class Completer:
         settings: Settings,
         log: Any,
         on_key_freed: Callable[[], None] | None = None,
+        stats: metrics.HotPathStats | None = None,
     ) -> None:
         self._pool = pool
+        self._stats = stats  # its database's metrics
         # Called once a write has finished a keyed delivery: the next of its
         # key is due now, and only a claim sends it.
         self._on_key_freed = on_key_freed
@@ -91,7 +93,7 @@ class Completer:
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._ready.set()
-        metrics.record_outcome(outcome)
+        metrics.record_outcome(outcome, self._stats)
         if outcome.status == "delivered" and not self._debug:
             return  # successes are logged at debug only: skip building the event
         job = outcome.job

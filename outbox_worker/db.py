@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import errors
+from outbox_worker.databases import libpq_url as libpq_url
 from outbox_worker.sql import as_sqlalchemy, query
 
 # SQLAlchemy is imported only when a caller hands us one of its connections:
@@ -141,14 +142,6 @@ def as_url(conninfo: str, **overrides: str) -> str:
 def sqlalchemy_url(url: str) -> str:
     """The libpq URL in SQLAlchemy's form, pinned to the psycopg 3 driver."""
     return "postgresql+psycopg://" + as_url(libpq_url(url)).removeprefix("postgresql://")
-
-
-def libpq_url(url: str) -> str:
-    """The inverse of :func:`sqlalchemy_url`: what psycopg.connect takes."""
-    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix) :]
-    return url
 
 
 async def stop_tasks(tasks: list[asyncio.Task[Any]], again_after: float = 0.1) -> None:

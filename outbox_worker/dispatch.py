@@ -53,9 +53,11 @@ class Dispatcher:
         sender: Handoff,
         log: Any,
         tracing: Tracing | None = None,
+        stats: metrics.HotPathStats | None = None,
     ) -> None:
         self._pool = pool
         self._tracing = tracing
+        self._stats = stats  # its database's metrics
         self._settings = settings
         self._box = box
         self._sender = sender
@@ -64,14 +66,17 @@ class Dispatcher:
 
     async def dispatch_batch(self) -> int:
         """Dispatch one batch; returns how many events it took."""
-        reserved = self._sender.reserve(self._settings.batch_size)
         settings = self._settings
         handed = False
         self.unleased = 0
+        reserved = 0
         tracing = self._tracing
         started = time.time_ns() if tracing else 0
         try:
             async with self._pool.connection() as conn:
+                # Reserved once the connection is ours: a database slow to
+                # hand one out holds no slots of the budget it may share.
+                reserved = self._sender.reserve(settings.batch_size)
                 lease_ends = time.monotonic() + settings.lease_seconds
                 rows = await db.fetch_async(
                     conn,
@@ -121,7 +126,7 @@ class Dispatcher:
                         await asyncio.sleep(0)  # let the requests reach the wire first
                     batch = bodies_params(readable_bodies({i: bodies[i] for i in for_others}))
                     await db.fetch_async(conn, "store_bodies", batch)
-            metrics.observe_dispatch(e["created_at"] for e in events)
+            metrics.observe_dispatch((e["created_at"] for e in events), self._stats)
             deliveries = sum(1 for r in rows if r["id"] is not None)
             self._log.debug("dispatched", events=len(events), deliveries=deliveries, leased=len(jobs))
             return len(events)

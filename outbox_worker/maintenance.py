@@ -193,7 +193,7 @@ class PolicyWatcher:
                 "URL policy",
                 allow_http=policy.allow_http,
                 allow_private_networks=policy.allow_private,
-                database=dict(row),
+                config=dict(row),  # "database" names the database in a fleet
             )
 
     async def run(self) -> None:

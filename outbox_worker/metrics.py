@@ -53,7 +53,11 @@ class Probes:
     # Readiness of the wake-ups: LISTEN is up, or not wanted, or refused by a
     # transaction-mode pooler (then the worker polls).
     listening: Callable[[], bool]
-    listen_connected: Callable[[], bool]  # the LISTEN connection is up
+    listen_connected: Callable[[], dict[str, bool]]  # per database: its LISTEN connection is up
+    # Per database: its pool (None while it is retried with backoff) and what
+    # is wrong with it, if anything ("" when it delivers).
+    pools: Callable[[], dict[str, AsyncConnectionPool[Any] | None]]
+    problems: Callable[[], dict[str, str]]
 
 
 class _Buckets:
@@ -72,15 +76,14 @@ class _Buckets:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def family(self, name: str, doc: str, created: float) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, doc)
+    def add_to(self, family: HistogramMetricFamily, database: str, created: float) -> None:
         cumulative = list(itertools.accumulate(self.counts))
-        family.add_metric([], list(zip(self.le, cumulative, strict=True)), sum_value=self.sum)
-        family.samples.append(Sample(f"{name}_created", {}, created))  # add_metric has no created=
-        return family
+        family.add_metric([database], list(zip(self.le, cumulative, strict=True)), sum_value=self.sum)
+        # add_metric has no created=
+        family.samples.append(Sample(f"{family.name}_created", {"database": database}, created))
 
 
-class _HotPathStats:
+class HotPathStats:
     """The metrics updated per attempt and per dispatched event, as plain
     numbers that Prometheus reads at scrape time (a custom collector).
     Through prometheus_client's Counter and Histogram each attempt took four
@@ -100,10 +103,33 @@ class _HotPathStats:
         )
         self.created = time.time()
 
-    def _counter(self, name: str, doc: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
-        family = CounterMetricFamily(name, doc, labels=[label])
-        for value, count in list(counts.items()):
-            family.add_metric([value], count, created=self.created)
+
+class _AllStats:
+    """The hot-path numbers of every database this process serves, each
+    under its ``database`` label (a custom collector)."""
+
+    def __init__(self) -> None:
+        self.by_database: dict[str, HotPathStats] = {}
+
+    def stats(self, database: str) -> HotPathStats:
+        found = self.by_database.get(database)
+        if found is None:
+            found = self.by_database[database] = HotPathStats()
+        return found
+
+    def _counter(
+        self, name: str, doc: str, label: str | None, counts: Callable[[HotPathStats], dict[str, int]]
+    ) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["database", *([label] if label else [])])
+        for database, stats in list(self.by_database.items()):
+            for value, count in list(counts(stats).items()):
+                family.add_metric([database, *([value] if label else [])], count, created=stats.created)
+        return family
+
+    def _histogram(self, name: str, doc: str, buckets: Callable[[HotPathStats], _Buckets]) -> Metric:
+        family = HistogramMetricFamily(name, doc, labels=["database"])
+        for database, stats in list(self.by_database.items()):
+            buckets(stats).add_to(family, database, stats.created)
         return family
 
     def collect(self) -> Iterator[Metric]:
@@ -111,56 +137,83 @@ class _HotPathStats:
             "outbox_attempts",
             "HTTP attempts by result: delivered, retrying (another attempt follows), failed",
             "outcome",
-            self.attempts,
+            lambda s: s.attempts,
         )
         yield self._counter(
             "outbox_deliveries",
             "Deliveries finished, by final outcome: delivered or failed",
             "outcome",
-            self.deliveries,
+            lambda s: s.deliveries,
         )
         yield self._counter(
             "outbox_attempt_results",
             "Attempts by HTTP status class (2xx..5xx) or, without a response, error class "
             "(timeout, connection, dns, invalid_target)",
             "status_class",
-            self.results,
+            lambda s: s.results,
         )
-        yield self.duration.family(
+        yield self._histogram(
             "outbox_attempt_duration_seconds",
             "Duration of one HTTP attempt, response body included",
-            self.created,
+            lambda s: s.duration,
         )
-        dispatched = CounterMetricFamily("outbox_dispatched_events", "Events fanned out into deliveries")
-        dispatched.add_metric([], self.dispatched, created=self.created)
-        yield dispatched
-        yield self.dispatch_lag.family(
+        yield self._counter(
+            "outbox_dispatched_events",
+            "Events fanned out into deliveries",
+            None,
+            lambda s: {"": s.dispatched},
+        )
+        yield self._histogram(
             "outbox_dispatch_lag_seconds",
             "Time from an event's insert (its transaction's commit, near enough) to its fan-out",
-            self.created,
+            lambda s: s.dispatch_lag,
         )
 
 
-_STATS = _HotPathStats()
-REGISTRY.register(_STATS)  # a collector: anything with collect()
+# The label of what is counted without naming its database (a single
+# database's worker names its own: Worker passes its stats along).
+DEFAULT_DATABASE = "default"
+_ALL = _AllStats()
+REGISTRY.register(_ALL)  # a collector: anything with collect()
+
+
+def stats_for(database: str) -> HotPathStats:
+    """The hot-path numbers counted under ``database``."""
+    return _ALL.stats(database)
+
+
 IN_FLIGHT = Gauge("outbox_in_flight_requests", "HTTP requests in flight in this process")
 QUEUE = Gauge(
     "outbox_queue_deliveries",
     "Deliveries by queue state (whole database; aggregate replicas with max)",
-    ["state"],
+    ["database", "state"],
 )
 OLDEST_PENDING = Gauge(
-    "outbox_queue_oldest_pending_age_seconds", "Age of the oldest pending delivery (whole database)"
+    "outbox_queue_oldest_pending_age_seconds",
+    "Age of the oldest pending delivery (whole database)",
+    ["database"],
 )
-UNDISPATCHED = Gauge("outbox_events_undispatched", "Events committed but not fanned out yet (whole database)")
+UNDISPATCHED = Gauge(
+    "outbox_events_undispatched", "Events committed but not fanned out yet (whole database)", ["database"]
+)
 OLDEST_UNDISPATCHED = Gauge(
-    "outbox_events_oldest_undispatched_age_seconds", "Age of the oldest event not fanned out yet"
+    "outbox_events_oldest_undispatched_age_seconds",
+    "Age of the oldest event not fanned out yet",
+    ["database"],
 )
 QUEUE_REFRESHED = Gauge(
-    "outbox_queue_stats_timestamp_seconds", "Unix time of the last successful queue-depth query"
+    "outbox_queue_stats_timestamp_seconds", "Unix time of the last successful queue-depth query", ["database"]
 )
-LISTEN_UP = Gauge("outbox_listen_connected", "1 while the LISTEN connection is up (0 when polling only)")
+LISTEN_UP = Gauge(
+    "outbox_listen_connected", "1 while the LISTEN connection is up (0 when polling only)", ["database"]
+)
 READY = Gauge("outbox_worker_ready", "1 while the worker claims and sends")
+DATABASE_UP = Gauge(
+    "outbox_database_up",
+    "1 while the database answers with a migrated outbox schema; 0 while it is down, unmigrated "
+    "or retried with backoff",
+    ["database"],
+)
 
 
 def status_class(outcome: Outcome) -> str:
@@ -169,10 +222,10 @@ def status_class(outcome: Outcome) -> str:
     return outcome.error_class or "unknown"
 
 
-def record_outcome(outcome: Outcome) -> None:
-    """Count one attempt (called from ``Completer.record``)."""
+def record_outcome(outcome: Outcome, stats: HotPathStats | None = None) -> None:
+    """Count one attempt (called from ``Completer.record``) under its database's ``stats``."""
     result = "retrying" if outcome.status == "pending" else outcome.status
-    stats = _STATS
+    stats = stats or stats_for(DEFAULT_DATABASE)
     if result == "retrying" and outcome.error_class == "policy":
         stats.held += 1  # not an attempt: the URL policy held it, nothing was sent
         return
@@ -199,9 +252,13 @@ class Summary:
 
     @staticmethod
     def _read() -> tuple[int, int, int, int, int, float]:
-        s = _STATS
-        return (s.deliveries["delivered"], s.attempts["retrying"], s.deliveries["failed"], s.held,
-                s.dispatched, s.dispatch_lag.sum)  # fmt: skip
+        totals = [0, 0, 0, 0, 0, 0.0]
+        for s in list(_ALL.by_database.values()):  # the process's: every database's
+            now = (s.deliveries["delivered"], s.attempts["retrying"], s.deliveries["failed"], s.held,
+                   s.dispatched, s.dispatch_lag.sum)  # fmt: skip
+            totals = [a + b for a, b in zip(totals, now, strict=True)]
+        d, r, f, h, n, lag = totals
+        return int(d), int(r), int(f), int(h), int(n), float(lag)
 
     def log_once(self) -> bool:
         """Log what changed since the last call, if anything did."""
@@ -229,32 +286,32 @@ class Summary:
             self.log_once()
 
 
-def observe_dispatch(created_at: Iterable[datetime]) -> None:
+def observe_dispatch(created_at: Iterable[datetime], stats: HotPathStats | None = None) -> None:
     """Count a dispatched batch and each event's commit-to-dispatch lag."""
+    stats = stats or stats_for(DEFAULT_DATABASE)
     now = datetime.now(UTC)
-    lag = _STATS.dispatch_lag
+    lag = stats.dispatch_lag
     count = 0
     for moment in created_at:
         count += 1
         lag.observe(max(0.0, (now - moment).total_seconds()))
-    _STATS.dispatched += count
+    stats.dispatched += count
 
 
-def _set_queue(row: db.Row) -> None:
+def _set_queue(database: str, row: db.Row) -> None:
     for state in ("pending", "retrying", "in_flight", "failed"):
-        QUEUE.labels(state).set(float(row[state]))
-    OLDEST_PENDING.set(float(row["oldest_pending_seconds"]))
-    UNDISPATCHED.set(float(row["undispatched"]))
-    OLDEST_UNDISPATCHED.set(float(row["oldest_undispatched_seconds"]))
-    QUEUE_REFRESHED.set(datetime.now(UTC).timestamp())
+        QUEUE.labels(database, state).set(float(row[state]))
+    OLDEST_PENDING.labels(database).set(float(row["oldest_pending_seconds"]))
+    UNDISPATCHED.labels(database).set(float(row["undispatched"]))
+    OLDEST_UNDISPATCHED.labels(database).set(float(row["oldest_undispatched_seconds"]))
+    QUEUE_REFRESHED.labels(database).set(datetime.now(UTC).timestamp())
 
 
 class OpsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` for one worker."""
 
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any], probes: Probes, log: Any) -> None:
+    def __init__(self, settings: Settings, probes: Probes, log: Any) -> None:
         self._probes = probes
-        self._pool = pool
         self._settings = settings
         self._log = log.bind(component="metrics")
         self._runner: web.AppRunner | None = None
@@ -290,55 +347,83 @@ class OpsServer:
 
     async def _poll_queue(self) -> None:
         while True:
-            try:
-                async with self._pool.connection(timeout=5) as conn, conn.transaction():
-                    # The one statement here that reads whole tables: let it
-                    # scan them (the worker's sessions do not; see Worker._pool).
-                    await conn.execute("set local enable_seqscan = on")
-                    rows = await db.fetch_async(conn, "metrics_queue", {})
-                _set_queue(rows[0])
-            except Exception as exc:  # the database may be away; the gauges keep their last values
-                self._log.warning("queue metrics query failed", error=str(exc).strip())
+            # Concurrently: a database that is slow or away delays no other's gauges.
+            pools = self._probes.pools()
+            await asyncio.gather(*(self._poll_one(name, pool) for name, pool in pools.items() if pool))
             await asyncio.sleep(self._settings.metrics_interval)
+
+    async def _poll_one(self, database: str, pool: AsyncConnectionPool[Any]) -> None:
+        try:
+            async with pool.connection(timeout=5) as conn, conn.transaction():
+                # The one statement here that reads whole tables: let it
+                # scan them (the worker's sessions do not; see Worker._pool).
+                await conn.execute("set local enable_seqscan = on")
+                rows = await db.fetch_async(conn, "metrics_queue", {})
+            _set_queue(database, rows[0])
+        except Exception as exc:  # the database may be away; the gauges keep their last values
+            self._log.warning("queue metrics query failed", database=database, error=str(exc).strip())
 
     async def _metrics(self, _: web.Request) -> web.Response:
         READY.set(1 if self._probes.ready() else 0)
-        LISTEN_UP.set(1 if self._probes.listen_connected() else 0)
+        for database, up in self._probes.listen_connected().items():
+            LISTEN_UP.labels(database).set(1 if up else 0)
+        for database, problem in self._probes.problems().items():
+            DATABASE_UP.labels(database).set(0 if problem else 1)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _ping(self, pool: AsyncConnectionPool[Any] | None, problem: str) -> str | None:
+        """None when the database answers with its schema, else why not."""
+        if pool is None:
+            return problem or "not started"
+        try:
+            async with pool.connection(timeout=2) as conn:
+                await db.fetch_async(conn, "ping", {})  # the outbox schema too
+            return None
+        except Exception as exc:
+            return str(exc).strip() or type(exc).__name__
+
     async def _readyz(self, _: web.Request) -> web.Response:
+        """Ready when started, LISTEN is as wanted and a database answers.
+        With several databases, one that is away is reported under
+        ``databases`` but does not make the process unready: the others deliver."""
+        pools, problems = self._probes.pools(), self._probes.problems()
+        names = list(pools)
+        answers = await asyncio.gather(*(self._ping(pools[n], problems.get(n, "")) for n in names))
+        # A fleet's own account of a database says more than a pool's timeout.
+        errors = {
+            name: problems.get(name) or error
+            for name, error in zip(names, answers, strict=True)
+            if error is not None
+        }
+        for name, error in errors.items():
+            self._log.info("readiness: database not usable", database=name, error=error)
         checks: dict[str, bool] = {
             "worker": self._probes.ready(),
-            "database": False,
+            "database": len(errors) < len(names),
             "listen": self._probes.listening(),
         }
-        problem: dict[str, str] = {}
-        try:
-            async with self._pool.connection(timeout=2) as conn:
-                await db.fetch_async(conn, "ping", {})  # the outbox schema too
-            checks["database"] = True
-        except Exception as exc:
-            problem = {"error": str(exc).strip()}
-            self._log.info("readiness: database not usable", **problem)
+        detail: dict[str, Any] = {}
+        if len(names) > 1:
+            detail["databases"] = {name: errors.get(name, "ok") for name in names}
+        elif errors:
+            detail["error"] = next(iter(errors.values()))
         ok = all(checks.values())
         return web.json_response(
-            {"status": "ready" if ok else "not ready", **checks, **problem}, status=200 if ok else 503
+            {"status": "ready" if ok else "not ready", **checks, **detail}, status=200 if ok else 503
         )
 
 
-async def start_server(
-    settings: Settings, pool: AsyncConnectionPool[Any], probes: Probes, log: Any
-) -> OpsServer | None:
+async def start_server(settings: Settings, probes: Probes, log: Any) -> OpsServer | None:
     """Start the ops server unless ``OUTBOX_METRICS_PORT`` is 0. A port taken
     (another worker on this host) costs the probes and metrics, never the
     worker: it warns and delivers on without them."""
     if settings.metrics_port == 0:
         return None
     try:
-        return await OpsServer(settings, pool, probes, log).start()
+        return await OpsServer(settings, probes, log).start()
     except OSError as exc:
         log.warning(
             "metrics and health server not started: its port is taken; delivering without it",

@@ -77,6 +77,17 @@ def downgrade(database_url: str, revision: str = "base", *, pooler: str = "auto"
     command.downgrade(alembic_config(database_url), revision)
 
 
+def ensure_message_id_prefix(database_url: str) -> str:
+    """This database's webhook-id prefix, made now (random) if it has none:
+    beside other databases its ids must differ from theirs."""
+    from outbox_worker import db  # db's queries: not needed by alembic's own imports
+
+    with db.connect(database_url) as conn:
+        made = db.fetch(conn, "set_message_id_prefix", {})
+        prefix = made or db.fetch(conn, "message_id_prefix", {})
+    return str(prefix[0]["message_id_prefix"])
+
+
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 

@@ -50,6 +50,7 @@ from yarl import URL
 
 from outbox_worker import db
 from outbox_worker.attempt import Attempter
+from outbox_worker.budget import Share
 from outbox_worker.capacity import CapacityLedger, Lane
 from outbox_worker.jobs import (
     Job,
@@ -86,6 +87,7 @@ class Sender:
         record: Callable[[Outcome], None],
         log: Any,
         tracing: Tracing | None = None,
+        share: Share | None = None,
     ) -> None:
         self._pool = pool
         self._attempter = attempter
@@ -96,7 +98,7 @@ class Sender:
         self.box = SecretBox.from_keys(settings.secret_keys)
         self._record = record
         self._log = log.bind(component="sender")
-        self.ledger = CapacityLedger(settings)
+        self.ledger = CapacityLedger(settings, share)
         self.signals = SenderSignals()
         self._sweep: asyncio.TimerHandle | None = None
         self._tick = timeout_tick(settings)
@@ -165,17 +167,23 @@ class Sender:
             self.signals.claimed.fire()
 
     async def _claim(self) -> int:
-        reserved = self.reserve(self._settings.batch_size)
-        if not reserved:
+        if not (self.claiming and self.ledger.has_room()):
             self._claim_was_full = False
             return 0
         jobs: list[Job] = []
+        reserved = 0
         try:
-            busy = self._skipped = self.busy_webhooks()
-            busy_owners = self._skipped_owners = self.busy_owners()
             tracing = self._tracing
             started = time.time_ns() if tracing else 0
             async with self._pool.connection() as conn:
+                # Reserved once the connection is ours: a database slow to
+                # hand one out holds no slots of the budget it may share.
+                reserved = self.reserve(self._settings.batch_size)
+                if not reserved:
+                    self._claim_was_full = False
+                    return 0
+                busy = self._skipped = self.busy_webhooks()
+                busy_owners = self._skipped_owners = self.busy_owners()
                 lease_ends = time.monotonic() + self._settings.lease_seconds
                 rows = await db.fetch_async(
                     conn,
@@ -206,6 +214,8 @@ class Sender:
                 # A claim short of its room took every due row it could: claiming
                 # again at once would only come back empty.
                 self._claim_was_full = len(jobs) >= reserved
+                if not self._claim_was_full and self.ledger.share is not None:
+                    self.ledger.share.sated()  # the other databases may have their slots back
                 self.hand_over(jobs, reserved)
                 # Rows may remain for webhooks or owners skipped as saturated,
                 # or capped at their limit by this claim: a webhook so capped

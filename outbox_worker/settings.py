@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outbox_worker.databases import Database, check_url, default_name, parse_databases
 from outbox_worker.durations import parse_retention
-
-_POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2")
 
 
 def _default_worker_id() -> str:
@@ -32,6 +29,11 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "postgresql://postgres@localhost:5432/postgres",
         description="libpq URL of the database holding the `outbox` schema.",
+    )
+    database_urls: list[Any] = Field(
+        [],
+        description='Several databases instead: JSON list of URLs or `{"name","url","weight"}` '
+        "([docs/databases.md](docs/databases.md)).",
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="`auto`: console on a TTY, JSON otherwise (containers)."
@@ -78,6 +80,12 @@ class Settings(BaseSettings):
         200, ge=1, description="Most rows claimed, fanned out or completed per round trip."
     )
     pool_size: int = Field(4, ge=2, description="Database connections per worker process (plus one LISTEN).")
+    database_connections: int = Field(
+        0,
+        ge=0,
+        description="With `OUTBOX_DATABASE_URLS`: at most this many connections in all, lent to the "
+        "databases in turn (they poll); 0: a pool and a LISTEN each.",
+    )
 
     # Worker: HTTP
     connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection to a receiver.")
@@ -170,16 +178,13 @@ class Settings(BaseSettings):
     def _postgresql_url(cls, value: str) -> str:
         # Refused here, naming the variable, rather than as a libpq parse
         # error at the first connection. Never echoed: it may hold a password.
-        expected = "expected postgresql://user[:password]@host[:port]/dbname or libpq key=value pairs"
-        scheme, sep, _ = value.partition("://")
-        if sep and scheme.lower() not in _POSTGRES_SCHEMES:
-            raise ValueError(f"{scheme}:// is not a PostgreSQL URL: {expected}")
-        try:
-            from outbox_worker.db import libpq_url  # db imports settings' neighbours, not settings
+        check_url(value)
+        return value
 
-            conninfo_to_dict(libpq_url(value))
-        except psycopg.ProgrammingError:
-            raise ValueError(f"not a PostgreSQL URL: {expected}") from None
+    @field_validator("database_urls")
+    @classmethod
+    def _database_list(cls, value: list[Any]) -> list[Any]:
+        parse_databases(value)  # names unique, every URL a PostgreSQL one
         return value
 
     @field_validator("retention")
@@ -207,6 +212,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_way_to_name_databases(self) -> Settings:
+        # Compared with the default, not "was it set": copies re-validated
+        # from a dump (run's overrides) set every field.
+        default = type(self).model_fields["database_url"].default
+        if self.database_urls and self.database_url != default:
+            raise ValueError("set OUTBOX_DATABASE_URLS or OUTBOX_DATABASE_URL, not both")
+        return self
+
     @property
     def retention_window(self) -> timedelta | None:
         """``OUTBOX_RETENTION`` as a duration; None when off."""
@@ -215,6 +229,19 @@ class Settings(BaseSettings):
     @property
     def max_attempts(self) -> int:
         return len(self.retry_schedule) + 1
+
+    @property
+    def databases(self) -> list[Database]:
+        """Every database this worker serves (one without OUTBOX_DATABASE_URLS)."""
+        if self.database_urls:
+            return parse_databases(self.database_urls)
+        return [Database(default_name(self.database_url), self.database_url)]
+
+    def for_database(self, database: Database) -> Settings:
+        """These settings for ``database`` alone (what a single-database part reads)."""
+        if not self.database_urls and database.url == self.database_url:
+            return self
+        return self.model_copy(update={"database_url": database.url, "database_urls": []})
 
 
 def settings_table() -> str:

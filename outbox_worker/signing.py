@@ -286,9 +286,11 @@ def standard_signature(msg_id: str, timestamp: int, body: bytes, secret: str) ->
     return "v1," + base64.b64encode(mac.digest()).decode()
 
 
-def message_id(event_id: int) -> str:
-    """The ``webhook-id``: one per event, the same on every retry and redelivery."""
-    return f"evt_{event_id}"
+def message_id(event_id: int, prefix: str = "") -> str:
+    """The ``webhook-id``: one per event, the same on every retry and
+    redelivery; ``prefix`` is the database's (``outbox.config.message_id_prefix``),
+    which keeps ids apart across the databases of one fleet."""
+    return f"evt_{prefix}_{event_id}" if prefix else f"evt_{event_id}"
 
 
 def sign_headers(
@@ -298,6 +300,7 @@ def sign_headers(
     secrets: Iterable[str],
     timestamp: int,
     signature_header: str,
+    message_prefix: str = "",
 ) -> dict[str, str]:
     """Signature headers for one attempt, ``secrets`` newest first.
 
@@ -308,7 +311,7 @@ def sign_headers(
     match two secrets.
     """
     secrets = list(secrets)
-    msg_id = message_id(event_id)
+    msg_id = message_id(event_id, message_prefix)
     headers = {
         signature_header: body_signature(body, secrets[0]),
         "webhook-id": msg_id,

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -22,10 +22,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from outbox_worker import db, metrics, pooling, tracing
 from outbox_worker.attempt import Attempter
+from outbox_worker.budget import Share
 from outbox_worker.client import HttpClient
 from outbox_worker.completer import Completer
+from outbox_worker.databases import Database
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.errors import SchemaNotMigrated
+from outbox_worker.lending import ConnectionLender, LentPool
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
 from outbox_worker.maintenance import (
@@ -54,9 +57,32 @@ GC_YOUNG_PER_SLOT = 40
 
 
 class Worker:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings = pooling.restrict(settings)
-        self.log = get_logger(worker_id=settings.worker_id)
+    """The delivery engine over one database. Alone, it owns its process (HTTP
+    client, ops server); in a :class:`~outbox_worker.fleet.Fleet` it shares the
+    fleet's ``http`` client and a ``share`` of its request slots."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database | None = None,
+        *,
+        http: HttpClient | None = None,
+        share: Share | None = None,
+        lender: ConnectionLender | None = None,
+    ) -> None:
+        self.database = database = database or settings.databases[0]
+        self._lender = lender
+        self.settings = settings = pooling.restrict(settings.for_database(database))
+        self._shared_http = http
+        self._share = share
+        self.stats = metrics.stats_for(database.name)
+        self.message_prefix = ""  # outbox.config.message_id_prefix, once prefix_known
+        self.prefix_known = False
+        self.pool: AsyncConnectionPool[Any] | None = None
+        if http is None:
+            self.log = get_logger(worker_id=settings.worker_id)
+        else:
+            self.log = get_logger(worker_id=settings.worker_id, database=database.name)
         sets = pooling.session_settings(settings)
         self.policy = pooling.Policy(settings.pooler, self.log, "worker", sets=sets)
         self.stopping = asyncio.Event()
@@ -81,8 +107,39 @@ class Worker:
         if self.sender is not None:
             self.sender.note_backlog()  # the next delivery of a key is due: claim it
 
-    def _listen_connected(self) -> bool:
+    def listen_connected(self) -> bool:
         return self.listener is not None and self.listener.connected
+
+    async def _read_prefix(self, pool: AsyncConnectionPool[Any], attempter: Attempter) -> None:
+        """The database's webhook-id prefix, before anything is sent: ids must
+        never change between attempts. Retried with backoff while the database
+        is away; a missing schema ends the worker."""
+        delay = 0.1
+        while True:
+            try:
+                async with pool.connection(timeout=self.settings.connect_timeout) as conn:
+                    [row] = await db.fetch_async(conn, "message_id_prefix", {})
+                self.message_prefix = attempter.message_prefix = row["message_id_prefix"]
+                self.prefix_known = True
+                return
+            except SchemaNotMigrated:
+                raise
+            except Exception as exc:
+                self.log.warning(
+                    "reading the webhook-id prefix failed", error=str(exc).strip(), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _produce(
+        self,
+        pool: AsyncConnectionPool[Any],
+        attempter: Attempter,
+        loops: list[Callable[[], Coroutine[Any, Any, None]]],
+    ) -> None:
+        """Claim and dispatch once the webhook-id prefix is known."""
+        await self._read_prefix(pool, attempter)
+        await asyncio.gather(*(loop() for loop in loops))
 
     def _pool(self) -> AsyncConnectionPool[Any]:
         settings = self.settings
@@ -94,18 +151,23 @@ class Worker:
             # its own; behind a transaction-mode pooler none (see pooling).
             await self.policy.configure_session(conn)
 
+        kwargs = {
+            "autocommit": True,
+            "prepare_threshold": 0 if settings.prepare_statements else None,
+            "application_name": f"outbox-worker {settings.worker_id}"[:63],
+        }
+        name = "outbox-worker" if self._shared_http is None else f"outbox-worker {self.database.name}"
+        if self._lender is not None:  # many databases: connections lent in turn (see lending)
+            url = db.libpq_url(settings.database_url)
+            return LentPool(self._lender, url, kwargs=kwargs, configure=configure, name=name)
         return db.LifoConnectionPool(
             db.libpq_url(settings.database_url),
             min_size=settings.pool_size,
             max_size=settings.pool_size,
-            kwargs={
-                "autocommit": True,
-                "prepare_threshold": 0 if settings.prepare_statements else None,
-                "application_name": f"outbox-worker {settings.worker_id}"[:63],
-            },
+            kwargs=kwargs,
             configure=configure,
             open=False,
-            name="outbox-worker",
+            name=name,
         )
 
     async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender, busy: BusyFlag | None) -> None:
@@ -165,16 +227,23 @@ class Worker:
         settings = self.settings
         # First: OTEL_* variables the worker cannot honour stop it before it starts.
         traces = tracing.from_environment()
-        pool = self._pool()
+        self.pool = pool = self._pool()
+        name = self.database.name
         probes = metrics.Probes(
             in_flight=lambda: self.sender.in_flight if self.sender else 0,
             ready=lambda: self.ready,
             listening=self._listening,
-            listen_connected=self._listen_connected,
+            listen_connected=lambda: {name: self.listen_connected()},
+            pools=lambda: {name: pool},
+            problems=lambda: {name: ""},
         )
-        self.ops = await metrics.start_server(settings, pool, probes, self.log)  # /metrics, /healthz, /readyz
+        if self._shared_http is None:  # in a fleet, the fleet serves them
+            self.ops = await metrics.start_server(settings, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
-        watcher = PolicyWatcher(pool, self.url_policy, self.log)
+        # Lent connections (many databases): upkeep polls a tenth as often,
+        # each of its statements being a turn that may cost a connection.
+        spaced = 10.0 if self._lender is not None else 1.0
+        watcher = PolicyWatcher(pool, self.url_policy, self.log, interval=5.0 * spaced)
         try:
             await self._first_policy(watcher)
         except SchemaNotMigrated:
@@ -183,16 +252,22 @@ class Worker:
                 await self.ops.stop()
             await pool.close()
             raise
-        http = HttpClient(settings, self.url_policy)
-        self.completer = completer = Completer(pool, settings, self.log, lambda: self._key_freed())
+        http = self._shared_http or HttpClient(settings, self.url_policy)
+        self.completer = completer = Completer(
+            pool, settings, self.log, lambda: self._key_freed(), stats=self.stats
+        )
         attempter = Attempter(http, settings, self.url_policy)
-        self.sender = sender = Sender(pool, attempter, settings, completer.record, self.log, traces)
-        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, traces)
+        self.sender = sender = Sender(
+            pool, attempter, settings, completer.record, self.log, traces, share=self._share
+        )
+        dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, traces, stats=self.stats)
         background = [
             asyncio.create_task(completer.run(), name="completer"),
             asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
             asyncio.create_task(PreviousSecretEraser(pool, self.log).run(), name="secret-eraser"),
-            asyncio.create_task(HeadUnparker(pool, self.log, self._key_freed).run(), name="ordering"),
+            asyncio.create_task(
+                HeadUnparker(pool, self.log, self._key_freed, interval=spaced).run(), name="ordering"
+            ),
             asyncio.create_task(watcher.run(), name="url-policy"),
         ]
         retention = Retention(
@@ -204,7 +279,7 @@ class Worker:
             flush_commits=settings.synchronous_commit,
         )
         background.append(asyncio.create_task(retention.run(), name="retention"))
-        if settings.summary_interval:
+        if settings.summary_interval and self._shared_http is None:  # a fleet logs one for all
             summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
             background.append(asyncio.create_task(summary.run(), name="summary"))
         if sender.box is not None:
@@ -215,8 +290,12 @@ class Worker:
         quiet = settings.quiet_notify and settings.listen
         busy = BusyFlag(db.libpq_url(settings.database_url), self.log, self.policy.check) if quiet else None
         producers = [
-            asyncio.create_task(self._dispatch_loop(dispatcher, sender, busy), name="dispatcher"),
-            asyncio.create_task(sender.run(), name="sender"),
+            asyncio.create_task(
+                self._produce(
+                    pool, attempter, [lambda: self._dispatch_loop(dispatcher, sender, busy), sender.run]
+                ),
+                name="producers",
+            )
         ]
         if settings.listen:
 
@@ -256,7 +335,8 @@ class Worker:
         except Exception as exc:  # the leases expire on their own; nothing is lost
             self.log.error("could not hand back leases", error=str(exc).strip(), deliveries=len(unfinished))
         await db.stop_tasks(background)
-        await http.close()
+        if self._shared_http is None:
+            await http.close()
         if self.ops:
             await self.ops.stop()
         await pool.close()
@@ -305,11 +385,14 @@ def tune_gc(concurrency: int) -> None:
     gc.set_threshold(max(GC_YOUNG_MIN, GC_YOUNG_PER_SLOT * concurrency))
 
 
-def run_forever(settings: Settings) -> int:
-    """``outbox-worker run``: serve on the fastest available event loop."""
+def run_forever(
+    settings: Settings, serving: Callable[[Settings], Coroutine[Any, Any, int]] | None = None
+) -> int:
+    """``outbox-worker run``: serve on the fastest available event loop
+    (``serving``: another way to serve, such as the fleet's)."""
     tune_gc(settings.concurrency)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        return runner.run(serve(settings))
+        return runner.run((serving or serve)(settings))
 
 
 async def serve(settings: Settings) -> int:

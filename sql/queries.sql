@@ -456,6 +456,16 @@ select owner_id, webhook_id, url, enabled, pending, retrying, in_flight, failed,
 select undispatched, extract(epoch from oldest_undispatched_age) as oldest_undispatched_seconds
   from outbox.event_backlog;
 
+-- database_stats: one database's queue health in one row (`outbox-worker stats` over several databases)
+select (select count(*) from outbox.webhooks)::bigint as webhooks,
+       coalesce(sum(q.pending), 0)::bigint as pending,
+       coalesce(sum(q.retrying), 0)::bigint as retrying,
+       coalesce(sum(q.in_flight), 0)::bigint as in_flight,
+       coalesce(sum(q.failed), 0)::bigint as failed,
+       extract(epoch from max(q.oldest_pending_age)) as oldest_pending_seconds,
+       (select undispatched from outbox.event_backlog)::bigint as undispatched
+  from outbox.queue_stats q;
+
 -- purge: one batch of retention: of the next `limit` events after after_id (id order: oldest first), delete those created before older_than (NULL: none) whose deliveries are all finished, their deliveries and attempts going with them (the delete cascade); and up to `limit` idempotency keys past outbox.config.idempotency_window. How many of each, the oldest event deleted, the last id looked at, and whether the look reached the window (the pass is over)
 with scanned as materialized (
     -- A bounded look along the primary key, wherever the table's end is:
@@ -670,6 +680,15 @@ select (select count(*) from outbox.deliveries d
          where not exists (select from outbox.webhooks w where w.id = d.webhook_id)) as deliveries_without_webhook,
        (select count(*) from outbox.delivery_attempts a
          where not exists (select from outbox.deliveries d where d.id = a.delivery_id)) as attempts_without_delivery;
+
+-- message_id_prefix: this database's prefix of webhook-ids (read once at start; empty: evt_<event id>)
+select message_id_prefix from outbox.config;
+
+-- set_message_id_prefix: give this database a random prefix of webhook-ids unless it has one (`migrate` with several databases); the prefix
+update outbox.config
+   set message_id_prefix = substr(md5(gen_random_uuid()::text), 1, 8)
+ where message_id_prefix = ''
+returning message_id_prefix;
 
 -- url_policy: the database's URL policy, which the worker enforces at send time (read every few seconds)
 select allow_http, allow_private_networks from outbox.config;

@@ -38,7 +38,9 @@ create table outbox.config (
     allow_private_networks boolean not null default false,
     secret_rotation_overlap interval not null default '24 hours',
     notify boolean not null default true,
-    idempotency_window interval not null default '24 hours' check (idempotency_window > interval '0')
+    idempotency_window interval not null default '24 hours' check (idempotency_window > interval '0'),
+    message_id_prefix text not null default ''
+        constraint config_message_id_prefix_check check (message_id_prefix ~ '^[a-z0-9]{0,16}$')
 );
 insert into outbox.config default values;
 comment on table outbox.config is 'Single-row settings enforced by the outbox SQL functions';
@@ -46,6 +48,8 @@ comment on column outbox.config.notify is
     'Emitting transactions wake workers with NOTIFY (skipped while a worker drains); false: workers only poll';
 comment on column outbox.config.idempotency_window is
     'How long an idempotency key makes a second emit return the first event (then purge removes it)';
+comment on column outbox.config.message_id_prefix is
+    'webhook-id is evt_<prefix>_<event id> when set (evt_<event id> when empty): unique across databases; set by outbox-worker migrate with several databases';
 
 -- One setting of outbox.config by its column name, the value given as text
 -- and cast to the column's type (`outbox-worker config set`); returns the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from outbox_worker.fleet import Fleet
 from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.settings import Settings
 from outbox_worker.worker import Worker
@@ -60,18 +62,34 @@ async def running_worker(database_url: str, **overrides: Any) -> AsyncIterator[W
         assert await asyncio.wait_for(task, 30) == 0
 
 
+@asynccontextmanager
+async def running_fleet(database_urls: list[Any], **overrides: Any) -> AsyncIterator[Fleet]:
+    """One worker over several databases (``OUTBOX_DATABASE_URLS``), in this loop."""
+    fleet = Fleet(Settings.model_validate({**FAST, "database_urls": database_urls, **overrides}))
+    task = asyncio.create_task(fleet.run())
+    try:
+        while not fleet.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield fleet
+    finally:
+        fleet.stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
 def spawn_worker(
-    database_url: str, worker_id: str, env_extra: dict[str, str] | None = None, **overrides: Any
+    database_url: str | list[Any], worker_id: str, env_extra: dict[str, str] | None = None, **overrides: Any
 ) -> subprocess.Popen[bytes]:
     """``outbox-worker run`` as a real process, configured through the
     environment: ``overrides`` as OUTBOX_* settings, ``env_extra`` as is
-    (OTEL_* variables, say)."""
-    env = {
-        **os.environ,
-        **(env_extra or {}),
-        "OUTBOX_DATABASE_URL": database_url,
-        "OUTBOX_WORKER_ID": worker_id,
-    }
+    (OTEL_* variables, say); a list of databases goes to ``OUTBOX_DATABASE_URLS``."""
+    env = {**os.environ, **(env_extra or {}), "OUTBOX_WORKER_ID": worker_id}
+    if isinstance(database_url, list):
+        env.pop("OUTBOX_DATABASE_URL", None)
+        env["OUTBOX_DATABASE_URLS"] = json.dumps(database_url)
+    else:
+        env["OUTBOX_DATABASE_URL"] = database_url
     for key, value in {**FAST, **overrides}.items():
         env[f"OUTBOX_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     return subprocess.Popen(

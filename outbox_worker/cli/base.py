@@ -11,6 +11,7 @@ exit 1; bad usage exits 2. No traceback reaches the user.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ from typing import Any, TypeVar
 import click
 import psycopg
 import pydantic
+from pydantic_settings import SettingsError
 
 from outbox_worker import db, logs, pooling
+from outbox_worker.databases import Database, choose
 from outbox_worker.durations import DurationError, parse_duration
 from outbox_worker.errors import OutboxError
 from outbox_worker.secretbox import SecretBox
@@ -32,19 +35,38 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Context:
-    def __init__(self, settings: Settings, as_json: bool) -> None:
+    def __init__(self, settings: Settings, as_json: bool, database: str | None = None) -> None:
         self.settings = settings
         self.as_json = as_json
+        self.database = database  # --database: the one a command acts on
         self.box = SecretBox.from_keys(settings.secret_keys)
         self.policy = pooling.Policy(settings.pooler, logs.get_logger(), "cli")
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def target(self) -> Database:
+        """The one database a management command acts on (``--database``,
+        required when several are configured)."""
         try:
-            conn = db.connect(db.libpq_url(self.settings.database_url))
+            return choose(self.settings.databases, self.database)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+
+    def targets(self) -> list[Database]:
+        """The databases ``run``, ``stats``, ``migrate`` and ``purge`` act on:
+        every one configured, or the one ``--database`` names."""
+        return [self.target()] if self.database is not None else self.settings.databases
+
+    def settings_for(self, database: Database | None = None) -> Settings:
+        return self.settings.for_database(database or self.target())
+
+    @contextmanager
+    def connection(self, database: Database | None = None) -> Iterator[psycopg.Connection[Any]]:
+        target = database or self.target()
+        try:
+            conn = db.connect(db.libpq_url(target.url))
             self.policy.check_sync(conn)  # through a transaction-mode pooler: nothing prepared
         except psycopg.OperationalError as exc:
-            raise click.ClickException(f"cannot connect to the database: {one_line(exc)}") from exc
+            where = f" {target.name}" if len(self.settings.databases) > 1 else ""
+            raise click.ClickException(f"cannot connect to the database{where}: {one_line(exc)}") from exc
         with conn:  # commits on success, rolls back on error
             yield conn
 
@@ -176,15 +198,27 @@ def _settings_error(exc: pydantic.ValidationError) -> str:
     """One line per refused setting, naming its environment variable."""
     problems = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "settings"
         message = str(error["msg"]).removeprefix("Value error, ")
-        problems.append(f"OUTBOX_{field.upper()}: {message}")
+        # A rule over several settings names them itself.
+        problems.append(f"OUTBOX_{str(error['loc'][0]).upper()}: {message}" if error["loc"] else message)
     return "; ".join(problems)
+
+
+_SETTINGS_FIELD = re.compile(r'field "(\w+)"')
+
+
+def _unparsable_setting(exc: SettingsError) -> str:
+    """A setting pydantic-settings could not decode (JSON lists, before validation)."""
+    found = _SETTINGS_FIELD.search(str(exc))
+    name = f"OUTBOX_{found.group(1).upper()}" if found else "a setting"
+    return f'{name}: not valid JSON (expected a JSON list, e.g. ["a", "b"])'
 
 
 def _as_click_error(exc: Exception) -> click.ClickException:
     if isinstance(exc, click.ClickException):
         return exc
+    if isinstance(exc, SettingsError):
+        return click.ClickException(_unparsable_setting(exc))
     mapped = db.translate(exc)  # statements run outside db.fetch: a missing schema, an OW code
     if isinstance(mapped, OutboxError):
         return click.ClickException(str(mapped))
@@ -212,7 +246,22 @@ def _json_option(ctx: click.Context, _: click.Parameter, value: bool) -> None:
         obj.as_json = True
 
 
-def _with_json_option(params: list[click.Parameter]) -> None:
+def _database_option(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    if value is not None and (obj := ctx.find_object(Context)) is not None:
+        obj.database = value
+
+
+def _with_common_options(params: list[click.Parameter]) -> None:
+    if not any(p.name == "database" for p in params):
+        params.append(
+            click.Option(
+                ["--database", "database"],
+                metavar="NAME",
+                expose_value=False,
+                callback=_database_option,
+                help="The database to act on, by name (OUTBOX_DATABASE_URLS; here or before the command).",
+            )
+        )
     if not any(p.name == "as_json" for p in params):
         params.append(
             click.Option(
@@ -230,7 +279,7 @@ class OutboxCommand(click.Command):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _with_json_option(self.params)
+        _with_common_options(self.params)
 
 
 class OutboxGroup(click.Group):
@@ -242,7 +291,7 @@ class OutboxGroup(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _with_json_option(self.params)
+        _with_common_options(self.params)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -266,7 +315,7 @@ class OutboxGroup(click.Group):
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
-        except pydantic.ValidationError as exc:  # settings, read before any command runs
+        except (pydantic.ValidationError, SettingsError) as exc:  # settings, read before any command runs
             _show(_as_click_error(exc), as_json)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -277,11 +326,12 @@ pass_ctx = click.make_pass_decorator(Context)
 
 @click.group(cls=OutboxGroup)
 @click.option("--database-url", envvar="OUTBOX_DATABASE_URL", help="Overrides OUTBOX_DATABASE_URL.")
+@click.option("--database", help="The database to act on, by name (see OUTBOX_DATABASE_URLS).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of plain lines.")
 @click.version_option(package_name="outbox-worker")
 @click.pass_context
-def main(click_ctx: click.Context, database_url: str | None, as_json: bool) -> None:
+def main(click_ctx: click.Context, database_url: str | None, database: str | None, as_json: bool) -> None:
     """Postgres transactional-outbox webhook worker."""
     settings = Settings(database_url=database_url) if database_url else Settings()
     logs.configure(settings.log_level, settings.log_format)
-    click_ctx.obj = Context(settings, as_json)
+    click_ctx.obj = Context(settings, as_json, database)

@@ -10,8 +10,18 @@ from typing import Any
 import click
 import psycopg
 
-from outbox_worker import db, grants, pooling, webhooks
-from outbox_worker.cli.base import Context, handle_errors, main, output, output_record, parse_age, pass_ctx
+from outbox_worker import db, fleet, grants, pooling, webhooks
+from outbox_worker.cli.base import (
+    Context,
+    handle_errors,
+    main,
+    one_line,
+    output,
+    output_record,
+    parse_age,
+    pass_ctx,
+)
+from outbox_worker.databases import Database, shared_prefixes
 from outbox_worker.maintenance import sealed_params
 from outbox_worker.secretbox import generate_key, new_secret
 from outbox_worker.settings import Settings
@@ -23,18 +33,27 @@ from outbox_worker.worker import run_forever
 @click.option("--downgrade", is_flag=True, help="Downgrade to --revision (default base) instead.")
 @pass_ctx
 def migrate_cmd(ctx: Context, revision: str, downgrade: bool) -> None:
-    """Create or upgrade the `outbox` schema (alembic)."""
+    """Create or upgrade the `outbox` schema (alembic), in every database."""
     from outbox_worker import migrate  # alembic and SQLAlchemy: only this command needs them
 
-    url = db.libpq_url(ctx.settings.database_url)
-    try:
-        if downgrade:
-            migrate.downgrade(url, "base" if revision == "head" else revision, pooler=ctx.settings.pooler)
-        else:
-            migrate.upgrade(url, revision, pooler=ctx.settings.pooler)
-    except Exception as exc:  # alembic and drivers raise many types; the user needs one line
-        raise click.ClickException(f"migration failed: {exc}") from exc
-    click.echo(f"outbox schema at revision {migrate.current_revision(url) or 'base (none)'}")
+    several = len(ctx.settings.databases) > 1
+    prefixes: dict[str, str] = {}
+    for database in ctx.targets():
+        url = db.libpq_url(database.url)
+        where = f"{database.name}: " if several else ""
+        try:
+            if downgrade:
+                migrate.downgrade(url, "base" if revision == "head" else revision, pooler=ctx.settings.pooler)
+            else:
+                migrate.upgrade(url, revision, pooler=ctx.settings.pooler)
+                if several and revision == "head":
+                    # Beside other databases, webhook-ids need this one's prefix.
+                    prefixes[database.name] = migrate.ensure_message_id_prefix(url)
+        except Exception as exc:  # alembic and drivers raise many types; the user needs one line
+            raise click.ClickException(f"{where}migration failed: {one_line(exc)}") from exc
+        click.echo(f"{where}outbox schema at revision {migrate.current_revision(url) or 'base (none)'}")
+    if shared := shared_prefixes(prefixes):
+        raise click.ClickException(shared)
 
 
 # -- webhooks -----------------------------------------------------------------
@@ -68,17 +87,14 @@ def run_cmd(
     # Until the event loop installs its handlers, nothing is claimed: a
     # SIGTERM during start-up is a clean exit, not a crash.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sys.exit(run_forever(settings))
+    several = len(ctx.targets()) > 1
+    if not several and ctx.database is not None:
+        settings = settings.for_database(ctx.target())  # --database: that one alone
+    sys.exit(run_forever(settings, fleet.serve if several else None))
 
 
-@main.command("stats")
-@pass_ctx
-def stats_cmd(ctx: Context) -> None:
-    """Queue health: per webhook, and events waiting for fan-out."""
-    with ctx.connection() as conn:
-        rows = db.fetch(conn, "queue_stats", {})
-        backlog = db.fetch(conn, "event_backlog", {})[0]
-    table = [
+def _webhook_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
         {
             "owner": r["owner_id"],
             "webhook": str(r["webhook_id"]),
@@ -94,6 +110,21 @@ def stats_cmd(ctx: Context) -> None:
         }
         for r in rows
     ]
+
+
+@main.command("stats")
+@pass_ctx
+def stats_cmd(ctx: Context) -> None:
+    """Queue health: per webhook, and events waiting for fan-out; with several
+    databases, a row per database and their total (--database: one's webhooks)."""
+    targets = ctx.targets()
+    if len(targets) > 1:
+        _stats_per_database(ctx, targets)
+        return
+    with ctx.connection(targets[0]) as conn:
+        rows = db.fetch(conn, "queue_stats", {})
+        backlog = db.fetch(conn, "event_backlog", {})[0]
+    table = _webhook_rows(rows)
     if ctx.as_json:
         output(ctx, [{"webhooks": table, "undispatched_events": backlog["undispatched"]}])
         return
@@ -103,6 +134,49 @@ def stats_cmd(ctx: Context) -> None:
         f"undispatched events: {backlog['undispatched']}" + (f" (oldest {float(age):.1f} s)" if age else ""),
         err=not sys.stdout.isatty(),  # piped: stdout holds the table alone
     )
+
+
+def _stats_per_database(ctx: Context, targets: list[Database]) -> None:
+    """One row per database, a total, and a line per database that did not
+    answer (exit 1 then, after the rows of those that did)."""
+    table: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for database in targets:
+        try:
+            with ctx.connection(database) as conn:
+                [row] = db.fetch(conn, "database_stats", {})
+        except click.ClickException as exc:
+            failed.append(exc.format_message())
+            row = {}
+        except psycopg.Error as exc:
+            failed.append(f"{database.name}: {one_line(db.translate(exc))}")
+            row = {}
+        table.append(_database_row(database.name, row))
+    counted = [r for r in table if r["error"] is None]
+    total = {key: sum(r[key] for r in counted) for key in _COUNTS}
+    oldest = [r["oldest_pending_s"] for r in counted if r["oldest_pending_s"] is not None]
+    table.append(
+        {"database": "total", **total, "oldest_pending_s": max(oldest, default=None),
+         "error": f"{len(failed)} not answering" if failed else None}
+    )  # fmt: skip
+    output(ctx, table, "Queue health per database")
+    if failed:
+        raise click.ClickException("; ".join(failed))
+
+
+_COUNTS = ("webhooks", "pending", "retrying", "in_flight", "failed", "undispatched")
+
+
+def _database_row(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    if not row:
+        return {"database": name, **dict.fromkeys(_COUNTS, 0), "oldest_pending_s": None, "error": "no answer"}
+    age = row["oldest_pending_seconds"]
+    return {
+        "database": name,
+        **{key: int(row[key]) for key in _COUNTS},
+        "oldest_pending_s": None if age is None else round(float(age), 1),
+        "error": None,
+    }
 
 
 @main.command("purge")
@@ -116,27 +190,39 @@ def stats_cmd(ctx: Context) -> None:
 @pass_ctx
 def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> None:
     """Delete finished events with their deliveries and attempts, in batches,
-    and idempotency keys past outbox.config.idempotency_window."""
+    and idempotency keys past outbox.config.idempotency_window (in every database)."""
     cutoff = datetime.now(UTC) - parse_age(older_than, "--older-than")
-    if dry_run:
-        with ctx.connection() as conn:
-            [row] = db.fetch(conn, "purge_preview", {"older_than": cutoff})
-        if ctx.as_json:
-            output_record(ctx, {**row, "older_than": cutoff, "dry_run": True})
-            return
-        click.echo(
-            f"would purge {row['events']} events "
-            f"({row['deliveries']} deliveries, {row['attempts']} attempts) "
-            f"created before {cutoff.isoformat(timespec='seconds')}"
-            + (f", the oldest at {row['oldest'].isoformat(timespec='seconds')}" if row["oldest"] else "")
-            + "; nothing deleted (--dry-run)"
-        )
+    several = len(ctx.settings.databases) > 1
+    for database in ctx.targets():
+        where = f"{database.name}: " if several else ""
+        if dry_run:
+            _purge_preview(ctx, database, cutoff, where)
+        else:
+            _purge(ctx, database, cutoff, batch_size, where)
+
+
+def _purge_preview(ctx: Context, database: Database, cutoff: datetime, where: str) -> None:
+    with ctx.connection(database) as conn:
+        [row] = db.fetch(conn, "purge_preview", {"older_than": cutoff})
+    if ctx.as_json:
+        extra = {"database": database.name} if where else {}
+        output_record(ctx, {**extra, **row, "older_than": cutoff, "dry_run": True})
         return
+    click.echo(
+        f"{where}would purge {row['events']} events "
+        f"({row['deliveries']} deliveries, {row['attempts']} attempts) "
+        f"created before {cutoff.isoformat(timespec='seconds')}"
+        + (f", the oldest at {row['oldest'].isoformat(timespec='seconds')}" if row["oldest"] else "")
+        + "; nothing deleted (--dry-run)"
+    )
+
+
+def _purge(ctx: Context, database: Database, cutoff: datetime, batch_size: int, where: str) -> None:
     events = keys = last_id = 0
     scan_before: datetime | None = cutoff
     while True:
         # One short transaction per batch: no long locks, vacuum keeps up.
-        with ctx.connection() as conn:
+        with ctx.connection(database) as conn:
             batch = db.fetch(
                 conn, "purge", {"older_than": scan_before, "after_id": last_id, "limit": batch_size}
             )[0]
@@ -148,7 +234,7 @@ def purge_cmd(ctx: Context, older_than: str, batch_size: int, dry_run: bool) -> 
         if scan_before is None and batch["keys"] < batch_size:
             break
     click.echo(
-        f"purged {events} events (with their deliveries and attempts) older than {cutoff.isoformat()}"
+        f"{where}purged {events} events (with their deliveries and attempts) older than {cutoff.isoformat()}"
         f" and {keys} expired idempotency keys"
     )
 
@@ -192,7 +278,7 @@ def grant_cmd(
                 raise click.ClickException(f"granting {kind} privileges to {role}: {exc}".strip()) from exc
             click.echo(f"{role}: {kind} privileges granted")
         if session_settings and worker_role:
-            values = pooling.session_settings(ctx.settings)
+            values = pooling.session_settings(ctx.settings_for())
             try:
                 grants.store_session_settings(conn, worker_role, values)
             except psycopg.Error as exc:
@@ -325,4 +411,4 @@ def api_cmd(ctx: Context, host: str, port: int) -> None:
         from outbox_worker.api import create_app
     except ImportError as exc:
         raise click.ClickException(f"the API needs: pip install 'outbox-worker[api]' ({exc})") from exc
-    uvicorn.run(create_app(ctx.settings), host=host, port=port, log_level=ctx.settings.log_level)
+    uvicorn.run(create_app(ctx.settings_for()), host=host, port=port, log_level=ctx.settings.log_level)

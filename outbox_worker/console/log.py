@@ -78,14 +78,14 @@ async def log_page(
 
 
 def _request_headers(
-    settings: Settings, delivery: DeliveryOut, header_names: list[str]
+    settings: Settings, delivery: DeliveryOut, header_names: list[str], prefix: str = ""
 ) -> list[tuple[str, str]]:
     """The headers every attempt of this delivery sent, as far as they are
     kept: signatures and the webhook's own header values are not stored."""
     return [
         ("Content-Type", "application/json"),
         ("User-Agent", settings.user_agent),
-        ("webhook-id", message_id(delivery.event_id)),
+        ("webhook-id", message_id(delivery.event_id, prefix)),  # the database's prefix, as sent
         ("webhook-timestamp", "the attempt's time, in Unix seconds"),
         ("webhook-signature", "v1,<HMAC-SHA256 with the webhook's secret> (not stored)"),
         (settings.signature_header, "<hex HMAC-SHA256 of the body> (not stored)"),
@@ -103,12 +103,13 @@ async def delivery_page(request: Request, viewer: SignedIn, delivery_id: int, no
         delivery = DeliveryOut.from_row((await db.fetch_async(conn, "get_delivery", ids))[0])
         stored = (await db.fetch_async(conn, "delivery_body", ids))[0]
         hook = await webhooks.get_webhook_async(conn, owner, delivery.webhook_id)
+        [config] = await db.fetch_async(conn, "message_id_prefix", {})
     settings: Settings = request.app.state.outbox_settings
     context: dict[str, Any] = {
         "delivery": delivery,
         "hook": hook,
         "body": request_body(stored),
-        "headers": _request_headers(settings, delivery, hook.header_names),
+        "headers": _request_headers(settings, delivery, hook.header_names, config["message_id_prefix"]),
         "notice": notice,
         "now": datetime.now(UTC),
         "title": f"Delivery {delivery.id}",

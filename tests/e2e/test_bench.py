@@ -79,7 +79,7 @@ def test_bench_workers_run_the_code_of_the_repo_they_are_given(
 ) -> None:
     # `--compare` hands Workers a worktree of the ref; started from this
     # checkout, `python -m` used to import this checkout's package instead.
-    from bench.run import run_from
+    from bench.harness import run_from
 
     other = tmp_path / "ref"
     (other / "outbox_worker").mkdir(parents=True)
@@ -95,7 +95,7 @@ def test_bench_drops_only_the_databases_of_dead_bench_runs(server_url: str) -> N
     import psycopg
     from psycopg import sql
 
-    from bench.run import drop_stale_databases, postgres_cpu
+    from bench.harness import drop_stale_databases, postgres_cpu
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -125,7 +125,8 @@ def test_bench_emit_scripts_write_what_their_rows_say(server_url: str) -> None:
     """Each pgbench script of the emit scenario commits the business rows
     and events its label claims (a script that failed, or emitted nothing,
     would still print a rate)."""
-    from bench.run import BUSINESS_TABLE, EMIT_CASES, PGBENCH_PLAIN, PGBENCH_SECOND_INSERT, bench_database
+    from bench.emit_cost import BUSINESS_TABLE, EMIT_CASES, PGBENCH_PLAIN, PGBENCH_SECOND_INSERT
+    from bench.harness import bench_database
 
     scripts = {PGBENCH_PLAIN: "plain"} | {script: label for label, _, _, script, _ in EMIT_CASES}
     expected = {PGBENCH_PLAIN: (3, 0), PGBENCH_SECOND_INSERT: (6, 0)}

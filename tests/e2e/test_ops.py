@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from outbox_worker import emit, logs, webhooks
+from outbox_worker.databases import default_name
 from tests.conftest import with_database
 from tests.helpers import eventually, wait_for
 from tests.receiver import Receiver
@@ -79,12 +80,15 @@ async def test_metrics_and_health_of_a_running_worker(
 
         async def scraped_after_refresh() -> Scraped:
             s = samples((await get(base + "/metrics"))[1])
-            return s if value(s, "outbox_queue_stats_timestamp_seconds") > settled_at else {}
+            refreshed = value(s, "outbox_queue_stats_timestamp_seconds", database=default_name(database_url))
+            return s if refreshed > settled_at else {}
 
         after = await eventually(scraped_after_refresh, timeout=10, what="queue gauges refreshed")
 
+    here = default_name(database_url)  # the database label of a single database: its name
+
     def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+        return value(after, name, database=here, **labels) - value(before, name, database=here, **labels)
 
     assert delta("outbox_deliveries_total", outcome="delivered") == 3
     assert delta("outbox_deliveries_total", outcome="failed") == 0
@@ -96,11 +100,11 @@ async def test_metrics_and_health_of_a_running_worker(
     assert delta("outbox_dispatched_events_total") >= 2
     assert delta("outbox_dispatch_lag_seconds_count") >= 2
     assert value(after, "outbox_in_flight_requests") == 0
-    assert value(after, "outbox_queue_deliveries", state="pending") == 0
-    assert value(after, "outbox_queue_deliveries", state="failed") == 0
+    assert value(after, "outbox_queue_deliveries", database=here, state="pending") == 0
+    assert value(after, "outbox_queue_deliveries", database=here, state="failed") == 0
     assert value(after, "outbox_worker_ready") == 1
-    assert value(after, "outbox_listen_connected") == 1
-    assert value(after, "outbox_queue_stats_timestamp_seconds") > 0
+    assert value(after, "outbox_listen_connected", database=here) == 1
+    assert value(after, "outbox_queue_stats_timestamp_seconds", database=here) > 0
 
 
 async def _status(url: str) -> bool:
@@ -199,7 +203,8 @@ def test_attempt_metrics_count_like_prometheus_client_would() -> None:
     from outbox_worker.jobs import Job, Outcome
 
     def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+        # Counted without naming a database: under metrics.DEFAULT_DATABASE.
+        return REGISTRY.get_sample_value(name, {"database": metrics.DEFAULT_DATABASE, **labels}) or 0.0
 
     names = [
         ("outbox_attempt_duration_seconds_bucket", {"le": "0.005"}),
@@ -240,7 +245,8 @@ def test_dispatch_metrics_count_like_prometheus_client_would() -> None:
     from outbox_worker import metrics
 
     def sample(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
+        # Counted without naming a database: under metrics.DEFAULT_DATABASE.
+        return REGISTRY.get_sample_value(name, {"database": metrics.DEFAULT_DATABASE, **labels}) or 0.0
 
     names = [
         ("outbox_dispatched_events_total", {}),

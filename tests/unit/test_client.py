@@ -222,3 +222,20 @@ async def test_answers_of_a_declared_length_are_read_whole_and_reuse_the_connect
         (200, b""), (204, b""), (200, b"ok"), (200, b"x" * 16), (200, b"y" * 16), (200, b"ok"),
     ]  # fmt: skip
     assert len(peers) == 1  # every answer ended cleanly: one keep-alive connection served all six
+
+
+async def test_a_shared_client_checks_each_request_under_its_own_databases_policy(receiver: Receiver) -> None:
+    """One client serves a fleet: it vets names under the widest policy, and a
+    database whose policy refuses private addresses has its request refused
+    even to a name another database's request has just pinned."""
+    from outbox_worker.netpolicy import UrlPolicy
+
+    url = URL(receiver.url("/shared").replace("127.0.0.1", "localhost"))
+    strict = UrlPolicy.for_worker(CONFIG)
+    strict.set_database(allow_http=True, allow_private=False)
+    async with HttpClient(CONFIG, open_policy(CONFIG)) as http:
+        assert (await http.post(url, b"{}", {}, never, open_policy(CONFIG))).status == 200
+        with pytest.raises(BlockedTarget, match="allow_private_networks") as refused:
+            await http.post(url, b"{}", {}, never, strict)
+        assert refused.value.held  # the database's one switch would allow it: held, not failed
+    assert len(receiver.requests) == 1

@@ -1,0 +1,1 @@
+alter table outbox.config drop column message_id_prefix;
