@@ -1,4 +1,4 @@
--- outbox_worker schema, revision 0008: retention run by the workers. A lease
+-- outbox_worker schema, revision 0009: retention run by the workers. A lease
 -- row elects the one worker that purges at a time (no session-level
 -- advisory lock: behind a transaction-mode pooler there is no session),
 -- and a log of the passes. sql/schema.sql has the result in place.
