@@ -145,14 +145,14 @@ def test_an_unknown_revision_fails_with_one_line(make_database: Any) -> None:
     url = make_database("outbox_migr")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("create table public.outbox_alembic_version (version_num varchar(32) primary key)")
-        conn.execute("insert into public.outbox_alembic_version values ('0009')")
-    with pytest.raises(migrate.UnknownRevision, match=r"revision 0009, .*pre-release chain"):
+        conn.execute("insert into public.outbox_alembic_version values ('0900')")
+    with pytest.raises(migrate.UnknownRevision, match=r"revision 0900, .*pre-release chain"):
         migrate.upgrade(url)
     result = run(url, "migrate")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "pre-release chain of revisions" in result.stderr and "drop the outbox schema" in result.stderr
-    assert migrate.current_revision(url) == "0009"  # nothing was run
+    assert migrate.current_revision(url) == "0900"  # nothing was run
 
 
 EVENT_PATTERNS = {
