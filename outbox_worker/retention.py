@@ -25,6 +25,7 @@ time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -140,6 +141,7 @@ class Retention:
         lease_seconds: float = LEASE_SECONDS,
         interval: float | None = None,
         flush_commits: bool = False,
+        per_batch: bool = False,
     ) -> None:
         self._pool = pool
         self._connect = connect
@@ -158,6 +160,10 @@ class Retention:
         # locks, and a migration's DDL waits for them, so the server ends such
         # a session after 10 s (purge_settings).
         self.flush_commits = flush_commits
+        # True: a connection per batch from ``connect`` (a lent one, when a
+        # process serves many databases over a bounded set), none held
+        # through the pauses; False: one of the pass's own for all of them.
+        self.per_batch = per_batch
 
     def _lease(self) -> dict[str, Any]:
         return {"name": NAME, "holder": self.holder, "lease_seconds": self.lease_seconds}
@@ -214,10 +220,15 @@ class Retention:
         cutoff = None if self.window is None else started - self.window
         after_id = 0
         try:
-            async with self._connect() as conn:
+            async with contextlib.AsyncExitStack() as stack:
+                held = None if self.per_batch else await stack.enter_async_context(self._connect())
                 while True:
                     began = time.monotonic()
-                    done = await self._batch(conn, cutoff, after_id, totals)
+                    if held is None:
+                        async with self._connect() as conn:
+                            done = await self._batch(conn, cutoff, after_id, totals)
+                    else:
+                        done = await self._batch(held, cutoff, after_id, totals)
                     elapsed = time.monotonic() - began
                     totals.busy_seconds += elapsed
                     if done is None:

@@ -270,13 +270,20 @@ class Worker:
             ),
             asyncio.create_task(watcher.run(), name="url-policy"),
         ]
+        # Many databases: each batch on a lent connection, within the bound.
+        lent = self._lender is not None
         retention = Retention(
             pool,
-            connector(db.libpq_url(settings.database_url), f"outbox-worker {settings.worker_id} retention"),
+            pool.connection
+            if lent
+            else connector(
+                db.libpq_url(settings.database_url), f"outbox-worker {settings.worker_id} retention"
+            ),
             settings.retention_window,
             settings.worker_id,
             self.log,
             flush_commits=settings.synchronous_commit,
+            per_batch=lent,
         )
         background.append(asyncio.create_task(retention.run(), name="retention"))
         if settings.summary_interval and self._shared_http is None:  # a fleet logs one for all
