@@ -215,3 +215,18 @@ def test_a_batch_reads_its_events_deliveries_not_the_backlog(conn: psycopg.Conne
     plan = row[0][0]["Plan"]
     assert len(ids(conn)) == 40  # the batch's 10 went
     assert _deliveries_rows_read(plan) <= 4 * 10, json.dumps(plan, indent=1)
+
+
+async def test_a_pass_on_borrowed_connections_holds_none_between_batches(
+    conn: psycopg.Connection[Any], pool: AsyncConnectionPool[Any]
+) -> None:
+    """Serving many databases over a bounded set of connections, a pass
+    borrows one per batch and gives it back before its pause."""
+    hook = webhook(conn)
+    for _ in range(6):
+        event(conn, "2 hours", [("delivered", 1)], hook=hook)
+    keeper = Retention(pool, pool.connection, HOUR, "lent", get_logger(), batch_events=2, per_batch=True)
+    totals = await keeper.run_pass()
+    assert totals is not None and (totals.events, totals.deliveries, totals.attempts) == (6, 6, 6)
+    assert totals.batches >= 3 and ids(conn) == set()
+    assert pool.get_stats().get("requests_num", 0) >= totals.batches + 2  # claim, batches, release
