@@ -36,6 +36,7 @@ class ConnectionLender:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
+        self.peak = 0  # the most open at once
         self.made = 0  # connections made so far (each turn that found none idle)
         self._idle: OrderedDict[int, tuple[LentPool, psycopg.AsyncConnection[Any]]] = OrderedDict()
         self._changed = asyncio.Condition()
@@ -52,6 +53,7 @@ class ConnectionLender:
                         return conn
                 if self.open < self.limit:
                     self.open += 1
+                    self.peak = max(self.peak, self.open)
                     break
                 if self._idle:  # the least recently used idle one makes room
                     _, (_, evicted) = self._idle.popitem(last=False)

@@ -252,8 +252,12 @@ async def test_many_databases_share_a_bounded_set_of_connections(
         # Emitted now, to a fleet that polls: each arrives within a round of turns.
         hook_and_events(urls[3], receiver.url("/late3"), 1, owner="late")
         await eventually(lambda: len(receiver.on("/late3")) == 1, timeout=10, what="a late event")
-        assert fleet.lender is not None and fleet.lender.open <= 2
+        assert fleet.lender is not None and fleet.lender.peak <= 2 and fleet.lender.made > 2
     stop.set()
     await watcher
     assert all(len(receiver.on(f"/lent{i}")) == 5 for i in range(6))
-    assert max(seen) <= 2 and max(seen) > 0, seen
+    # The worker never held more than two. The server may list one more for
+    # a moment: an evicted connection's backend is still exiting after its
+    # Terminate when the new one connects (seen once in a CI run).
+    assert 0 < max(seen) <= 3, seen
+    assert sum(n > 2 for n in seen) <= len(seen) // 10, seen
