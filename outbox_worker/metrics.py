@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -37,6 +36,7 @@ from prometheus_client.utils import floatToGoString
 from outbox_worker import db
 
 if TYPE_CHECKING:
+    from aiohttp import web
     from psycopg_pool import AsyncConnectionPool
 
     from outbox_worker.jobs import Outcome
@@ -319,6 +319,10 @@ class OpsServer:
         self.port = 0
 
     async def start(self) -> OpsServer:
+        # Imported only to serve: a worker with OUTBOX_METRICS_PORT=0 (several
+        # on one host, the bench) never loads aiohttp's server, ~11 MB resident.
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -369,9 +373,13 @@ class OpsServer:
             LISTEN_UP.labels(database).set(1 if up else 0)
         for database, problem in self._probes.problems().items():
             DATABASE_UP.labels(database).set(0 if problem else 1)
+        from aiohttp import web
+
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:
+        from aiohttp import web
+
         return web.json_response({"status": "ok"})
 
     async def _ping(self, pool: AsyncConnectionPool[Any] | None, problem: str) -> str | None:
@@ -411,6 +419,8 @@ class OpsServer:
         elif errors:
             detail["error"] = next(iter(errors.values()))
         ok = all(checks.values())
+        from aiohttp import web
+
         return web.json_response(
             {"status": "ready" if ok else "not ready", **checks, **detail}, status=200 if ok else 503
         )

@@ -15,10 +15,14 @@ from __future__ import annotations
 import base64
 import secrets as random
 from collections.abc import Sequence
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING
 
 from outbox_worker.errors import SecretUnavailable
+
+# cryptography is imported by the first box (or key) made: a worker without
+# OUTBOX_SECRET_KEYS never loads it, ~7 MB of resident library pages.
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 PREFIX = "enc:v1:"
 
@@ -29,6 +33,8 @@ def new_secret() -> str:
 
 
 def generate_key() -> str:
+    from cryptography.fernet import Fernet
+
     return Fernet.generate_key().decode()
 
 
@@ -36,7 +42,9 @@ class SecretBox:
     def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
             raise ValueError("SecretBox needs at least one key")
-        self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
+        from cryptography.fernet import Fernet, MultiFernet
+
+        self._fernet: MultiFernet = MultiFernet([Fernet(k.encode()) for k in keys])
         self._opened: dict[str, str] = {}  # the hot path opens the same few secrets again and again
 
     @classmethod
@@ -57,6 +65,8 @@ class SecretBox:
             return stored
         if (cached := self._opened.get(stored)) is not None:
             return cached
+        from cryptography.fernet import InvalidToken
+
         try:
             plain = self._fernet.decrypt(stored[len(PREFIX) :].encode()).decode()
         except InvalidToken:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from outbox_worker import db, receive
+from outbox_worker import db
 from outbox_worker.cli.base import Context, main, output_record, pass_ctx
 
 
@@ -71,6 +71,8 @@ def config_set(ctx: Context, assignments: tuple[str, ...]) -> None:
 def receive_cmd(ctx: Context, host: str, port: int, secrets: tuple[str, ...], status: int | None) -> None:
     """A receiver for development: prints each request it gets (the event,
     the headers, whether each signature verifies) until Ctrl-C."""
+    # Here, not at the top: every other command, `run` included, would load aiohttp's server.
+    from outbox_worker import receive
 
     def show(got: receive.Received) -> None:
         text = json.dumps(got.as_json(), ensure_ascii=False) if ctx.as_json else got.as_text() + "\n"

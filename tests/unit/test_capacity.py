@@ -151,16 +151,20 @@ async def test_an_owner_runs_its_share_and_the_rest_of_its_jobs_wait(lane: Lane)
 
 def test_owner_bookkeeping_is_constant_time_per_job() -> None:
     """Admitting, starting and finishing touch a fixed number of counters,
-    whatever the number of owners, webhooks or queued jobs."""
+    whatever the number of owners, webhooks or queued jobs: the counters keep
+    only what is held now, so nothing walks the owners seen so far. (Counted,
+    not timed: a timing bound here failed on a busy machine.)"""
     book = ledger(concurrency=10_000, per_host_concurrency=10_000, owner_share=1.0, batch_size=200)
     lane_stub = object()
-    started = time.perf_counter()
+    largest = 0
     for i in range(20_000):
         j = job(i, uuid.uuid4(), "http://a:80", owner=f"o{i}")
         if book.admit(j):
             book.start(j, lane_stub)  # type: ignore[arg-type]
+            largest = max(largest, len(book._per_owner), len(book._owner_running), len(book._per_webhook))
             book.finish(j)
-    assert time.perf_counter() - started < 1.0
+    assert largest == 1
+    assert (book._per_owner, book._owner_running, book._per_webhook) == ({}, {}, {})
     assert (book.in_flight, book.busy_owners(), book.busy_webhooks()) == (0, [], [])
 
 
