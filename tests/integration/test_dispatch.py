@@ -242,6 +242,36 @@ def test_a_batch_by_id_reads_its_rows_not_the_backlog(conn: psycopg.Connection[A
     assert _deliveries_rows_read(plan) <= 4 * len(ids), json.dumps(plan, indent=1)
 
 
+def _events_rows_read(node: dict[str, Any]) -> int:
+    """Rows the plan read from outbox.events, over every loop."""
+    own = 0
+    if node.get("Relation Name") == "events" and node.get("Node Type") != "ModifyTable":
+        per_loop = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        own = per_loop * node.get("Actual Loops", 1)
+    return own + sum(_events_rows_read(child) for child in node.get("Plans", []))
+
+
+def test_a_claim_reads_each_leased_event_once(conn: psycopg.Connection[Any]) -> None:
+    """A claim of 200 rows looks up each one's event by primary key. Joined
+    on the id and on "= any(every leased event id)", it was planned as a
+    nested loop that probed the whole array for every leased row: 200 x 200
+    lookups, 151 ms of a 209 ms claim during a drain."""
+    webhooks.create_webhook(conn, "v", "https://example.com/a", ["order.created"])
+    conn.execute(
+        "insert into outbox.events (owner_id, event_type, data) "
+        "select 'v', 'order.created', jsonb_build_object('n', g) from generate_series(1, 300) g"
+    )
+    conn.execute(query("dispatch"), {"limit": 300, "lease_limit": 0, "busy_webhooks": [], "busy_owners": [],
+                                     "per_owner": 10_000, "per_webhook": 300,
+                                     "lease_seconds": 30, "worker_id": "d", "traced": False})  # fmt: skip
+    plan = _generic_plan(conn, "claim_deliveries", {
+        "limit": 200, "busy_webhooks": [], "busy_owners": [], "per_owner": 10_000, "per_webhook": 200,
+        "pace_horizon": 2.0, "lease_seconds": 30, "worker_id": "w", "traced": False,
+    })  # fmt: skip
+    assert conn.execute("select count(*) from outbox.deliveries where leased_by = 'w'").fetchone() == (200,)
+    assert _events_rows_read(plan) <= 200, json.dumps(plan, indent=1)
+
+
 def test_a_webhook_row_locked_elsewhere_does_not_hold_up_the_completion(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
