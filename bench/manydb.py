@@ -7,7 +7,8 @@ webhook-id prefix) and given a few events each; one worker drains them all.
 Measured: the drain's rate, the most connections the server saw from the
 worker (sampled every 10 ms), the worker's CPU and peak RSS, connections
 made (turns that found none idle), and then a quiet tenant's latency: one
-event emitted into a database at a time, to its arrival.
+event emitted into a database at a time, at a random moment, to its
+arrival.
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ def scenario_manydb(opts: Options, table: Table) -> None:
             times = process.cpu_times()
             cpu = times.user + times.system
             for url in random.sample(urls, probes):
+                # At a random moment: right after the last one arrived, each
+                # event would wait a whole poll interval, the probes' phase.
+                time.sleep(random.uniform(0, POLL))
                 before = recv.count
                 emitted = time.monotonic()
                 emit(url, 1)

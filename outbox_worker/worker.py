@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -176,6 +177,15 @@ class Worker:
             name=name,
         )
 
+    @staticmethod
+    async def _retain(retention: Retention, spread: bool) -> None:
+        """Retention's passes; in turns, the first one at a random moment of
+        its interval: hundreds of databases starting together would
+        otherwise all run a pass at once, each pass several turns."""
+        if spread:
+            await asyncio.sleep(random.uniform(0, retention.interval))
+        await retention.run()
+
     def _turn_work(self, pool: AsyncConnectionPool[Any], completer: Completer) -> TurnWork | None:
         if self._turns is None or not isinstance(pool, LentPool):
             return None
@@ -305,7 +315,7 @@ class Worker:
             flush_commits=settings.synchronous_commit,
             per_batch=lent,
         )
-        background.append(asyncio.create_task(retention.run(), name="retention"))
+        background.append(asyncio.create_task(self._retain(retention, spread=lent), name="retention"))
         if settings.summary_interval and self._shared_http is None:  # a fleet logs one for all
             summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
             background.append(asyncio.create_task(summary.run(), name="summary"))
