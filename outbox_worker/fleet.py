@@ -33,6 +33,7 @@ from outbox_worker.lending import ConnectionLender
 from outbox_worker.logs import get_logger
 from outbox_worker.netpolicy import UrlPolicy
 from outbox_worker.settings import Settings
+from outbox_worker.turns import LentPool, TurnScheduler
 from outbox_worker.worker import Worker
 
 # Seconds between health checks of each database, and the most a database
@@ -65,16 +66,17 @@ class Fleet:
         self.http_policy.set_database(allow_http=True, allow_private=True)
         self.stopping = asyncio.Event()
         self.started = False
-        # Many databases: one bounded set of connections lent in turn, no
-        # LISTEN (nor the quiet-NOTIFY flag's session), and health checks
-        # spaced out, each one a turn of its own (see lending).
+        # Many databases: one bounded set of connections lent in turns, no
+        # LISTEN (nor the quiet-NOTIFY flag's session); a database's health
+        # is what its last turn found (see turns).
         self.lender: ConnectionLender | None = None
+        self.turns: TurnScheduler | None = None
         self.worker_settings = settings
         self.health_interval = HEALTH_INTERVAL
         if settings.database_connections:
             self.lender = ConnectionLender(settings.database_connections)
+            self.turns = TurnScheduler(self.lender, settings.poll_interval, self.log)
             self.worker_settings = settings.model_copy(update={"listen": False, "quiet_notify": False})
-            self.health_interval = max(HEALTH_INTERVAL, 10 * settings.poll_interval)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -111,6 +113,7 @@ class Fleet:
         ]
         tasks += [asyncio.create_task(self._watch(m), name=f"health-{m.database.name}") for m in self.members]
         background: list[asyncio.Task[None]] = []
+        turns = [asyncio.create_task(self.turns.run(), name="turns")] if self.turns else []
         if settings.summary_interval:
             summary = metrics.Summary(settings.summary_interval, self._in_flight, self.log)
             background.append(asyncio.create_task(summary.run(), name="summary"))
@@ -125,7 +128,7 @@ class Fleet:
         self.started = False
         self.stop()
         await asyncio.gather(*tasks[: len(self.members)], return_exceptions=True)  # each drains
-        await db.stop_tasks(tasks[len(self.members) :] + background)
+        await db.stop_tasks(tasks[len(self.members) :] + background + turns)  # turns served the drains
         await http.close()
         if ops:
             await ops.stop()
@@ -142,7 +145,7 @@ class Fleet:
                 name, member.database.weight, lambda: self._wake(member), refill_size(self.settings)
             )
             worker = member.worker = Worker(
-                self.worker_settings, member.database, http=http, share=share, lender=self.lender
+                self.worker_settings, member.database, http=http, share=share, turns=self.turns
             )
             try:
                 await worker.run()
@@ -175,17 +178,18 @@ class Fleet:
         while True:
             worker = member.worker
             problem = member.problem
-            if worker is not None and worker.pool is not None and worker.ready:
+            if isinstance(pool := member.pool(), LentPool):
+                # In turns, a database's health is what its last turn found:
+                # a ping of its own would cost a turn.
+                if worker is not None and worker.ready and pool.seat.problem is not None:
+                    problem = pool.seat.problem
+            elif worker is not None and worker.pool is not None and worker.ready:
                 try:
                     async with worker.pool.connection(timeout=self.health_interval) as conn:
                         await db.fetch_async(conn, "ping", {})
                     problem = ""
                 except SchemaNotMigrated as exc:
                     problem = f"unmigrated: {exc}"
-                except PoolTimeout as exc:
-                    # Lent connections all busy says nothing of this database:
-                    # no verdict this time (and no connection outside the set).
-                    problem = member.problem if self.lender is not None else await self._cause(member, exc)
                 except Exception as exc:
                     problem = await self._cause(member, exc)
             if problem != member.problem:

@@ -2,17 +2,18 @@
 
 With a pool per database, a worker over hundreds of databases (a database
 per tenant) would hold `databases x (pool + 1)` connections, nearly all idle.
-With ``OUTBOX_DATABASE_CONNECTIONS`` the fleet instead gives each database a
-:class:`LentPool`, which borrows from one :class:`ConnectionLender`: at most
-``limit`` connections open in the process, whatever the number of
-databases. A statement of database A runs on an idle connection to A if the
-lender holds one, else on a new one, made in place of the least recently
-used idle connection (to any database) once ``limit`` are open, else it
-waits for one to come back. No ``LISTEN`` then: the worker polls.
+With ``OUTBOX_DATABASE_CONNECTIONS`` the fleet instead keeps one
+:class:`ConnectionLender`: at most ``limit`` connections open in the
+process, whatever the number of databases. A turn of database A
+(:mod:`~outbox_worker.turns`) runs on an idle connection to A if the lender
+holds one, else on a new one, made in place of the least recently used idle
+connection (to any database) once ``limit`` are open, else it waits for one
+to come back. No ``LISTEN`` then: the turns poll.
 
 The price is a connection made whenever a database's turn finds none of its
-own idle: cheap next to a claim of a batch, dear if every statement paid it,
-which is why the fleet polls such databases less often (docs/databases.md).
+own idle: cheap next to a turn's work (fan-out, claim, completions), dear
+if every statement paid it, which is why a database's work is batched into
+turns (docs/databases.md).
 """
 
 from __future__ import annotations
@@ -20,37 +21,53 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import pq
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-Configure = Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
+
+class Borrower(Protocol):
+    """What the lender needs of a database's pool (:class:`~outbox_worker.turns.LentPool`)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def connect(self) -> psycopg.AsyncConnection[Any]: ...
 
 
 class ConnectionLender:
-    """At most ``limit`` open connections, shared by every :class:`LentPool`."""
+    """At most ``limit`` open connections, shared by every database's pool."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.open = 0
         self.peak = 0  # the most open at once
         self.made = 0  # connections made so far (each turn that found none idle)
-        self._idle: OrderedDict[int, tuple[LentPool, psycopg.AsyncConnection[Any]]] = OrderedDict()
+        self._idle: OrderedDict[int, tuple[Borrower, psycopg.AsyncConnection[Any]]] = OrderedDict()
         self._changed = asyncio.Condition()
 
-    async def borrow(self, pool: LentPool, wait: float) -> psycopg.AsyncConnection[Any]:
+    async def borrow(self, pool: Borrower, wait: float) -> psycopg.AsyncConnection[Any]:
+        _, conn = await self.borrow_any(pool, (), wait)
+        return conn
+
+    async def borrow_any(
+        self, pool: Borrower, others: Collection[Borrower], wait: float
+    ) -> tuple[Borrower, psycopg.AsyncConnection[Any]]:
+        """An idle connection of ``pool`` or of any of ``others`` (databases of
+        one server, for a statement any of them can answer), else a new one
+        to ``pool``'s database; with the pool it belongs to."""
         """A connection to ``pool``'s database, waiting at most ``wait`` seconds for room."""
         deadline = time.monotonic() + wait
         evicted: psycopg.AsyncConnection[Any] | None = None
         async with self._changed:
             while True:
                 for key, (owner, conn) in self._idle.items():
-                    if owner is pool:
+                    if owner is pool or owner in others:
                         del self._idle[key]
-                        return conn
+                        return owner, conn
                 if self.open < self.limit:
                     self.open += 1
                     self.peak = max(self.peak, self.open)
@@ -70,14 +87,14 @@ class ConnectionLender:
                 await evicted.close()
             conn = await pool.connect()
             self.made += 1
-            return conn
+            return pool, conn
         except BaseException:
             async with self._changed:
                 self.open -= 1
                 self._changed.notify()
             raise
 
-    async def give_back(self, pool: LentPool, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def give_back(self, pool: Borrower, conn: psycopg.AsyncConnection[Any]) -> None:
         broken = conn.closed or conn.info.transaction_status != pq.TransactionStatus.IDLE
         async with self._changed:
             if broken or pool.closed:
@@ -88,7 +105,7 @@ class ConnectionLender:
         if broken or pool.closed:
             await conn.close()
 
-    async def forget(self, pool: LentPool) -> None:
+    async def forget(self, pool: Borrower) -> None:
         """Close ``pool``'s idle connections (it closes)."""
         async with self._changed:
             mine = [key for key, (owner, _) in self._idle.items() if owner is pool]
@@ -97,53 +114,3 @@ class ConnectionLender:
             self._changed.notify_all()
         for conn in conns:
             await conn.close()
-
-
-class LentPool(AsyncConnectionPool[Any]):
-    """What a database's worker takes for its pool: ``connection()`` borrows
-    from the lender. Only the pool API the worker uses is served (open,
-    close, connection, getconn, putconn)."""
-
-    def __init__(
-        self,
-        lender: ConnectionLender,
-        conninfo: str,
-        *,
-        kwargs: dict[str, Any],
-        configure: Configure,
-        name: str,
-        timeout: float = 30.0,
-    ) -> None:
-        super().__init__(conninfo, min_size=0, max_size=1, open=False, name=name, timeout=timeout)
-        self._lender = lender
-        self._url = conninfo
-        self._connect_kwargs = kwargs
-        self._configure_lent = configure
-        self._lent_closed = True
-
-    async def connect(self) -> psycopg.AsyncConnection[Any]:
-        conn = await psycopg.AsyncConnection.connect(self._url, **self._connect_kwargs)
-        try:
-            await self._configure_lent(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        conn._pool = self  # "async with conn" then leaves it open, as for a pool's
-        return conn
-
-    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # noqa: ASYNC109 (the pool API)
-        self._lent_closed = False
-
-    async def close(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (the pool API)
-        self._lent_closed = True
-        await self._lender.forget(self)
-
-    @property
-    def closed(self) -> bool:
-        return self._lent_closed
-
-    async def getconn(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:  # noqa: ASYNC109
-        return await self._lender.borrow(self, self.timeout if timeout is None else timeout)
-
-    async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await self._lender.give_back(self, conn)

@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="With `OUTBOX_DATABASE_URLS`: at most this many connections in all, lent to the "
-        "databases in turn (they poll); 0: a pool and a LISTEN each.",
+        "databases in turns (no LISTEN: new events are seen in `pg_stat_database`); "
+        "0: a pool and a LISTEN each.",
     )
 
     # Worker: HTTP

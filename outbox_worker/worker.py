@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import random
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -28,7 +29,6 @@ from outbox_worker.completer import Completer
 from outbox_worker.databases import Database
 from outbox_worker.dispatch import Dispatcher
 from outbox_worker.errors import SchemaNotMigrated
-from outbox_worker.lending import ConnectionLender, LentPool
 from outbox_worker.listener import BusyFlag, Listener
 from outbox_worker.logs import get_logger
 from outbox_worker.maintenance import (
@@ -43,6 +43,8 @@ from outbox_worker.retention import Retention, connector
 from outbox_worker.sender import Sender
 from outbox_worker.settings import Settings
 from outbox_worker.signing import load_payload
+from outbox_worker.turns import LEND_WAIT, LentPool, TurnScheduler
+from outbox_worker.turnwork import TurnWork, Upkeep
 
 # While "busy" (quiet NOTIFY), the dispatcher polls instead of waiting for
 # notifications: soon after a round that found events, backing off to at most
@@ -68,10 +70,10 @@ class Worker:
         *,
         http: HttpClient | None = None,
         share: Share | None = None,
-        lender: ConnectionLender | None = None,
+        turns: TurnScheduler | None = None,
     ) -> None:
         self.database = database = database or settings.databases[0]
-        self._lender = lender
+        self._turns = turns
         self.settings = settings = pooling.restrict(settings.for_database(database))
         self._shared_http = http
         self._share = share
@@ -110,6 +112,12 @@ class Worker:
     def listen_connected(self) -> bool:
         return self.listener is not None and self.listener.connected
 
+    async def _prefix_once(self, pool: AsyncConnectionPool[Any], attempter: Attempter) -> None:
+        async with pool.connection(timeout=self.settings.connect_timeout) as conn:
+            [row] = await db.fetch_async(conn, "message_id_prefix", {})
+        self.message_prefix = attempter.message_prefix = row["message_id_prefix"]
+        self.prefix_known = True
+
     async def _read_prefix(self, pool: AsyncConnectionPool[Any], attempter: Attempter) -> None:
         """The database's webhook-id prefix, before anything is sent: ids must
         never change between attempts. Retried with backoff while the database
@@ -117,10 +125,7 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                async with pool.connection(timeout=self.settings.connect_timeout) as conn:
-                    [row] = await db.fetch_async(conn, "message_id_prefix", {})
-                self.message_prefix = attempter.message_prefix = row["message_id_prefix"]
-                self.prefix_known = True
+                await self._prefix_once(pool, attempter)
                 return
             except SchemaNotMigrated:
                 raise
@@ -157,9 +162,11 @@ class Worker:
             "application_name": f"outbox-worker {settings.worker_id}"[:63],
         }
         name = "outbox-worker" if self._shared_http is None else f"outbox-worker {self.database.name}"
-        if self._lender is not None:  # many databases: connections lent in turn (see lending)
+        if self._turns is not None:  # many databases: connections lent in turns (see turns)
             url = db.libpq_url(settings.database_url)
-            return LentPool(self._lender, url, kwargs=kwargs, configure=configure, name=name)
+            return LentPool(
+                self._turns, url, kwargs=kwargs, configure=configure, name=name, database=self.database.name
+            )
         return db.LifoConnectionPool(
             db.libpq_url(settings.database_url),
             min_size=settings.pool_size,
@@ -169,6 +176,20 @@ class Worker:
             open=False,
             name=name,
         )
+
+    @staticmethod
+    async def _retain(retention: Retention, spread: bool) -> None:
+        """Retention's passes; in turns, the first one at a random moment of
+        its interval: hundreds of databases starting together would
+        otherwise all run a pass at once, each pass several turns."""
+        if spread:
+            await asyncio.sleep(random.uniform(0, retention.interval))
+        await retention.run()
+
+    def _turn_work(self, pool: AsyncConnectionPool[Any], completer: Completer) -> TurnWork | None:
+        if self._turns is None or not isinstance(pool, LentPool):
+            return None
+        return TurnWork(self._turns, pool.seat, completer, self.settings.batch_size, self.log)
 
     async def _dispatch_loop(self, dispatcher: Dispatcher, sender: Sender, busy: BusyFlag | None) -> None:
         delay = 0.1
@@ -215,9 +236,10 @@ class Worker:
     async def _first_policy(self, watcher: PolicyWatcher) -> None:
         """Read the database's URL policy before sending anything. A missing
         schema ends the worker; an unreachable database does not (until it
-        answers, the policy is the strictest and refused deliveries are held)."""
+        answers, the policy is the strictest and refused deliveries are held).
+        In turns, the wait is for the database's turn, behind the others'."""
         try:
-            await watcher.run_once(wait=self.settings.connect_timeout)
+            await watcher.run_once(wait=LEND_WAIT if self._turns else self.settings.connect_timeout)
         except SchemaNotMigrated:
             raise
         except Exception as exc:
@@ -240,10 +262,7 @@ class Worker:
         if self._shared_http is None:  # in a fleet, the fleet serves them
             self.ops = await metrics.start_server(settings, probes, self.log)  # /metrics, /healthz, /readyz
         await pool.open(wait=False)
-        # Lent connections (many databases): upkeep polls a tenth as often,
-        # each of its statements being a turn that may cost a connection.
-        spaced = 10.0 if self._lender is not None else 1.0
-        watcher = PolicyWatcher(pool, self.url_policy, self.log, interval=5.0 * spaced)
+        watcher = PolicyWatcher(pool, self.url_policy, self.log)
         try:
             await self._first_policy(watcher)
         except SchemaNotMigrated:
@@ -257,21 +276,32 @@ class Worker:
             pool, settings, self.log, lambda: self._key_freed(), stats=self.stats
         )
         attempter = Attempter(http, settings, self.url_policy)
+        # Many databases: no loops of their own, their work runs in turns (turnwork).
+        work = self._turn_work(pool, completer)
         self.sender = sender = Sender(
-            pool, attempter, settings, completer.record, self.log, traces, share=self._share
+            pool,
+            attempter,
+            settings,
+            work.record if work else completer.record,
+            self.log,
+            traces,
+            share=self._share,
         )
         dispatcher = Dispatcher(pool, settings, sender.box, sender, self.log, traces, stats=self.stats)
-        background = [
-            asyncio.create_task(completer.run(), name="completer"),
-            asyncio.create_task(FailingWebhookDisabler(pool, settings, self.log).run(), name="maintenance"),
-            asyncio.create_task(PreviousSecretEraser(pool, self.log).run(), name="secret-eraser"),
-            asyncio.create_task(
-                HeadUnparker(pool, self.log, self._key_freed, interval=spaced).run(), name="ordering"
-            ),
-            asyncio.create_task(watcher.run(), name="url-policy"),
+        upkeep: list[tuple[str, Any]] = [
+            ("maintenance", FailingWebhookDisabler(pool, settings, self.log)),
+            ("secret-eraser", PreviousSecretEraser(pool, self.log)),
+            ("ordering", HeadUnparker(pool, self.log, self._key_freed)),
+            ("url-policy", watcher),
         ]
+        if sender.box is not None:
+            upkeep.append(("secret-sealer", SecretSealer(pool, sender.box, self.log)))
+        background: list[asyncio.Task[None]] = []
+        if work is None:
+            background.append(asyncio.create_task(completer.run(), name="completer"))
+            background += [asyncio.create_task(service.run(), name=name) for name, service in upkeep]
         # Many databases: each batch on a lent connection, within the bound.
-        lent = self._lender is not None
+        lent = self._turns is not None
         retention = Retention(
             pool,
             pool.connection
@@ -285,25 +315,26 @@ class Worker:
             flush_commits=settings.synchronous_commit,
             per_batch=lent,
         )
-        background.append(asyncio.create_task(retention.run(), name="retention"))
+        background.append(asyncio.create_task(self._retain(retention, spread=lent), name="retention"))
         if settings.summary_interval and self._shared_http is None:  # a fleet logs one for all
             summary = metrics.Summary(settings.summary_interval, lambda: sender.in_flight, self.log)
             background.append(asyncio.create_task(summary.run(), name="summary"))
-        if sender.box is not None:
-            sealer = SecretSealer(pool, sender.box, self.log)
-            background.append(asyncio.create_task(sealer.run(), name="secret-sealer"))
         # "busy" is a session-level lock: only where LISTEN works (no
         # transaction-mode pooler) can it be held, and only then is it useful.
         quiet = settings.quiet_notify and settings.listen
         busy = BusyFlag(db.libpq_url(settings.database_url), self.log, self.policy.check) if quiet else None
-        producers = [
-            asyncio.create_task(
-                self._produce(
-                    pool, attempter, [lambda: self._dispatch_loop(dispatcher, sender, busy), sender.run]
-                ),
-                name="producers",
-            )
-        ]
+        producers = []
+        if work is None:
+            loops = [lambda: self._dispatch_loop(dispatcher, sender, busy), sender.run]
+            producers.append(asyncio.create_task(self._produce(pool, attempter, loops), name="producers"))
+        else:
+
+            async def first() -> None:  # the turn's own connection (turns.LentPool)
+                if not self.url_policy.known:
+                    await watcher.run_once()
+                await self._prefix_once(pool, attempter)
+
+            work.start(dispatcher, sender, first, [Upkeep(n, u.interval, u.run_once) for n, u in upkeep])
         if settings.listen:
 
             def on_notify(payload: str) -> None:
@@ -329,6 +360,8 @@ class Worker:
         self.log.info("stopping", in_flight=sender.in_flight, grace=settings.shutdown_grace)
         self.ready = False
         await db.stop_tasks(producers)
+        if work is not None:
+            work.stop()  # later turns only lend their connection: the last writes below
         if busy is not None:
             await busy.close()  # emitters notify again, for whoever keeps running
         unfinished = await sender.drain(settings.shutdown_grace)

@@ -711,6 +711,9 @@ update outbox.deliveries
    and leased_by is null
    and starts_with(last_error, 'held, not sent:');
 
+-- database_inserts: rows inserted so far in each named database of this server, from its statistics (one statement for all of them; a fleet lending connections gives a turn to those whose count moved: they may have new events)
+select datname, tup_inserted from pg_catalog.pg_stat_database where datname = any(%(names)s::text[]);
+
 -- ping: readiness probe (the outbox schema must be there too)
 select 1 as ok from outbox.config;
 

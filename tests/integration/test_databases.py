@@ -16,7 +16,7 @@ import pytest
 from outbox_worker import emit, migrate, webhooks
 from tests.conftest import TEST_CONFIG, with_database
 from tests.helpers import eventually
-from tests.receiver import Receiver
+from tests.receiver import Held, Receiver
 from tests.workers import running_fleet, until_settled
 
 
@@ -78,6 +78,41 @@ async def test_a_busy_database_does_not_starve_a_quiet_one(make_database: Any, r
     # Alone, busy's 8 slots free one every ~12 ms: quiet's first claim finds
     # room at once; its 5 need at most a few rounds of 100 ms requests.
     assert took < 1.0, f"the quiet database's deliveries took {took:.2f} s behind the busy one's backlog"
+
+
+async def test_a_busy_database_keeps_to_its_fair_share_while_another_has_a_backlog(
+    make_database: Any, receiver: Receiver
+) -> None:
+    """Both databases' receivers take 200 ms a request and 10 slots are
+    shared (8 and a refill). "busy" has 800 deliveries queued; "quiet" gets
+    60 once busy holds every slot. While both have a backlog, each is held
+    to its fair share, half: quiet's 60 go out five at a time. Without the
+    cap (budget.Share.allowance) quiet got only what it won of the slots
+    busy freed: 20-31% of the deliveries in that window (6 of 6 runs),
+    against 50-51% with it (3 of 3; test_budget.py proves the arithmetic; the
+    test above, a few quiet events, passes either way)."""
+    busy, quiet = migrated(make_database, "fbusy"), migrated(make_database, "fquiet")
+
+    async def answer() -> None:
+        await asyncio.sleep(0.2)
+
+    receiver.script("/fbusy", *[Held(answer)] * 1000)
+    receiver.script("/fquiet", *[Held(answer)] * 100)
+    hook_and_events(busy, receiver.url("/fbusy"), 800)
+    hook_and_events(quiet, receiver.url("/fquiet"), 0)
+    settings = {"concurrency": 8, "per_host_concurrency": 8, "owner_share": 1.0, "batch_size": 50}
+    async with running_fleet([{"name": "busy", "url": busy}, {"name": "quiet", "url": quiet}], **settings):
+        await eventually(lambda: len(receiver.on("/fbusy")) >= 24, timeout=20, what="busy's backlog flowing")
+        with psycopg.connect(quiet) as conn:
+            for i in range(60):
+                emit(conn, "v", "order.created", {"i": i})
+        emitted = time.perf_counter()
+        await eventually(lambda: len(receiver.on("/fquiet")) == 60, timeout=30, what="quiet's 60 deliveries")
+        done = max(r.at for r in receiver.on("/fquiet"))
+        busy_meanwhile = sum(1 for r in receiver.on("/fbusy") if emitted <= r.at <= done)
+    assert len(receiver.on("/fbusy")) < 800, "busy's backlog was not still waiting: the test proves nothing"
+    share = 60 / (60 + busy_meanwhile)
+    assert share >= 0.4, f"quiet had {share:.0%} of the deliveries while both had a backlog, not its half"
 
 
 async def test_an_unmigrated_database_is_reported_and_served_once_migrated(
