@@ -105,6 +105,7 @@ class Fleet:
             },
             pools=lambda: {m.database.name: m.pool() for m in self.members},
             problems=self.problems,
+            ping=self.turns is None,
         )
         ops = await metrics.start_server(settings, probes, self.log)
         http = HttpClient(settings, self.http_policy)

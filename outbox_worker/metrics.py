@@ -58,6 +58,10 @@ class Probes:
     # is wrong with it, if anything ("" when it delivers).
     pools: Callable[[], dict[str, AsyncConnectionPool[Any] | None]]
     problems: Callable[[], dict[str, str]]
+    # False when ``problems`` is already each database's latest verdict (a
+    # fleet lending connections in turns: a ping would cost every database
+    # a turn, and with hundreds of them outlast the probe's timeout).
+    ping: bool = True
 
 
 class _Buckets:
@@ -399,7 +403,10 @@ class OpsServer:
         ``databases`` but does not make the process unready: the others deliver."""
         pools, problems = self._probes.pools(), self._probes.problems()
         names = list(pools)
-        answers = await asyncio.gather(*(self._ping(pools[n], problems.get(n, "")) for n in names))
+        if self._probes.ping:
+            answers = await asyncio.gather(*(self._ping(pools[n], problems.get(n, "")) for n in names))
+        else:
+            answers = [problems.get(n) or (None if pools[n] is not None else "not started") for n in names]
         # A fleet's own account of a database says more than a pool's timeout.
         errors = {
             name: problems.get(name) or error
