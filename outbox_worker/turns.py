@@ -216,6 +216,7 @@ class TurnScheduler:
     async def _turn(self, seat: Seat) -> None:
         seat.running = True
         now = time.monotonic()
+        asked = seat.wanted or now >= seat.due_at
         if now >= seat.due_at:
             seat.due_at = math.inf  # its claim, now, takes what fell due
         more = False
@@ -242,6 +243,9 @@ class TurnScheduler:
         except Exception as exc:
             self._failed(seat, exc)
             more = False
+            # Its work, asked for, was not done: tried again after the backoff,
+            # not at the idle poll (the round cleared the ask before it failed).
+            seat.wanted = seat.wanted or asked
         finally:
             seat.conn, seat.user, seat.depth = None, None, 0
             if conn is not None:
