@@ -58,8 +58,8 @@ class ConnectionLender:
     ) -> tuple[Borrower, psycopg.AsyncConnection[Any]]:
         """An idle connection of ``pool`` or of any of ``others`` (databases of
         one server, for a statement any of them can answer), else a new one
-        to ``pool``'s database; with the pool it belongs to."""
-        """A connection to ``pool``'s database, waiting at most ``wait`` seconds for room."""
+        to ``pool``'s database; with the pool it belongs to. Waits at most
+        ``wait`` seconds for room."""
         deadline = time.monotonic() + wait
         evicted: psycopg.AsyncConnection[Any] | None = None
         async with self._changed:
